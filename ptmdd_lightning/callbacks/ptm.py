@@ -1,0 +1,209 @@
+"""PTM pool callbacks: checkpoint a pretraining run at chosen epochs; pretrain a pool's missing members.
+
+Lu et al. (2023, Sec. 4.4) find that PTMs taken from early, sub-optimal epochs can guide distillation better than
+converged ones; the pool therefore stores each member at a list of epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from ptmdd_lightning.core.guidance import PTMGroup, member_path, pool_key
+from ptmdd_lightning.core.synthetic import atomic_save
+from ptmdd_lightning.errors import PtmddError
+
+log = logging.getLogger(__name__)
+
+
+class PTMCheckpoint(Callback):
+    """Save a :class:`~ptmdd_lightning.modules.Classifier`'s net at the chosen epochs into the PTM pool.
+
+    Files: ``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt`` (written atomically) holding ``state_dict`` and the
+    metadata a :class:`~ptmdd_lightning.core.guidance.PTMPool` validates: ``arch``, ``channels``, ``num_classes``,
+    ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed`` and the last ``val_acc``.
+    Epoch ``E`` means "after E completed training epochs"; ``0`` saves the initialisation.
+
+    Args:
+        epochs: the epochs to save, e.g. ``[1, 5, 10, 20]`` (each >= 0 and <= ``trainer.max_epochs``).
+        pool_root: the pool folder.
+        seed: the member's seed; ``None`` = the run's ``seed_everything`` value.
+        source: the pool key of the training data; ``None`` = derived from the DataModule (dataset + class subset).
+        overwrite: allow replacing files that already exist (otherwise a new run refuses to overwrite them).
+
+    Raises:
+        PtmddError: at fit start, for an epoch beyond ``max_epochs`` or an existing file without ``overwrite``.
+    """
+
+    def __init__(self, epochs: list[int], pool_root: str = "ptm_pool", seed: int | None = None,
+                 source: str | None = None, overwrite: bool = False) -> None:
+        if not epochs or any(int(e) < 0 for e in epochs):
+            raise PtmddError(f"PTMCheckpoint epochs must be a non-empty list of epochs >= 0, got {epochs}.")
+        self.epochs = sorted({int(e) for e in epochs})
+        self.pool_root = pool_root
+        self.seed = seed
+        self.source = source
+        self.overwrite = overwrite
+        self.saved: list[Path] = []
+        #: stands in for the DataModule's metadata when a run has none (the nested runs of PretrainPTMPool)
+        self.data_info = None
+
+    def _member_seed(self) -> int:
+        return int(self.seed if self.seed is not None else os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _source(self, trainer: Trainer) -> str:
+        if self.source is not None:
+            return self.source
+        dm = trainer.datamodule or self.data_info
+        if dm is None:
+            raise PtmddError("PTMCheckpoint needs a DataModule or an explicit source name.")
+        return pool_key(dm.dataset_name, getattr(dm, "classes", None))
+
+    def path(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> Path:
+        """The file of ``epoch`` for this run's member."""
+        return member_path(self.pool_root, self._source(trainer), pl_module.hparams.arch, self._member_seed(), epoch)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and self.epochs[-1] > max_epochs:
+            raise PtmddError(f"PTMCheckpoint epoch {self.epochs[-1]} is never reached with trainer.max_epochs="
+                             f"{max_epochs}; raise max_epochs or drop that epoch.")
+        resuming = trainer.ckpt_path is not None
+        existing = [p for e in self.epochs if (p := self.path(trainer, pl_module, e)).exists()]
+        if existing and not (self.overwrite or resuming):
+            raise PtmddError(f"PTM checkpoints already exist ({existing[0]} and {len(existing) - 1} more); a new run "
+                             "does not overwrite them. Use another pool_root or seed, or set overwrite: true.")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if 0 in self.epochs and trainer.current_epoch == 0:
+            self._save(trainer, pl_module, 0)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch in self.epochs:
+            self._save(trainer, pl_module, epoch)
+
+    def _save(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        path = self.path(trainer, pl_module, epoch)
+        if trainer.is_global_zero:
+            hp = pl_module.hparams
+            dm = trainer.datamodule or self.data_info
+            val_acc = trainer.callback_metrics.get("val/acc")
+            blob = {
+                "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()},
+                "arch": hp.arch,
+                "channels": int(hp.channels),
+                "num_classes": int(hp.num_classes),
+                "image_size": tuple(int(s) for s in hp.image_size),
+                "dataset": getattr(dm, "dataset_name", None),
+                "classes": getattr(dm, "classes", None),
+                "mean": tuple(float(m) for m in dm.mean),
+                "std": tuple(float(s) for s in dm.std),
+                "epoch": epoch,
+                "seed": self._member_seed(),
+                "val_acc": float(val_acc) if val_acc is not None else None,
+            }
+            atomic_save(blob, path)
+            rank_zero_info(f"[ptmdd] saved PTM {path}")
+        self.saved.append(path)
+        trainer.strategy.barrier("ptm_checkpoint")
+
+
+class PretrainPTMPool(Callback):
+    """Before distillation, pretrain every PTM pool member that is not on disk yet (existing ones are reused).
+
+    For each missing ``(source, arch, seed)`` it runs a nested Lightning ``Trainer.fit`` of a
+    :class:`~ptmdd_lightning.modules.Classifier` with :class:`PTMCheckpoint` saving the epochs the pool asks for. It
+    runs on global rank 0 while the other ranks wait, and it isolates the RNG so the distillation's randomness is the
+    same whether or not members were pretrained. Sources other than the target dataset (a class subset or another
+    dataset) are loaded with :class:`~ptmdd_lightning.data.RealDataModule` from the target's ``root`` (for the same
+    dataset) or ``roots[dataset]``.
+
+    Args:
+        max_epochs: train each member this long (at least the largest epoch asked for); ``None`` = that epoch.
+        batch_size: pretraining batch size.
+        lr, momentum, weight_decay: SGD settings of :class:`~ptmdd_lightning.modules.Classifier`.
+        precision: Lightning precision of the pretraining; ``None`` = the distillation trainer's.
+        roots: data roots of other source datasets, e.g. ``{"mnist": "/data"}``.
+    """
+
+    def __init__(self, max_epochs: int | None = None, batch_size: int = 256, lr: float = 0.01,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, precision: str | None = None,
+                 roots: dict[str, str] | None = None) -> None:
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.precision = precision
+        self.roots = roots or {}
+
+    def missing(self, groups: list[PTMGroup], pool_root: str, target: str) -> dict[tuple[str, str, int], list[int]]:
+        """``{(source, arch, seed): [epochs]}`` of the members not on disk."""
+        need: dict[tuple[str, str, int], list[int]] = {}
+        for g in groups:
+            source = g.source or target
+            for seed in g.member_seeds():
+                if not member_path(pool_root, source, g.arch, seed, g.epoch).is_file():
+                    need.setdefault((source, g.arch, seed), []).append(g.epoch)
+        return need
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        groups = getattr(pl_module, "ptm_groups", None)
+        if stage != "fit" or not groups:
+            return
+        dm = trainer.datamodule
+        target = pool_key(dm.dataset_name, getattr(dm, "classes", None))
+        need = self.missing(groups, pl_module.hparams.pool_root, target)
+        if need and trainer.is_global_zero:
+            for (source, arch, seed), epochs in sorted(need.items()):
+                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs)
+        trainer.strategy.barrier("pretrain_ptm_pool")
+
+    def _source_data(self, trainer: Trainer, source: str, target: str):
+        from ptmdd_lightning.data import RealDataModule
+
+        dm = trainer.datamodule
+        if source == target:
+            return dm.train_images, dm.train_labels, dm
+        name, _, cls = source.partition("-c")
+        classes = [int(c) for c in cls.split("-")] if cls else None
+        root = self.roots.get(name, dm.root if name == dm.dataset_name else None)
+        src = RealDataModule(dataset=name, root=root, classes=classes)
+        src.prepare_data()
+        src.setup("fit")
+        return src.train_images, src.train_labels, src
+
+    def _pretrain(self, trainer: Trainer, pool_root: str, source: str, target: str, arch: str, seed: int,
+                  epochs: list[int]) -> None:
+        from lightning.pytorch.utilities.seed import isolate_rng
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from ptmdd_lightning.modules.classifier import Classifier
+
+        images, labels, data = self._source_data(trainer, source, target)
+        max_epochs = max(self.max_epochs or 0, max(epochs))
+        rank_zero_info(f"[ptmdd] pretraining PTM {source}/{arch}/seed{seed} for {max_epochs} epochs "
+                       f"(saving epochs {sorted(set(epochs))}) into {pool_root}")
+        device = trainer.strategy.root_device
+        with isolate_rng():
+            torch.manual_seed(seed)
+            model = Classifier(arch=arch, num_classes=int(data.num_classes), channels=int(images.shape[1]),
+                               image_size=tuple(images.shape[-2:]), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+            gen = torch.Generator().manual_seed(seed)
+            loader = DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=True,
+                                generator=gen, drop_last=False)
+            ckpt = PTMCheckpoint(epochs=sorted(set(epochs)), pool_root=pool_root, seed=seed, source=source)
+            ckpt.data_info = data
+            nested = Trainer(
+                accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                precision=self.precision or trainer.precision,
+                max_epochs=max_epochs, callbacks=[ckpt], logger=False, enable_checkpointing=False,
+                enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
+            )
+            nested.fit(model, train_dataloaders=loader)

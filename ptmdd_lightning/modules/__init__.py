@@ -1,0 +1,6 @@
+"""Lightning wrappers: Classifier (PTM pretraining, full-data baseline) and Distiller (DC/DSA/DM + CLoM/CCLoM)."""
+
+from ptmdd_lightning.modules.classifier import Classifier
+from ptmdd_lightning.modules.distiller import Distiller
+
+__all__ = ["Classifier", "Distiller"]

@@ -1,0 +1,83 @@
+"""Classifier: trains one DD-standard net on real data (PTM pretraining and the full-data baseline)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from ptmdd_lightning.errors import PtmddError
+
+
+class Classifier(LightningModule):
+    """Train ``arch`` on real images with SGD and cross-entropy; test accuracy on the real test set.
+
+    Used to pretrain the PTM pool (with :class:`ptmdd_lightning.callbacks.PTMCheckpoint` saving chosen epochs) and to
+    measure the whole-dataset upper bound. The recipe follows the DC/DM code's network training (SGD, momentum 0.9,
+    weight decay 5e-4, lr 0.01, lr x 0.1 at half the epochs).
+
+    Args:
+        arch: net name (see :func:`ptmdd_lightning.nets.build_net`).
+        num_classes, channels, image_size, mean, std, dataset_name, class_names: linked from the DataModule; never
+            set them in YAML (they are recorded in the PTM checkpoints).
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        lr_decay_at: fraction of ``trainer.max_epochs`` at which lr is multiplied by 0.1 (``None``: constant lr).
+
+    Batches: ``(images (B, C, H, W) float32 normalised, labels (B,) int64)``.
+
+    Raises:
+        PtmddError: bad hyper-parameters (lr <= 0, momentum outside [0, 1), weight_decay < 0) or an unknown arch.
+    """
+
+    def __init__(self, arch: str = "ConvNet", num_classes: int = 10, channels: int = 1,
+                 image_size: tuple[int, int] = (28, 28), mean: tuple[float, ...] = (0.2861,),
+                 std: tuple[float, ...] = (0.3530,), dataset_name: str = "fashion_mnist",
+                 class_names: list[str] | None = None, lr: float = 0.01, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5) -> None:
+        super().__init__()
+        from ptmdd_lightning.nets import build_net
+
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise PtmddError(f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
+                             f"momentum={momentum}, weight_decay={weight_decay}.")
+        self.save_hyperparameters()
+        self.net = build_net(arch, channels, num_classes, tuple(image_size))
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(N, K)`` for images ``(N, C, H, W)``."""
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test/acc", self.test_acc)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
+                              weight_decay=self.hparams.weight_decay)
+        max_epochs = self.trainer.max_epochs if self.trainer is not None else None
+        if self.hparams.lr_decay_at is None or not max_epochs or max_epochs < 0:
+            return opt
+        milestone = max(1, int(max_epochs * self.hparams.lr_decay_at))
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[milestone], gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,362 @@
+"""Distiller: learns the synthetic set with DC / DSA / DM plus PTM guidance (CLoM / CCLoM).
+
+Sources:
+- DC: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021 (Alg. 1).
+- DSA: Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021 (Eq. 5).
+- DM: Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023 (Eq. 4).
+- CLoM/CCLoM: Lu et al., "Can pre-trained models assist in dataset distillation?", 2023 (Eq. 2, 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+from torch import Tensor, nn
+
+from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, cclom, clom, pool_key
+from ptmdd_lightning.core.synthetic import SyntheticSet
+from ptmdd_lightning.errors import PtmddError
+
+#: The DSA paper's default strategy; digit datasets drop ``flip`` (a flipped digit is another digit).
+DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DIGIT_DATASETS = ("mnist", "svhn")
+#: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
+DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (splitmix-style), so a step's randomness depends only on them."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def has_batchnorm(net: nn.Module) -> bool:
+    """Whether ``net`` holds BatchNorm layers (their statistics need the DC treatment)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+class Distiller(LightningModule):
+    """Optimise ``K * IPC`` synthetic images against a base DD objective plus frozen-PTM guidance.
+
+    One training step takes a class-balanced real batch ``(K * batch_real, C, H, W)`` (from
+    :class:`ptmdd_lightning.data.DistillDataModule`) and:
+
+    1. reseeds the RNG from ``(seed, rank, step)`` so every step is reproducible and a resumed run continues exactly;
+    2. augments real and synthetic images with DSA, one parameter set per class shared by both (``dsa``/``dm``);
+    3. computes the base loss: DM (embedding means of a freshly initialised ``net_arch``) or DC/DSA (per-class
+       gradient matching on a net that is re-sampled every ``outer_loop`` steps and trained on the synthetic set for
+       ``inner_loop`` epochs in between);
+    4. adds ``sum alpha * CLoM`` / ``alpha * CCLoM`` of the PTM member(s) drawn for this step;
+    5. backpropagates into the synthetic images only (SGD, momentum 0.5). PTMs are frozen and in eval mode.
+
+    Args:
+        num_classes, channels, image_size, mean, std, dataset_name, class_names: linked from the DataModule.
+        ipc: images per class (>= 1).
+        method: ``"dm"``, ``"dc"`` or ``"dsa"`` (DC + differentiable siamese augmentation).
+        dsa_strategy: DSA strategy for ``dsa``/``dm``; ``None`` = the DSA default (without ``flip`` for digits);
+            ``"none"`` turns augmentation off.
+        init: ``"real"`` (random real images per class) or ``"noise"`` (standard normal).
+        lr_img: learning rate of the images; ``None`` = reference default (DC/DSA 0.1, DM 1.0).
+        momentum_img: SGD momentum of the images (0.5 in DC/DSA/DM).
+        net_arch: the randomly initialised net of the base objective (``ConvNet`` = ConvNet-3).
+        lr_net: DC/DSA inner-loop learning rate of the net (0.01).
+        outer_loop, inner_loop: DC/DSA loop lengths; ``None`` = the DC code's schedule for this IPC.
+        batch_train: DC/DSA batch size when the net trains on the synthetic set (256).
+        dc_metric: DC gradient distance: ``"ours"`` (per-output-row cosine, 1-D params skipped), ``"mse"``, ``"cos"``.
+        ptms: the PTM pool, one :class:`PTMGroup` per architecture (alpha, N_m, epoch, loss, source).
+        ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weights alpha/|pool|).
+        pool_root: the pool folder.
+        cclom_batch_real: real images per class for CCLoM (>= 1).
+        guidance_view: ``"augmented"`` (PTMs see the DSA view of the synthetic images) or ``"raw"``.
+        channels_last: run the nets in channels_last (faster on CPUs with AMX and on GPUs).
+
+    Raises:
+        PtmddError: bad settings (ipc < 1, unknown method, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at
+            construction time, i.e. when the CLI instantiates the config.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        channels: int = 1,
+        image_size: tuple[int, int] = (28, 28),
+        mean: tuple[float, ...] = (0.2861,),
+        std: tuple[float, ...] = (0.3530,),
+        dataset_name: str = "fashion_mnist",
+        class_names: list[str] | None = None,
+        ipc: int = 10,
+        method: Literal["dm", "dc", "dsa"] = "dm",
+        dsa_strategy: str | None = None,
+        init: Literal["real", "noise"] = "real",
+        lr_img: float | None = None,
+        momentum_img: float = 0.5,
+        net_arch: str = "ConvNet",
+        lr_net: float = 0.01,
+        outer_loop: int | None = None,
+        inner_loop: int | None = None,
+        batch_train: int = 256,
+        dc_metric: Literal["ours", "mse", "cos"] = "ours",
+        ptms: list[PTMGroup] | None = None,
+        ptm_sampling: Literal["random", "all"] = "random",
+        pool_root: str = "ptm_pool",
+        cclom_batch_real: int = 32,
+        guidance_view: Literal["augmented", "raw"] = "augmented",
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        from ptmdd_lightning.core.objectives import dc_outer_inner
+        from ptmdd_lightning.nets import build_net
+
+        if method not in ("dm", "dc", "dsa"):
+            raise PtmddError(f"unknown method {method!r}; choose one of 'dm', 'dc', 'dsa'.")
+        if init not in ("real", "noise"):
+            raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
+        if ptm_sampling not in ("random", "all"):
+            raise PtmddError(f"unknown ptm_sampling {ptm_sampling!r}; choose 'random' or 'all'.")
+        if cclom_batch_real < 1:
+            raise PtmddError(f"cclom_batch_real must be >= 1 (CCLoM needs a real batch), got {cclom_batch_real}.")
+        if batch_train < 1 or lr_net <= 0 or (lr_img is not None and lr_img <= 0):
+            raise PtmddError("batch_train must be >= 1 and lr_net, lr_img > 0.")
+        ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
+        for group in ptms:
+            group.validate()
+            build_net(group.arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
+        build_net(net_arch, channels, num_classes, tuple(image_size))
+        self.save_hyperparameters()
+        self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
+        if dsa_strategy is None:
+            dsa_strategy = DEFAULT_DSA_STRATEGY
+            if dataset_name.split("-")[0] in DIGIT_DATASETS:
+                dsa_strategy = dsa_strategy.replace("_flip", "")
+        self.dsa_strategy = None if method == "dc" or dsa_strategy.lower() == "none" else dsa_strategy
+        self.lr_img = DEFAULT_LR_IMG[method] if lr_img is None else lr_img
+        if method in ("dc", "dsa"):
+            default_outer, default_inner = dc_outer_inner(ipc)
+            self.outer_loop = outer_loop or default_outer
+            self.inner_loop = default_inner if inner_loop is None else inner_loop
+        self.ptm_groups = ptms
+        # Unregistered on purpose: the random net and the frozen pool are not part of the learnable state, must not be
+        # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
+        self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None}
+        self._seed = 0
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        """Initialise the synthetic images (real or noise, seeded) and load the PTM pool on every rank."""
+        self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if stage == "fit":
+            gen = torch.Generator().manual_seed(mix_seed(self._seed, 0xD1))
+            if self.hparams.init == "real":
+                dm = self.trainer.datamodule if self.trainer is not None else None
+                if dm is None or not hasattr(dm, "sample_real"):
+                    raise PtmddError("init: real needs a DistillDataModule (data.class_path: "
+                                     "ptmdd_lightning.data.DistillDataModule).")
+                self.synthetic.init_real(dm.sample_real, gen)
+            else:
+                self.synthetic.init_noise(gen)
+        if self.ptm_groups and self._aux["pool"] is None:
+            dm = self.trainer.datamodule if self.trainer is not None else None
+            target = pool_key(self.hparams.dataset_name, getattr(dm, "classes", None))
+            self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
+                                        tuple(self.hparams.mean), tuple(self.hparams.std))
+
+    @property
+    def pool(self) -> PTMPool | None:
+        """The frozen PTM pool (``None`` without guidance)."""
+        return self._aux["pool"]
+
+    def _place(self, module: nn.Module) -> nn.Module:
+        mf = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        return module.to(device=self.device, memory_format=mf)
+
+    def _view(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
+
+    def _fresh_net(self, seed: int, trainable: bool) -> nn.Module:
+        """The base objective's net, re-initialised in place from ``seed`` (as DC/DM sample a new net)."""
+        from ptmdd_lightning.nets import build_net, reinit_
+
+        net = self._aux["net"]
+        if net is None:
+            hp = self.hparams
+            net = self._place(build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size)))
+            self._aux["net"] = net
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        reinit_(net, generator=gen)
+        for p in net.parameters():
+            p.requires_grad_(trainable)
+        net.train()
+        return net
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([self.synthetic.images], lr=self.lr_img, momentum=self.hparams.momentum_img)
+
+    # ------------------------------------------------------------------ the step
+    def _step_rng(self) -> random.Random:
+        seed = mix_seed(self._seed, self.global_rank, self.global_step)
+        torch.manual_seed(seed)
+        return random.Random(seed)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        from ptmdd_lightning.core.augment import siamese_augment
+
+        real, real_labels = batch
+        rng = self._step_rng()
+        syn, syn_labels = self.synthetic.images, self.synthetic.labels
+        if self.dsa_strategy is not None:
+            real_v, syn_v = siamese_augment(real, real_labels, syn, syn_labels, self.dsa_strategy)
+        else:
+            real_v, syn_v = real, syn
+        real_v, syn_v = self._view(real_v), self._view(syn_v)
+
+        if self.hparams.method == "dm":
+            base = self._dm_loss(real_v, real_labels, syn_v, syn_labels)
+        else:
+            base = self._dc_loss(real, real_v, real_labels, syn_v, syn_labels)
+        self.log(f"train/loss_{self.hparams.method}", base, prog_bar=True)
+        loss = base
+        for name, value in self._guidance(real, real_labels, syn_v if self.hparams.guidance_view == "augmented"
+                                          else self._view(syn), syn_labels, rng).items():
+            self.log(f"train/loss_{name}", value, prog_bar=True)
+            loss = loss + value
+        self.log("train/loss", loss)
+        return loss
+
+    def _dm_loss(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
+        """DM (Zhao & Bilen 2023, Eq. 4): class-wise embedding-mean matching on a fresh random net."""
+        from ptmdd_lightning.core.objectives import dm_loss
+
+        net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
+        with torch.no_grad():
+            emb_real = net.embed(real)
+        emb_syn = net.embed(syn)
+        return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.hparams.num_classes)
+
+    def _dc_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
+        """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net."""
+        from ptmdd_lightning.core.objectives import dc_loss
+
+        net_index, outer_step = divmod(self.global_step, self.outer_loop)
+        if self._aux["net_index"] != net_index or self._aux["net"] is None:
+            # a new random net every outer loop; rank-independent so DDP ranks train the same net
+            net = self._fresh_net(mix_seed(self._seed, net_index, 0xDC), trainable=True)
+            self._aux["net_index"] = net_index
+            self._aux["net_opt"] = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
+        net = self._aux["net"]
+        if has_batchnorm(net):
+            # DC code: BN statistics from real data (16 per class), then frozen for the matching passes
+            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :16]
+            net.train()
+            with torch.no_grad():
+                net(self._view(per_class.flatten(0, 1)))
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric)
+        net.train()
+        return loss
+
+    def _guidance(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor,
+                  rng: random.Random) -> dict[str, Tensor]:
+        """alpha-weighted CLoM / CCLoM of the PTMs picked for this step (Lu et al. 2023, Eq. 2-3)."""
+        pool = self.pool
+        if pool is None or not len(pool):
+            return {}
+        if next(pool.parameters()).device != self.device:
+            self._place(pool)
+        terms: dict[str, Tensor] = {}
+        for member, weight in pool.pick(self.hparams.ptm_sampling, rng):
+            if member.loss == "clom":
+                value = clom(member.net(member.adapt(syn)), syn_labels)
+            else:
+                k, n = self.hparams.num_classes, self.hparams.cclom_batch_real
+                per_class = real.view(k, -1, *real.shape[1:])
+                if per_class.shape[1] < n:
+                    raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
+                real_sub = per_class[:, :n].flatten(0, 1)
+                with torch.no_grad():
+                    feat_real = member.net.embed(self._view(member.adapt(real_sub)))
+                value = cclom(feat_real, real_labels.view(k, -1)[:, :n].flatten(), member.net.embed(member.adapt(syn)),
+                              syn_labels)
+            terms[member.loss] = terms.get(member.loss, 0.0) + weight * value
+        return terms
+
+    # ------------------------------------------------------------------ DC inner loop
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """DC/DSA: train the current net on the synthetic set for ``inner_loop`` epochs between outer steps."""
+        if self.hparams.method == "dm":
+            return
+        if self.global_step % self.outer_loop == 0:  # the net was just re-sampled for the next outer loop
+            return
+        self._train_net_on_synthetic()
+
+    def _train_net_on_synthetic(self) -> None:
+        from ptmdd_lightning.core.augment import dsa_augment
+
+        net, opt = self._aux["net"], self._aux["net_opt"]
+        images = self.synthetic.images.detach()
+        labels = self.synthetic.labels
+        gen = torch.Generator().manual_seed(mix_seed(self._seed, self.global_step, 0x1A))
+        ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
+        net.train()
+        with ctx:
+            for _ in range(self.inner_loop):
+                order = torch.randperm(images.shape[0], generator=gen).to(images.device)
+                for start in range(0, images.shape[0], self.hparams.batch_train):
+                    idx = order[start:start + self.hparams.batch_train]
+                    x = images[idx]
+                    if self.dsa_strategy is not None:
+                        x = dsa_augment(x, self.dsa_strategy, siamese=False)
+                    loss = nn.functional.cross_entropy(net(self._view(x)), labels[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the DC outer-loop net (and its optimizer) so a resumed run continues the same net."""
+        if self.hparams.method != "dm" and self._aux["net"] is not None:
+            checkpoint["dc_net"] = {
+                "index": self._aux["net_index"],
+                "state_dict": {k: v.detach().cpu() for k, v in self._aux["net"].state_dict().items()},
+                "optimizer": self._aux["net_opt"].state_dict(),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("dc_net")
+        if state is None:
+            return
+        from ptmdd_lightning.nets import build_net
+
+        hp = self.hparams
+        net = build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size))
+        net.load_state_dict(state["state_dict"])
+        self._aux["net"] = net
+        self._aux["net_index"] = state["index"]
+        self._aux["pending_opt_state"] = state["optimizer"]
+
+    def on_fit_start(self) -> None:
+        net = self._aux["net"]
+        if net is not None:
+            self._place(net)
+            opt = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
+            if "pending_opt_state" in self._aux:
+                opt.load_state_dict(self._aux.pop("pending_opt_state"))
+            self._aux["net_opt"] = opt
+        if self.pool is not None:
+            self._place(self.pool)
+
+    # ------------------------------------------------------------------ export
+    def export(self) -> dict[str, Any]:
+        """The synthetic set and its metadata (see :meth:`SyntheticSet.export`)."""
+        hp = self.hparams
+        return self.synthetic.export(tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names,
+                                     config=dict(hp))

@@ -1,0 +1,93 @@
+"""Distiller and Classifier: what a step changes (only the synthetic images), frozen PTMs, DC/DSA/DM smoke runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+
+from ptmdd_lightning.core.guidance import PTMGroup, member_path
+from ptmdd_lightning.data import DistillDataModule, RealDataModule
+from ptmdd_lightning.modules import Classifier, Distiller
+
+
+def _trainer(**kwargs):
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+    return Trainer(**{**defaults, **kwargs})
+
+
+@pytest.fixture
+def pool_root(tmp_path, fake_fashion_root):
+    """Two ConvNetW32 PTMs (seeds 0, 1) trained one epoch on the tiny data, written as pool members."""
+    from ptmdd_lightning.callbacks import PTMCheckpoint
+
+    root = tmp_path / "pool"
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        data = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=64)
+        model = Classifier(arch="ConvNetW32", num_classes=10, channels=1, image_size=(28, 28))
+        _trainer(max_epochs=1, limit_val_batches=0,
+                 callbacks=[PTMCheckpoint(epochs=[1], pool_root=str(root), seed=seed)]).fit(model, data)
+    return root
+
+
+class _GradProbe(Callback):
+    """Records, right before the optimizer step, which tensors received gradients."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.syn_grad = pl_module.synthetic.images.grad.detach().clone()
+        self.trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+        self.pool_grads = [p.grad for p in pl_module.pool.parameters()]
+        self.net_grads = [p.grad for p in pl_module._aux["net"].parameters()]
+
+
+@pytest.mark.parametrize("sampling", ["random", "all"])
+def test_step_changes_only_the_synthetic_images_and_ptms_stay_frozen(fake_fashion_root, pool_root, sampling):
+    dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
+    group = PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1, alpha=1.0)
+    model = Distiller(ipc=2, method="dm", net_arch="ConvNetW32", ptms=[group], pool_root=str(pool_root),
+                      ptm_sampling=sampling)
+    on_disk = [torch.load(member_path(pool_root, "fashion_mnist", "ConvNetW32", s, 1), weights_only=False)
+               for s in (0, 1)]
+    probe = _GradProbe()
+    init = {}
+
+    class _Init(Callback):
+        def on_train_start(self, trainer, pl_module):
+            init["images"] = pl_module.synthetic.images.detach().clone()
+
+    _trainer(max_steps=3, callbacks=[probe, _Init()]).fit(model, datamodule=dm)
+    assert probe.trainable == ["synthetic.images"]
+    assert probe.syn_grad.abs().sum() > 0
+    assert all(g is None for g in probe.pool_grads) and all(g is None for g in probe.net_grads)
+    assert not torch.equal(model.synthetic.images.detach(), init["images"])  # the images moved
+    for member, blob in zip(model.pool.members, on_disk, strict=True):
+        after = member.net.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in blob["state_dict"].items())  # bit-identical PTMs
+        assert not member.net.training
+
+
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa"])
+def test_fast_dev_run_each_method(fake_fashion_root, method):
+    dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
+    model = Distiller(ipc=1, method=method, net_arch="ConvNetW32")
+    _trainer(fast_dev_run=True).fit(model, datamodule=dm)
+    assert torch.isfinite(model.synthetic.images).all()
+
+
+def test_fast_dev_run_classifier(fake_fashion_root):
+    dm = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=32)
+    model = Classifier(arch="ConvNetW32")
+    _trainer(fast_dev_run=True).fit(model, datamodule=dm)
+
+
+def test_same_seed_same_synthetic_set(fake_fashion_root, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    results = []
+    for _ in range(2):
+        dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
+        model = Distiller(ipc=1, method="dm", net_arch="ConvNetW32")
+        _trainer(max_steps=3).fit(model, datamodule=dm)
+        results.append(model.synthetic.images.detach().clone())
+    assert torch.equal(results[0], results[1])

@@ -1,0 +1,53 @@
+"""The ``ptmdd`` command: help, every shipped config instantiates and runs with fast_dev_run, user errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ptmdd_lightning.main import PtmddCLI, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def _ids(path: Path) -> str:
+    return str(path.relative_to(REPO / "configs"))
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fit" in out and "test" in out
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run([sys.executable, "-m", "ptmdd_lightning", "fit", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--model" in proc.stdout and "--data" in proc.stdout
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_every_config_instantiates(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = PtmddCLI(subclass_mode_model=True, subclass_mode_data=True, seed_everything_default=0, run=False,
+                   args=["--config", str(config)])
+    data, model = cli.datamodule, cli.model
+    assert model.hparams.num_classes == data.num_classes  # linked, not duplicated
+    assert tuple(model.hparams.image_size) == tuple(data.image_size)
+    assert model.hparams.channels == data.channels
+
+
+def test_user_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.ipc", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "ipc must be >= 1" in err and "Traceback" not in err
