@@ -94,10 +94,13 @@ class SyntheticSetEvaluation(Callback):
         self.rows: list[dict[str, Any]] = []
         self._baseline_rows: dict[str, dict[str, Any]] = {}
 
-    def _protocol(self):
+    def _protocol(self, trainer: Trainer):
         from ptmdd_lightning.core.evaluate import EvalProtocol
 
-        return EvalProtocol(**self.protocol_kwargs)
+        kwargs = dict(self.protocol_kwargs)
+        if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
+            kwargs["epochs"] = 1
+        return EvalProtocol(**kwargs)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -117,12 +120,15 @@ class SyntheticSetEvaluation(Callback):
         trainer.strategy.barrier("synthetic_set_evaluation")
         return rows
 
-    def _run(self, arch: str, images, labels, dm, pl_module, seed: int) -> tuple[torch.Tensor, float]:
+    def _run(self, trainer: Trainer, arch: str, images, labels, pl_module, seed: int) -> tuple[torch.Tensor, float]:
         from ptmdd_lightning.core.evaluate import train_and_test
 
+        dm = trainer.datamodule
+        num_models = 1 if trainer.fast_dev_run else self.num_models
         start = time.perf_counter()
         accs = train_and_test(arch, images, labels, dm.test_images, dm.test_labels, pl_module.hparams.num_classes,
-                              self.num_models, self._protocol(), seed=seed, device=pl_module.device, mode=self.mode)
+                              num_models, self._protocol(trainer), seed=seed, device=pl_module.device,
+                              mode=self.mode)
         return accs, time.perf_counter() - start
 
     @staticmethod
@@ -143,7 +149,7 @@ class SyntheticSetEvaluation(Callback):
         rows = []
         metrics: dict[str, float] = {}
         for arch in self.archs:
-            accs, secs = self._run(arch, images, labels, dm, pl_module, self.seed)
+            accs, secs = self._run(trainer, arch, images, labels, pl_module, self.seed)
             row = self._row(step, arch, "synthetic", accs, secs)
             rows.append(row)
             metrics[f"eval/{arch}/acc"] = row["mean"]
@@ -153,8 +159,8 @@ class SyntheticSetEvaluation(Callback):
                     gen = torch.Generator().manual_seed(self.seed + 1)
                     real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, pl_module.hparams.ipc,
                                                         pl_module.hparams.num_classes, gen)
-                    accs_b, secs_b = self._run(arch, real_x.to(pl_module.device), real_y.to(pl_module.device), dm,
-                                               pl_module, self.seed)
+                    accs_b, secs_b = self._run(trainer, arch, real_x.to(pl_module.device),
+                                               real_y.to(pl_module.device), pl_module, self.seed)
                     self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
                 base = dict(self._baseline_rows[arch], step=step)
                 rows.append(base)

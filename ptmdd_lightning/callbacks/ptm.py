@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -69,8 +70,11 @@ class PTMCheckpoint(Callback):
         return member_path(self.pool_root, self._source(trainer), pl_module.hparams.arch, self._member_seed(), epoch)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.fast_dev_run:  # a smoke run must never put half-trained members into a real pool
+            self.pool_root = tempfile.mkdtemp(prefix="ptmdd_fast_dev_run_pool_")
+            rank_zero_info(f"[ptmdd] fast_dev_run: PTM checkpoints go to {self.pool_root}")
         max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and self.epochs[-1] > max_epochs:
+        if not trainer.fast_dev_run and max_epochs is not None and max_epochs >= 0 and self.epochs[-1] > max_epochs:
             raise PtmddError(f"PTMCheckpoint epoch {self.epochs[-1]} is never reached with trainer.max_epochs="
                              f"{max_epochs}; raise max_epochs or drop that epoch.")
         resuming = trainer.ckpt_path is not None
@@ -157,6 +161,10 @@ class PretrainPTMPool(Callback):
             return
         dm = trainer.datamodule
         target = pool_key(dm.dataset_name, getattr(dm, "classes", None))
+        if trainer.fast_dev_run:  # smoke run: one-batch members in a throw-away pool, never in the real one
+            folder = tempfile.mkdtemp(prefix="ptmdd_fast_dev_run_pool_") if trainer.is_global_zero else None
+            pl_module.hparams.pool_root = trainer.strategy.broadcast(folder)
+            rank_zero_info(f"[ptmdd] fast_dev_run: pretraining the pool in {pl_module.hparams.pool_root}")
         need = self.missing(groups, pl_module.hparams.pool_root, target)
         if need and trainer.is_global_zero:
             for (source, arch, seed), epochs in sorted(need.items()):
@@ -204,6 +212,7 @@ class PretrainPTMPool(Callback):
                 devices=[device.index or 0] if device.type == "cuda" else 1,
                 precision=self.precision or trainer.precision,
                 max_epochs=max_epochs, callbacks=[ckpt], logger=False, enable_checkpointing=False,
+                limit_train_batches=1 if trainer.fast_dev_run else None, limit_val_batches=0,
                 enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
             )
             nested.fit(model, train_dataloaders=loader)

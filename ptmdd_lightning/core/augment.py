@@ -14,6 +14,10 @@ reference code github.com/VICO-UoE/DatasetCondensation ``utils.py`` (``ParamDiff
   (for the whole batch) in evaluation mode (``siamese=False``, the reference's ``seed=-1``), where every
   image gets its own parameters.
 * ``single_op=False`` is the reference's ``aug_mode='M'``: all ops of the strategy in sequence.
+* Two ops are computed in an equivalent cheaper form: ``color`` (brightness, saturation, contrast) as one
+  affine map per image, algebraically identical to the three reference formulas in sequence (see
+  ``_color``); ``cutout`` as a comparison mask equal to the reference's clamped scatter of zeros. Tests check
+  both against literal transcriptions of the reference.
 
 The reference code was written for torch 1.2, whose ``affine_grid``/``grid_sample`` behave as
 ``align_corners=True`` today; this module passes ``align_corners=True`` explicitly (for square images the two

@@ -7,12 +7,22 @@ WACV 2023 Sec. 4): a freshly initialised network is trained with SGD (lr 0.01, m
 augments every training batch (non-siamese, one random op per batch), and the test accuracy after the LAST
 epoch is reported. Several such models give a mean and a (population) std.
 
-Speed (this is the costliest part of a DD experiment): all ``num_models`` models are trained AT ONCE with
-``torch.func`` (``stack_module_state`` + ``functional_call`` + ``vmap(grad(...))``) and a hand-written
-stacked SGD update, optionally under bf16 autocast (AMX on recent Intel CPUs; tensor cores on GPUs). Nets
-that ``vmap`` cannot train (BatchNorm with running statistics) fall back to a sequential loop with plain
-``torch.optim.SGD``. Both modes draw the same random numbers for the same seed, so they train the same
-models (up to floating-point rounding).
+Speed (this is the costliest part of a DD experiment), two training modes that give the same models:
+
+* ``mode="vmap"``: all ``num_models`` models at once with ``torch.func`` (``stack_module_state`` +
+  ``functional_call`` + ``vmap(grad(...))``) and a hand-written stacked SGD update (:func:`sgd_step_`);
+  testing all models at once too. The fast mode on a GPU, where one small model leaves the device idle.
+* ``mode="loop"``: the models one after the other with ``torch.optim.SGD``, as the reference. The fast
+  mode on a CPU (measured on this AMX CPU: ``vmap`` is 1.5-2x slower there, see ``_resolve_mode``), and
+  the only one for nets ``vmap`` cannot train (BatchNorm running statistics).
+* ``mode="auto"`` (default): ``"vmap"`` on CUDA when a trial step works, else ``"loop"``.
+
+Both modes take bf16 autocast (``precision="bf16"``: AMX on recent Intel CPUs, where ConvNet-3 epochs
+run ~1.6x faster than fp32 as instance norm and pooling, not the convolutions, dominate; tensor cores on
+GPUs) and, in the loop, channels_last and ``torch.compile``. Every model draws its init, its shuffles and
+its DSA parameters from its own generator derived from ``seed``, in the same order in both modes, so
+results are deterministic given the seed and the two modes train the same models (up to floating-point
+rounding).
 
 Never imports Lightning; ``ptmdd_lightning.nets`` and ``ptmdd_lightning.core.augment`` are imported lazily.
 """
@@ -75,8 +85,16 @@ class EvalProtocol:
         precision: ``"32"`` (fp32) or ``"bf16"`` (bf16 autocast for the forward/backward of training and
             testing; parameters, gradients and the SGD update stay fp32). Lightning's spellings
             ``"32-true"`` and ``"bf16-mixed"`` are accepted.
-        channels_last: train and test in the channels_last memory format (faster convolutions on CPU and
-            GPU) in the sequential mode; the vmapped mode lays out its grouped convolutions itself.
+        channels_last: train and test in the channels_last memory format in the sequential mode (the
+            vmapped mode lays out its grouped convolutions itself). Off by default: measured on the 2-core
+            AMX CPU, ConvNet-3's instance norm (``GroupNorm(128, 128)``) is ~10x slower in channels_last
+            (bf16 backward ~290 ms vs ~45 ms per call at batch 100), which outweighs the ~2x faster bf16
+            convolutions, so a bf16 training step takes ~0.9 s instead of ~0.29 s. Nets without such norms
+            (e.g. ``ConvNetNN``, ``ResNet18BN``) may gain from it.
+        compile: ``torch.compile`` the net in the sequential mode (training only). Measured on this CPU
+            (1 thread, 5 ConvNet-3, 100 images, DSA): bf16 epochs 1.3 s instead of 2.0 s; compilation
+            costs ~10-15 s with inductor's on-disk cache warm, 25-60 s cold. Worth it for the
+            300/1000-epoch protocol, not for short runs.
         test_batch_size: test images per forward, summed over the models tested at once (in vmapped
             testing each forward sees ``ceil(test_batch_size / num_models)`` images of every model).
         reset_momentum_at_decay: start a new momentum buffer when the lr decays, as the reference does (it
@@ -95,7 +113,8 @@ class EvalProtocol:
     dsa_strategy: str | None = EVAL_DSA_STRATEGY
     dsa_params: Any = None
     precision: str = "32"
-    channels_last: bool = True
+    channels_last: bool = False
+    compile: bool = False
     test_batch_size: int = 2000
     reset_momentum_at_decay: bool = True
 
@@ -316,6 +335,7 @@ def _train_loop(
     fmt = torch.channels_last if protocol.channels_last else torch.contiguous_format
     for i, (model, rng) in enumerate(zip(models, rngs, strict=True)):
         model.to(memory_format=fmt).train()
+        forward = torch.compile(model) if protocol.compile else model
         opt, opt_lr = None, None
         for ep in range(protocol.epochs):
             lr = lr_for_epoch(protocol, ep)
@@ -331,7 +351,7 @@ def _train_loop(
                 idx = idx[0].to(device)
                 x = _augment(images[idx], protocol, rng).contiguous(memory_format=fmt)
                 with _autocast(device, protocol.precision):
-                    out = model(x)
+                    out = forward(x)
                 loss = F.cross_entropy(out.float(), labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -416,10 +436,19 @@ def _train_vmap(
 def _resolve_mode(
     mode: str, models: Sequence[nn.Module], images: Tensor, labels: Tensor, precision: str
 ) -> str:
+    """``"vmap"`` or ``"loop"``; ``"auto"`` is ``"vmap"`` on CUDA when a trial step works, else ``"loop"``.
+
+    On CPU ``"auto"`` is ``"loop"``: measured on the AMX CPU (1 thread; 5 ConvNet-3, 100 images of
+    1x28x28, DSA), a vmapped epoch of the 5 models takes 4.4 s in fp32 and 3.7 s in bf16, 5 sequential
+    ones 2.9 s and 1.9 s, because ``vmap`` turns the 5 convolutions into one grouped convolution, which
+    oneDNN runs slower, and decomposes ``GroupNorm``'s backward into several elementwise passes; a batch of
+    100 images already fills the cores. On a GPU the vmapped step fills the device that one small model
+    cannot.
+    """
     if mode not in _MODES:
         raise PtmddError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}.")
-    if mode == "loop":
-        return mode
+    if mode == "loop" or (mode == "auto" and images.device.type != "cuda"):
+        return "loop"
     if _vmap_works(models, images, labels, precision):
         return "vmap"
     if mode == "vmap":
@@ -459,7 +488,8 @@ def train_models(
         seed: seed of every random choice.
         device: where to train (default: ``images.device``).
         mode: ``"vmap"`` (all models at once via ``torch.func``), ``"loop"`` (one after the other with
-            ``torch.optim.SGD``) or ``"auto"`` (``"vmap"`` when a trial step works, else ``"loop"``).
+            ``torch.optim.SGD``) or ``"auto"`` (``"vmap"`` on CUDA when a trial step works, else
+            ``"loop"``, the faster one on CPU).
 
     Returns:
         the ``num_models`` trained nets (float32, contiguous format, on ``device``, in train mode).
@@ -502,13 +532,14 @@ def evaluate_models(
     batch_size: int = 2000,
     device: torch.device | str | None = None,
     mode: str = "auto",
-    channels_last: bool = True,
+    channels_last: bool = False,
 ) -> Tensor:
     """Top-1 accuracy of every model on the test set, the models in eval mode, under ``no_grad``.
 
-    Models of one architecture are tested all at once with ``vmap`` over their stacked parameters (one
-    input batch, shared); otherwise (``mode="loop"``, BatchNorm nets, mixed architectures) one after the
-    other. Source: ``epoch('test', ...)`` of the DC/DSA/DM ``utils.py`` (argmax of the logits vs the label).
+    With ``mode="vmap"`` (``"auto"`` on CUDA), models of one architecture are tested all at once with
+    ``vmap`` over their stacked parameters (one input batch, shared); otherwise (``"loop"``, ``"auto"`` on
+    CPU where the loop is faster, BatchNorm nets, mixed architectures) one after the other.
+    Source: ``epoch('test', ...)`` of the DC/DSA/DM ``utils.py`` (argmax of the logits vs the label).
 
     Args:
         models: trained nets mapping ``(b, C, H, W) -> (b, K)``; put in eval mode (left in it).
@@ -517,7 +548,7 @@ def evaluate_models(
         precision: ``"32"`` or ``"bf16"`` (bf16 autocast).
         batch_size: test images per forward summed over the models tested at once.
         device: where to test (default: the device of the first model's first parameter, else the images').
-        mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (``"vmap"`` falls back to the loop when not possible).
+        mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (``"vmap"`` falls back to the loop when impossible).
         channels_last: test in channels_last in the sequential mode.
 
     Returns:
@@ -547,7 +578,8 @@ def evaluate_models(
         all(type(m) is type(models[0]) for m in models)
         and len({tuple((k, tuple(v.shape)) for k, v in m.state_dict().items()) for m in models}) == 1
     )
-    if mode != "loop" and same_arch and not _has_batchnorm(models[0]):
+    vmapped = mode == "vmap" or (mode == "auto" and device.type == "cuda")
+    if vmapped and same_arch and not _has_batchnorm(models[0]):
         from torch.func import functional_call, vmap
 
         template, params, buffers = _stack(models)

@@ -210,8 +210,7 @@ class PTMMember(nn.Module):
 
     def train(self, mode: bool = True) -> PTMMember:
         """PTMs stay in eval mode whatever the parent module does (frozen BatchNorm statistics)."""
-        super().train(False)
-        return self
+        return super().train(False)
 
 
 class PTMPool(nn.Module):
@@ -258,6 +257,10 @@ class PTMPool(nn.Module):
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def train(self, mode: bool = True) -> PTMPool:
+        """The pool stays in eval mode whatever its parent does (frozen BatchNorm statistics, no dropout)."""
+        return super().train(False)
 
     def pick(self, mode: Literal["random", "all"], rng: random.Random) -> list[tuple[PTMMember, float]]:
         """The members used this step and their weights (the weights include alpha).

@@ -2,5 +2,6 @@
 
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.modules.distiller import Distiller
+from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator
 
-__all__ = ["Classifier", "Distiller"]
+__all__ = ["Classifier", "Distiller", "SyntheticSetEvaluator"]

@@ -20,8 +20,8 @@ class Classifier(LightningModule):
 
     Args:
         arch: net name (see :func:`ptmdd_lightning.nets.build_net`).
-        num_classes, channels, image_size, mean, std, dataset_name, class_names: linked from the DataModule; never
-            set them in YAML (they are recorded in the PTM checkpoints).
+        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
+            DataModule; never set them in YAML (they are recorded in the PTM checkpoints).
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
@@ -36,8 +36,8 @@ class Classifier(LightningModule):
     def __init__(self, arch: str = "ConvNet", num_classes: int = 10, channels: int = 1,
                  image_size: tuple[int, int] = (28, 28), mean: tuple[float, ...] = (0.2861,),
                  std: tuple[float, ...] = (0.3530,), dataset_name: str = "fashion_mnist",
-                 class_names: list[str] | None = None, lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5) -> None:
+                 class_names: list[str] | None = None, classes: list[int] | None = None, lr: float = 0.01,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5) -> None:
         super().__init__()
         from ptmdd_lightning.nets import build_net
 

@@ -58,7 +58,8 @@ class Distiller(LightningModule):
     5. backpropagates into the synthetic images only (SGD, momentum 0.5). PTMs are frozen and in eval mode.
 
     Args:
-        num_classes, channels, image_size, mean, std, dataset_name, class_names: linked from the DataModule.
+        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
+            DataModule (``classes`` is its class subset, ``None`` for all classes); never set them in YAML.
         ipc: images per class (>= 1).
         method: ``"dm"``, ``"dc"`` or ``"dsa"`` (DC + differentiable siamese augmentation).
         dsa_strategy: DSA strategy for ``dsa``/``dm``; ``None`` = the DSA default (without ``flip`` for digits);
@@ -76,7 +77,8 @@ class Distiller(LightningModule):
         pool_root: the pool folder.
         cclom_batch_real: real images per class for CCLoM (>= 1).
         guidance_view: ``"augmented"`` (PTMs see the DSA view of the synthetic images) or ``"raw"``.
-        channels_last: run the nets in channels_last (faster on CPUs with AMX and on GPUs).
+        channels_last: run the nets in channels_last. Off by default: on the 2-core AMX CPU, ConvNet-3's instance
+            norm in channels_last + bf16 made a DM step about 2x slower (see docs/DESIGN.md).
 
     Raises:
         PtmddError: bad settings (ipc < 1, unknown method, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at
@@ -92,6 +94,7 @@ class Distiller(LightningModule):
         std: tuple[float, ...] = (0.3530,),
         dataset_name: str = "fashion_mnist",
         class_names: list[str] | None = None,
+        classes: list[int] | None = None,
         ipc: int = 10,
         method: Literal["dm", "dc", "dsa"] = "dm",
         dsa_strategy: str | None = None,
@@ -109,7 +112,7 @@ class Distiller(LightningModule):
         pool_root: str = "ptm_pool",
         cclom_batch_real: int = 32,
         guidance_view: Literal["augmented", "raw"] = "augmented",
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         from ptmdd_lightning.core.objectives import dc_outer_inner
@@ -126,9 +129,14 @@ class Distiller(LightningModule):
         if batch_train < 1 or lr_net <= 0 or (lr_img is not None and lr_img <= 0):
             raise PtmddError("batch_train must be >= 1 and lr_net, lr_img > 0.")
         ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
+        target = pool_key(dataset_name, classes)
         for group in ptms:
             group.validate()
             build_net(group.arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
+            if group.loss == "clom" and group.source not in (None, target):
+                raise PtmddError(
+                    f"CLoM needs PTMs of the target label space ({target}), but the {group.arch} group uses source "
+                    f"{group.source}; use loss: cclom for PTMs of another dataset or class split.")
         build_net(net_arch, channels, num_classes, tuple(image_size))
         self.save_hyperparameters()
         self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
@@ -163,8 +171,7 @@ class Distiller(LightningModule):
             else:
                 self.synthetic.init_noise(gen)
         if self.ptm_groups and self._aux["pool"] is None:
-            dm = self.trainer.datamodule if self.trainer is not None else None
-            target = pool_key(self.hparams.dataset_name, getattr(dm, "classes", None))
+            target = pool_key(self.hparams.dataset_name, self.hparams.classes)
             self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
                                         tuple(self.hparams.mean), tuple(self.hparams.std))
 
@@ -322,17 +329,56 @@ class Distiller(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the DC outer-loop net (and its optimizer) so a resumed run continues the same net."""
+        """Make a checkpoint that a resumed run continues bit for bit.
+
+        - ``hyper_parameters["ptms"]`` as plain dicts: LightningCLI re-reads a checkpoint's hyper-parameters with
+          ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
+        - DC/DSA: ``checkpoint["dc_net"]`` = the outer-loop net's ``state_dict``, its SGD state and its index.
+          ModelCheckpoint saves in its ``on_train_batch_end``, which Lightning calls BEFORE this module's
+          ``on_train_batch_end`` (the inner loop that trains the net on the synthetic set). Such a checkpoint
+          (``batch_progress.processed > completed``) gets ``inner_loop_pending`` and the global RNG state(s) of that
+          moment; :meth:`on_train_start` of the resumed run runs that inner loop first. A SIGTERM checkpoint is written
+          after the whole step, its inner loop included.
+        """
+        import dataclasses
+
+        hp = checkpoint.get("hyper_parameters")
+        if hp is not None and hp.get("ptms"):
+            checkpoint["hyper_parameters"] = {**hp, "ptms": [
+                dataclasses.asdict(g) if dataclasses.is_dataclass(g) else dict(g) for g in hp["ptms"]]}
         if self.hparams.method != "dm" and self._aux["net"] is not None:
-            checkpoint["dc_net"] = {
+            state = {
                 "index": self._aux["net_index"],
-                "state_dict": {k: v.detach().cpu() for k, v in self._aux["net"].state_dict().items()},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in self._aux["net"].state_dict().items()},
                 "optimizer": self._aux["net_opt"].state_dict(),
+                "inner_loop_pending": False,
             }
+            trainer = self._trainer
+            if trainer is not None and self.global_step % self.outer_loop != 0:
+                progress = trainer.fit_loop.epoch_loop.batch_progress.current
+                if progress.processed > progress.completed:  # on_train_batch_end of this module has not run yet
+                    state["inner_loop_pending"] = True
+                    state["rng_cpu"] = torch.get_rng_state()
+                    if self.device.type == "cuda":
+                        state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+            checkpoint["dc_net"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint's synthetic set fits this model; restore the DC outer-loop net (see above).
+
+        Raises:
+            PtmddError: the checkpoint's synthetic images have another shape ``(K * IPC, C, H, W)``.
+        """
+        images = checkpoint.get("state_dict", {}).get("synthetic.images")
+        if images is not None and tuple(images.shape) != tuple(self.synthetic.images.shape):
+            hp = checkpoint.get("hyper_parameters", {})
+            raise PtmddError(
+                f"the checkpoint holds {tuple(images.shape)} synthetic images (dataset {hp.get('dataset_name')}, ipc "
+                f"{hp.get('ipc')}) but this run makes {tuple(self.synthetic.images.shape)} (dataset "
+                f"{self.hparams.dataset_name}, ipc {self.hparams.ipc}); resume with the config of that run, or start a "
+                "new run without --ckpt_path.")
         state = checkpoint.get("dc_net")
-        if state is None:
+        if state is None or self.hparams.method == "dm":
             return
         from ptmdd_lightning.nets import build_net
 
@@ -342,8 +388,11 @@ class Distiller(LightningModule):
         self._aux["net"] = net
         self._aux["net_index"] = state["index"]
         self._aux["pending_opt_state"] = state["optimizer"]
+        if state.get("inner_loop_pending"):
+            self._aux["pending_inner_loop"] = (state["rng_cpu"], state.get("rng_cuda"))
 
     def on_fit_start(self) -> None:
+        """Place the DC net (restored or not) and the PTM pool on this device."""
         net = self._aux["net"]
         if net is not None:
             self._place(net)
@@ -353,6 +402,20 @@ class Distiller(LightningModule):
             self._aux["net_opt"] = opt
         if self.pool is not None:
             self._place(self.pool)
+
+    def on_train_start(self) -> None:
+        """Resume: run the DC inner loop of the restored step if the checkpoint was written before it.
+
+        Here, not in :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop) after
+        ``on_fit_start`` and before ``on_train_start``.
+        """
+        pending = self._aux.pop("pending_inner_loop", None)
+        if pending is not None and self._aux["net"] is not None:
+            rng_cpu, rng_cuda = pending
+            torch.set_rng_state(rng_cpu)
+            if rng_cuda is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng_cuda, self.device)
+            self._train_net_on_synthetic()
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict[str, Any]:

@@ -68,7 +68,8 @@ def check_feature_size(arch: str, height: int, width: int, image_size: tuple[int
     if height < 1 or width < 1:
         raise PtmddError(
             f"{arch} cannot take {image_size[0]}x{image_size[1]} inputs: the feature map becomes "
-            f"{height}x{width} at {stage}; use larger images (e.g. 32x32) or a shallower net (e.g. ConvNetD1)."
+            f"{height}x{width} at {stage}; use larger images (e.g. 32x32) or a shallower net "
+            "(e.g. ConvNetD1)."
         )
 
 

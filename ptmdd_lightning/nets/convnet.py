@@ -97,8 +97,9 @@ class ConvNet(DDNet):
         ``(N, width * h * w)``. Works with ``channels_last`` inputs and under autocast.
 
     Raises:
-        PtmddError: for an unknown ``norm``/``act``/``pool``, a non-positive ``width``/``depth``/``channels``/
-            ``num_classes``, ``groupnorm`` with ``width % 4 != 0``, or an ``image_size`` too small for ``depth``.
+        PtmddError: for an unknown ``norm``/``act``/``pool``, a non-positive ``width``/``depth``/
+            ``channels``/``num_classes``, ``groupnorm`` with ``width % 4 != 0``, or an ``image_size`` too
+            small for ``depth``.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class ConvNet(DDNet):
         self.act = _choice(act, CONVNET_ACTS, "act")
         self.pool = _choice(pool, CONVNET_POOLS, "pool", _POOL_ALIASES)
         if self.norm == "groupnorm" and self.width % 4:
-            raise PtmddError(f"ConvNet groupnorm uses 4 groups, so width must be divisible by 4, got {width}.")
+            raise PtmddError(f"ConvNet groupnorm uses 4 groups: pass a width divisible by 4, got {width}.")
 
         layers: list[nn.Module] = []
         in_channels = self.channels

@@ -27,7 +27,8 @@ from ptmdd_lightning.errors import PtmddError
 
 def dm_inputs(dtype=torch.float32):
     # K = 3, D = 2; class 2 absent on both sides.
-    real = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], dtype=dtype)  # class 0 mean (2, 3); class 1 (0, 0)
+    # real: class 0 mean (2, 3), class 1 (0, 0)
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], dtype=dtype)
     rl = torch.tensor([0, 0, 1])
     syn = torch.tensor([[2.0, 2.0], [1.0, -1.0], [3.0, 1.0]], dtype=dtype)  # class 0 (2, 2); class 1 (2, 0)
     sl = torch.tensor([0, 1, 1])
@@ -202,7 +203,7 @@ def dc_data(k=3, nr=5, ns=2, counts=None, seed=1):
     return real, rl, syn, sl
 
 
-def check_against_reference(net, real, rl, syn, sl, k, metric, batched=True):
+def check_against_reference(net, real, rl, syn, sl, k, metric, batched=None):
     syn_a = syn.clone().requires_grad_(True)
     loss = dc_loss(net, real, rl, syn_a, sl, k, metric=metric, batched=batched)
     (grad_a,) = torch.autograd.grad(loss, syn_a)
@@ -215,15 +216,16 @@ def check_against_reference(net, real, rl, syn, sl, k, metric, batched=True):
 
 
 @pytest.mark.parametrize("metric", ["ours", "mse", "cos"])
-def test_dc_loss_batched_equals_reference_loop(metric):
+@pytest.mark.parametrize("batched", [True, None])
+def test_dc_loss_batched_equals_reference_loop(metric, batched):
     net = tiny_convnet()
-    check_against_reference(net, *dc_data(), 3, metric)
+    check_against_reference(net, *dc_data(), 3, metric, batched=batched)
 
 
 def test_dc_loss_unequal_class_counts_and_loop_fallback():
     net = tiny_convnet()
     data = dc_data(counts=[5, 3, 4])
-    check_against_reference(net, *data, 3, "ours")
+    check_against_reference(net, *data, 3, "ours", batched=True)  # padded vmap
     check_against_reference(net, *data, 3, "ours", batched=False)
 
 
@@ -236,7 +238,7 @@ def test_dc_loss_batchnorm_frozen_equals_reference():
     assert freeze_batchnorm_stats(net, real) is True
     assert not torch.equal(net[1].running_mean, before)  # statistics measured on the real batch
     assert not net[1].training and not net[5].training and net.training and net[0].training
-    check_against_reference(net, real, rl, syn, sl, 3, "ours")
+    check_against_reference(net, real, rl, syn, sl, 3, "ours", batched=True)
     plain = tiny_convnet()
     state = {k: v.clone() for k, v in plain.state_dict().items()}
     assert freeze_batchnorm_stats(plain, real) is False
@@ -247,8 +249,8 @@ def test_dc_class_gradients_shapes_graph_and_no_param_grads():
     net = tiny_convnet()
     real, rl, syn, sl = dc_data()
     syn.requires_grad_(True)
-    gr = dc_class_gradients(net, real, rl, 3, create_graph=False)
-    gs = dc_class_gradients(net, syn, sl, 3)
+    gr = dc_class_gradients(net, real, rl, 3, create_graph=False, batched=True)
+    gs = dc_class_gradients(net, syn, sl, 3, batched=True)
     params = list(net.parameters())
     assert [tuple(g.shape) for g in gr] == [(3, *p.shape) for p in params]
     assert all(g.grad_fn is None and not g.requires_grad for g in gr)
@@ -283,7 +285,7 @@ def test_dc_loss_float32_under_bf16_autocast():
     real, rl, syn, sl = (t.float() if t.is_floating_point() else t for t in dc_data())
     syn.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = dc_loss(net, real, rl, syn, sl, 3)
+        loss = dc_loss(net, real, rl, syn, sl, 3, batched=True)
     ref = reference_dc_loss(net, real, rl, syn.detach(), sl, 3)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert loss.item() == pytest.approx(ref.item(), rel=0.1)

@@ -1,0 +1,135 @@
+"""SyntheticSetEvaluator: standalone evaluation of an exported synthetic set with ``ptmdd test`` / ``ptmdd validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.synthetic import SyntheticSet, atomic_save
+from ptmdd_lightning.data import RealDataModule
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.main import main
+from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator, check_export
+
+REPO = Path(__file__).resolve().parents[2]
+EVALUATE = str(REPO / "configs" / "evaluate.yaml")
+FMNIST = dict(dataset_name="fashion_mnist", num_classes=10, channels=1, image_size=(28, 28), mean=(0.2861,),
+              std=(0.3530,), classes=None)
+
+
+def _export(images: torch.Tensor, ipc: int, classes=None, dataset: str = "fashion_mnist",
+            mean=(0.2861,), std=(0.3530,)) -> dict:
+    k = images.shape[0] // ipc
+    s = SyntheticSet(k, ipc, images.shape[1], tuple(images.shape[-2:]))
+    with torch.no_grad():
+        s.images.copy_(images)
+    blob = s.export(mean, std, dataset, None, config={"classes": classes, "ipc": ipc})
+    blob["global_step"] = 7
+    return blob
+
+
+def _noise_export(tmp_path: Path, ipc: int = 2, **kwargs) -> Path:
+    images = torch.randn(10 * ipc, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return atomic_save(_export(images, ipc, **kwargs), tmp_path / "synthetic_set.pt")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(dataset="mnist"), "--data.init_args.dataset mnist"),
+        (dict(classes=[5, 6, 7, 8, 9]), "--data.init_args.classes"),
+        (dict(mean=(0.5,)), "normalised with mean"),
+    ],
+)
+def test_check_export_names_the_fix(change, message):
+    blob = _export(torch.zeros(10, 1, 28, 28), 1, **change)
+    with pytest.raises(PtmddError, match=message.replace("(", r"\(")):
+        check_export(blob, "syn.pt", **FMNIST)
+
+
+def test_check_export_rejects_other_shapes_and_class_counts():
+    with pytest.raises(PtmddError, match="1x32x32"):
+        check_export(_export(torch.zeros(10, 1, 32, 32), 1), "syn.pt", **FMNIST)
+    with pytest.raises(PtmddError, match="has 5 classes"):
+        check_export(_export(torch.zeros(5, 1, 28, 28), 1), "syn.pt", **FMNIST)
+    with pytest.raises(PtmddError, match="class subset"):  # a subset export on the full DataModule
+        check_export(_export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]), "syn.pt",
+                     **{**FMNIST, "num_classes": 5})
+    check_export(_export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]), "syn.pt",
+                 **{**FMNIST, "num_classes": 5, "classes": [0, 1, 2, 3, 4]})  # the matching subset passes
+
+
+def test_constructor_validates_settings():
+    with pytest.raises(PtmddError, match="num_models >= 1"):
+        SyntheticSetEvaluator(path="x.pt", num_models=0)
+    with pytest.raises(PtmddError):
+        SyntheticSetEvaluator(path="x.pt", archs=["NoSuchNet"])
+
+
+def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch, fake_fashion_root):
+    """An export that IS the baseline's random real subset must score exactly what the baseline scores."""
+    monkeypatch.chdir(tmp_path)
+    dm = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root))
+    dm.setup("test")
+    ipc, seed = 2, 3
+    real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, ipc, 10,
+                                        torch.Generator().manual_seed(seed + 1))
+    path = atomic_save(_export(real_x, ipc), tmp_path / "subset.pt")
+    cli = main(["test", "--config", EVALUATE, "--model.init_args.path", str(path),
+                "--data.init_args.root", str(fake_fashion_root), "--model.init_args.archs", "[ConvNetW32]",
+                "--model.init_args.epochs", "2", "--model.init_args.num_models", "2",
+                "--model.init_args.eval_seed", str(seed), "--model.init_args.output_dir", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["arch"], r["set"], r["n"], r["step"]) for r in rows] == [
+        ("ConvNetW32", "synthetic", 2, 7), ("ConvNetW32", "random_real", 2, 7)]
+    assert rows[0]["accs"] == rows[1]["accs"]  # same images, same seed -> the same models
+    expected = train_and_test("ConvNetW32", real_x, real_y, dm.test_images, dm.test_labels, 10, 2,
+                              EvalProtocol(epochs=2, precision="bf16"), seed=seed)
+    assert rows[0]["accs"] == pytest.approx(expected.tolist())
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["test/ConvNetW32/acc"]) == pytest.approx(rows[0]["mean"])
+    assert float(metrics["test/ConvNetW32/gain"]) == pytest.approx(0.0)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| ConvNetW32 | synthetic |" in md and "random_real" in md
+
+
+def test_validate_command_writes_the_cross_architecture_table(tmp_path, monkeypatch, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    path = _noise_export(tmp_path)
+    main(["validate", "--config", EVALUATE, "--model.init_args.path", str(path),
+          "--data.init_args.root", str(fake_fashion_root), "--model.init_args.archs", "[ConvNetW32, MLP]",
+          "--model.init_args.epochs", "1", "--model.init_args.num_models", "1", "--model.init_args.baseline", "false"])
+    results = sorted(Path("lightning_logs/evaluate").glob("version_*/results.json"))
+    assert len(results) == 1
+    rows = json.loads(results[0].read_text())
+    assert [(r["arch"], r["set"]) for r in rows] == [("ConvNetW32", "synthetic"), ("MLP", "synthetic")]
+    assert all(0.0 <= r["mean"] <= 1.0 for r in rows)
+
+
+def test_mismatched_export_is_a_one_line_user_error(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    subset = _noise_export(tmp_path, ipc=1)
+    blob = torch.load(subset, weights_only=False)
+    blob["images"], blob["labels"] = blob["images"][:5], blob["labels"][:5]
+    blob["num_classes"], blob["config"] = 5, {"classes": [5, 6, 7, 8, 9]}
+    atomic_save(blob, subset)
+    for file, needle in ((subset, "--data.init_args.classes '[5, 6, 7, 8, 9]'"),
+                         (tmp_path / "missing.pt", "does not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["test", "--config", EVALUATE, "--model.init_args.path", str(file),
+                  "--data.init_args.root", str(fake_fashion_root)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+
+
+def test_missing_path_names_the_argument(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", EVALUATE, "--data.init_args.root", str(fake_fashion_root)])
+    assert exit_info.value.code == 2
+    assert "--model.init_args.path" in capsys.readouterr().err

@@ -1,0 +1,205 @@
+"""Resume after a kill: a CPU run killed for real (SIGKILL or SIGTERM) and resumed with ``--ckpt_path last`` ends
+with the same synthetic set, bit for bit, as an uninterrupted run with the same seed; runs go into versioned folders.
+
+The killed run is a subprocess (``python -m ptmdd_lightning fit``) that a :class:`Stall` callback holds at step 5,
+after the periodic ``last.ckpt`` of step 4 exists; the reference and the resumed runs use :func:`main` in-process, so
+the equality also shows that the CLI is deterministic across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning import Callback
+
+from ptmdd_lightning.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS = 8
+STALL_AT = 5  # the periodic checkpoint (every 2 steps) of step 4 exists when the killed run reaches step 5
+
+
+class Stall(Callback):
+    """Test helper: at ``global_step == at_step`` write ``marker`` and wait (up to ``timeout`` s) for SIGTERM.
+
+    Numerically inert; the killed run uses it so that the test can kill it at a known step.
+    """
+
+    def __init__(self, at_step: int, marker: str, timeout: float = 120.0) -> None:
+        self.at_step = at_step
+        self.marker = marker
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step:
+            return
+        Path(self.marker).write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_classes: int = 10,
+              image_size: tuple[int, int] = (28, 28), seed: int = 0, **meta) -> Path:
+    """A PTM checkpoint in the PTMCheckpoint format with randomly initialised weights (no training needed)."""
+    from ptmdd_lightning.nets import build_net
+
+    torch.manual_seed(seed)
+    net = build_net(arch, channels, num_classes, image_size)
+    blob = {"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
+            "image_size": tuple(image_size), "dataset": "fashion_mnist", "classes": None,
+            "mean": (0.2861,) * channels, "std": (0.3530,) * channels, "epoch": 1, "seed": seed, "val_acc": None}
+    blob.update(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+    return path
+
+
+def tiny_config(path: Path, data_root: Path, method: str = "dm", max_steps: int = MAX_STEPS,
+                extra_callbacks: list | None = None, ptm_pool: Path | None = None, **model) -> Path:
+    """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic + on-exception last.ckpt)."""
+    init_args = {"ipc": 1, "method": method, "net_arch": "ConvNetW32", **model}
+    if method != "dm":
+        init_args.update(outer_loop=3, inner_loop=2, batch_train=4)
+    if ptm_pool is not None:
+        init_args.update(pool_root=str(ptm_pool), ptms=[{"arch": "ConvNetW32", "alpha": 0.1, "num_seeds": 1,
+                                                         "epoch": 1, "loss": "clom"}])
+    config = {
+        "seed_everything": 3,
+        "trainer": {
+            "max_steps": max_steps, "accelerator": "cpu", "devices": 1,
+            "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                       "init_args": {"save_dir": "logs", "name": "run"}},
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                           "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 2,
+                                         "enable_version_counter": False, "save_on_exception": True}},
+                          *(extra_callbacks or [])],
+        },
+        "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": init_args},
+        "data": {"class_path": "ptmdd_lightning.data.DistillDataModule",
+                 "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4}},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def ptm_pool(tmp_path) -> Path:
+    """A one-member pool (ConvNetW32, seed 0, epoch 1) for CLoM."""
+    root = tmp_path / "pool"
+    write_ptm(root / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_seed_env(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # seed_everything sets it; restored after the test
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _start(workdir: Path, config: Path) -> subprocess.Popen:
+    """Start ``python -m ptmdd_lightning fit --config`` in ``workdir``, output to ``workdir/run.log``."""
+    with (workdir / "run.log").open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config)],
+                                cwd=workdir, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def _kill_when_stalled(proc: subprocess.Popen, workdir: Path, sig: signal.Signals) -> tuple[int, str]:
+    """Wait for the Stall marker in ``workdir``, send ``sig``; ``(returncode, output)``."""
+    log = workdir / "run.log"
+    try:
+        deadline = time.monotonic() + 180
+        while not (workdir / "stalled").exists():
+            assert proc.poll() is None, f"the run ended before it was killed:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "the run never reached the stall step"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, log.read_text()
+
+
+def _images(cli) -> torch.Tensor:
+    return cli.model.synthetic.images.detach().clone()
+
+
+@pytest.mark.parametrize(("method", "sig", "guided"), [
+    ("dm", signal.SIGTERM, True),
+    ("dc", signal.SIGKILL, False),
+    pytest.param("dsa", signal.SIGKILL, False, marks=pytest.mark.slow),
+    pytest.param("dc", signal.SIGTERM, False, marks=pytest.mark.slow),
+], ids=lambda v: v.name if isinstance(v, signal.Signals) else str(v))
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, fake_fashion_root, ptm_pool,
+                                                       method, sig, guided):
+    pool = ptm_pool if guided else None
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    base = tiny_config(tmp_path / "base.yaml", fake_fashion_root, method, ptm_pool=pool)
+    stall = {"class_path": "tests.test_resume.Stall",
+             "init_args": {"at_step": STALL_AT, "marker": str(run_dir / "stalled")}}
+    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, method, ptm_pool=pool,
+                         extra_callbacks=[stall])
+
+    proc = _start(run_dir, killed)  # its start-up (imports) overlaps the in-process reference run
+    try:
+        monkeypatch.chdir(ref_dir)
+        reference = _images(main(["fit", "--config", str(base)]))
+    finally:
+        code, output = _kill_when_stalled(proc, run_dir, sig)
+    ckpt_dir = run_dir / "logs" / "run" / "version_0" / "checkpoints"
+    last = torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        assert last["global_step"] == STALL_AT - 1  # the periodic checkpoint; step 5 is lost and redone
+        if method != "dm":  # written before this module's on_train_batch_end: the resumed run runs that inner loop
+            assert last["dc_net"]["inner_loop_pending"]
+    else:
+        assert code == 143, output
+        assert "stopped by SIGTERM" in output
+        assert last["global_step"] == STALL_AT  # Lightning finished step 5, then ModelCheckpoint saved on exception
+        assert (ckpt_dir / f"epoch=0-step={STALL_AT}.ckpt").is_file()
+    assert not torch.equal(last["state_dict"]["synthetic.images"], reference)  # killed midway indeed
+
+    monkeypatch.chdir(run_dir)
+    resumed = main(["fit", "--config", str(base), "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == MAX_STEPS
+    assert Path(resumed.trainer.log_dir).resolve() == (run_dir / "logs" / "run" / "version_0").resolve()
+    assert sorted(p.name for p in (run_dir / "logs" / "run").iterdir()) == ["version_0"]  # same folder, no new one
+    assert torch.equal(_images(resumed), reference)  # bitwise: images, momentum, step, data stream, RNG, DC net
+    saved = yaml.safe_load((run_dir / "logs" / "run" / "version_0" / "config.yaml").read_text())
+    assert saved["ckpt_path"] == "last" and saved["trainer"]["logger"]["init_args"]["version"] is None
+
+
+def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    assert "no last.ckpt to resume from" in capsys.readouterr().err
+    first = main(["fit", "--config", str(config)])
+    second = main(["fit", "--config", str(config)])
+    assert Path(first.trainer.log_dir).name == "version_0" and Path(second.trainer.log_dir).name == "version_1"
+    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    assert Path(resumed.trainer.log_dir).name == "version_1"
+    assert resumed.trainer.global_step == 3
+    assert sorted(p.name for p in (tmp_path / "logs" / "run").iterdir()) == ["version_0", "version_1"]
