@@ -370,7 +370,8 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     (``trainer.callbacks.SyntheticSetEvaluation.init_args.epochs``).
 
     Raises:
-        PtmddError: a part that addresses no list item, or a part below a scalar.
+        PtmddError: a part that addresses no list item, or a part below a scalar (a missing or null part becomes a
+            mapping).
     """
     parts = key.split(".")
     node: Any = config
@@ -389,8 +390,10 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
             if last:
                 node[part] = copy.deepcopy(value)
                 return
-            if not isinstance(node.get(part), dict | list):
+            if node.get(part) is None:
                 node[part] = {}
+            elif not isinstance(node[part], dict | list):
+                raise PtmddError(f"override {key}: {'.'.join(parts[:i + 1])} is a value, not a mapping.")
             node = node[part]
         else:
             raise PtmddError(f"override {key}: {'.'.join(parts[:i])} is a value, not a mapping.")
@@ -615,7 +618,7 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     head = ["run", *axes, "arch", "distilled acc. (%)", "random real (%)", "gain vs random"]
     if base is not None:
         head.append(f"gain vs {base}")
-    head.append("runs x models")
+    head.append("runs / models")
     lines = [f"## {spec.title}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join("---" if h in ("run", "arch", *axes) else "---:" for h in head) + "|"]
     for r in rows:
@@ -624,7 +627,7 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
                  _gain(r["gain_vs_random"])]
         if base is not None:
             cells.append(_gain(r["gain_vs_baseline"]))
-        cells.append(f"{r['runs']} x {r['n'] // max(r['runs'], 1)}")
+        cells.append(f"{r['runs']} / {r['n']}")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 

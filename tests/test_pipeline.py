@@ -59,7 +59,8 @@ def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_p
     events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss_dm", "train/loss_clom", "train/loss", "eval/ConvNet/acc", "eval/ConvNet/baseline_acc"} <= scalars
+    expected = {"train/loss_dm", "train/loss_clom", "train/loss", "eval/ConvNet/acc", "eval/ConvNet/baseline_acc"}
+    assert expected <= scalars
     assert "synthetic/images" in events.Tags()["images"]
 
 

@@ -39,7 +39,8 @@ def clom(logits_syn: Tensor, syn_labels: Tensor) -> Tensor:
                          f"{tuple(syn_labels.shape)}.")
     if syn_labels.numel() and int(syn_labels.max()) >= logits_syn.shape[1]:
         raise PtmddError(f"CLoM needs a PTM of the target label space: the PTM has {logits_syn.shape[1]} classes but "
-                         f"the labels go up to {int(syn_labels.max())}; use loss: cclom for PTMs of another label space.")
+                         f"the labels go up to {int(syn_labels.max())}; use loss: cclom for PTMs of another label "
+                         "space.")
     return F.cross_entropy(logits_syn.float(), syn_labels)
 
 
@@ -47,8 +48,8 @@ def cclom(feat_real: Tensor, real_labels: Tensor, feat_syn: Tensor, syn_labels: 
     """CCLoM, the contrastive classification loss of a pre-trained model (Lu et al. 2023, Eq. 3).
 
     ``D[i, j] = 1 - cos(F(real_i), F(syn_j))``, ``M[i, j] = 1[real_labels_i == syn_labels_j]``,
-    ``L = sum(D * M) / sum(D)``: the share of the cosine distance that lies between same-class pairs. Minimising it pulls
-    each synthetic image towards the real images of its class in the PTM's feature space, relative to all classes.
+    ``L = sum(D * M) / sum(D)``: the share of the cosine distance that lies between same-class pairs. Minimising it
+    pulls each synthetic image towards the real images of its class in the PTM's feature space, relative to all classes.
     Labels need only agree between the real batch and the synthetic set, so the PTM may come from any label space.
 
     Args:
@@ -116,7 +117,7 @@ class PTMGroup:
 
 
 def pool_key(dataset: str, classes: list[int] | None = None) -> str:
-    """The pool folder name of a training set: ``"fashion_mnist"``, or ``"fashion_mnist-c0-1-2-3-4"`` for a class subset."""
+    """The pool folder name of a training set: ``"fashion_mnist"``, or ``"fashion_mnist-c0-1-2-3-4"`` for a subset."""
     if not classes:
         return dataset
     return f"{dataset}-c" + "-".join(str(int(c)) for c in classes)

@@ -73,7 +73,8 @@ class Distiller(LightningModule):
         batch_train: DC/DSA batch size when the net trains on the synthetic set (256).
         dc_metric: DC gradient distance: ``"ours"`` (per-output-row cosine, 1-D params skipped), ``"mse"``, ``"cos"``.
         ptms: the PTM pool, one :class:`PTMGroup` per architecture (alpha, N_m, epoch, loss, source).
-        ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weights alpha/|pool|).
+        ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weight
+            alpha/|pool|).
         pool_root: the pool folder.
         cclom_batch_real: real images per class for CCLoM (>= 1).
         guidance_view: ``"augmented"`` (PTMs see the DSA view of the synthetic images) or ``"raw"``.
