@@ -1,14 +1,15 @@
 """The ``ptmdd`` command: LightningCLI over ptmdd's modules and DataModules.
 
-``ptmdd fit --config configs/quickstart.yaml`` (also ``validate``/``test``/``predict``); every Lightning strategy
-(``--trainer.strategy ddp --trainer.devices N --trainer.num_nodes M``) works unchanged.
+``ptmdd fit --config configs/quickstart.yaml`` (also ``validate``/``test``/``predict``); every Lightning
+strategy (``--trainer.strategy ddp --trainer.devices N --trainer.num_nodes M``) works unchanged.
 
-Resume: ``ptmdd fit --config X --ckpt_path last`` continues the newest run of that config. Lightning alone would look
-for ``last.ckpt`` in the NEW version folder its logger makes for every run; :class:`PtmddCLI` instead finds the newest
-``<save_dir>/<name>/<version>/checkpoints/last*.ckpt`` of the config's logger, loads it, and pins the logger to that
-version so the resumed run writes into the same folder. A run without ``--ckpt_path`` always gets a new version folder.
-A checkpoint file given by path is checked (exists, not truncated/corrupted) before anything else reads it; the run
-then goes into a new version folder (a branch, never an overwrite). See docs/distributed.md.
+Resume: ``ptmdd fit --config X --ckpt_path last`` continues the newest run of that config. Lightning alone
+would look for ``last.ckpt`` in the NEW version folder its logger makes for every run; :class:`PtmddCLI`
+instead finds the newest ``<save_dir>/<name>/<version>/checkpoints/last*.ckpt`` of the config's logger, loads
+it, and pins the logger to that version so the resumed run writes into the same folder. A run without
+``--ckpt_path`` always gets a new version folder. A checkpoint file given by path is checked (exists, not
+truncated/corrupted) before anything else reads it; that run goes into a new version folder (a branch, never
+an overwrite). See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -47,17 +48,19 @@ SIGTERM_EXIT = 128 + signal.SIGTERM
 class PtmddCLI(LightningCLI):
     """LightningCLI that links the DataModule's derived values (K, C, (H, W), mean/std, name) into the model.
 
-    It also resolves ``--ckpt_path last`` to the newest ``last.ckpt`` among the config's versioned run folders and
-    pins the logger's version to that folder for ``fit`` (see the module docstring), and checks that a checkpoint
-    given by path is a readable file, so a bad path gives one :class:`~ptmdd_lightning.errors.PtmddError`.
+    It also resolves ``--ckpt_path last`` to the newest ``last.ckpt`` among the config's versioned run
+    folders and, for ``fit``, pins the logger's version to that folder (see the module docstring). A
+    checkpoint given by path is checked first, so a bad file gives one
+    :class:`~ptmdd_lightning.errors.PtmddError`.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for name in LINKED:
-            parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name), apply_on="instantiate")
+            parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name),
+                                  apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, then resolve/check ``ckpt_path`` before LightningCLI reads the checkpoint's hyper-parameters."""
+        """Parse; then resolve/check ``ckpt_path`` before LightningCLI reads its hyper-parameters."""
         super().parse_arguments(parser, args)
         self._user_values: dict[str, Any] = {}
         subcommand = self.config.get("subcommand")
@@ -78,10 +81,11 @@ class PtmddCLI(LightningCLI):
         check_checkpoint_file(config.get("ckpt_path"))
 
     def after_instantiate_classes(self) -> None:
-        """Restore the user's ``ckpt_path``/logger in the config that SaveConfigCallback writes to the run folder.
+        """Put the user's ``ckpt_path``/logger back into the config that SaveConfigCallback writes.
 
-        Its ``config.yaml`` then reads ``ckpt_path: last`` (not one file), and re-running it never pins a new run to
-        an existing version folder. (The objects were already instantiated from the resolved values.)
+        The run folder's ``config.yaml`` then reads ``ckpt_path: last`` (not one file), and re-running it
+        never pins a new run to an existing version folder. (The objects were instantiated from the resolved
+        values already.)
         """
         if self.subcommand is None:
             return
@@ -90,7 +94,7 @@ class PtmddCLI(LightningCLI):
 
 
 def _pinned_logger(trainer: Namespace, version: int | str) -> Any:
-    """The ``trainer.logger`` config with the first logger's ``version`` set (Lightning's default made explicit)."""
+    """The ``trainer.logger`` config with the first logger's ``version`` set (a default logger spelt out)."""
     logger = deepcopy(trainer.get("logger"))
     if logger is None or logger is True:
         return Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
@@ -111,7 +115,7 @@ def _getter(name: str):
 
 
 def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
-    """``(folder holding the version folders, pinned version or None)`` of the trainer config's first logger.
+    """``(folder of the version folders, pinned version or None)`` of the trainer config's first logger.
 
     Returns ``(None, None)`` without a logger (checkpoints then go to ``<default_root_dir>/checkpoints``).
 
@@ -129,9 +133,10 @@ def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
         return root / "lightning_logs", None
     init = (logger.get("init_args") or Namespace()) if isinstance(logger, Namespace) else Namespace()
     if "save_dir" not in init:
-        raise PtmddError(f"--ckpt_path last needs a logger with save_dir and name (TensorBoardLogger, CSVLogger) to "
-                         f"find the run folders; {logger.get('class_path', logger)} has none. Pass the checkpoint "
-                         "file instead: --ckpt_path <run folder>/checkpoints/last.ckpt.")
+        raise PtmddError(
+            "--ckpt_path last needs a logger with save_dir and name (TensorBoardLogger, CSVLogger) to find "
+            f"the run folders; {logger.get('class_path', logger)} has none. Pass the checkpoint file "
+            "instead: --ckpt_path <run folder>/checkpoints/last.ckpt.")
     folder = Path(init.get("save_dir") or root)
     name = init.get("name")
     if name:
@@ -140,12 +145,12 @@ def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
 
 
 def find_last_checkpoint(trainer: Namespace | None) -> tuple[Path, int | str | None]:
-    """The newest ``last.ckpt`` of the runs a trainer config writes, and the logger version of its run folder.
+    """The newest ``last.ckpt`` of the runs a trainer config writes, and the logger version of its folder.
 
-    Where ModelCheckpoint writes: its ``dirpath`` when the config sets one (version ``None``: nothing to pin);
-    otherwise ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, every version folder (or only the
-    pinned ``version``); without a logger ``<default_root_dir>/checkpoints``. Files named ``last.ckpt`` or
-    ``last-v<N>.ckpt``; the newest by modification time wins (a SIGTERM checkpoint is newer than a periodic one).
+    Where ModelCheckpoint writes: its ``dirpath`` when the config sets one (version ``None``: nothing to
+    pin); otherwise ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, every version folder (or
+    only the pinned ``version``); without a logger ``<default_root_dir>/checkpoints``. Files named
+    ``last.ckpt`` or ``last-v<N>.ckpt``; the newest by modification time wins.
 
     Args:
         trainer: the ``trainer`` section of a parsed config.
@@ -154,16 +159,18 @@ def find_last_checkpoint(trainer: Namespace | None) -> tuple[Path, int | str | N
         ``(path, version)``: ``version`` is an ``int`` for ``version_<int>`` folders, else the folder name.
 
     Raises:
-        PtmddError: no such checkpoint (the message names where it looked), or a logger with unknown folders.
+        PtmddError: no such checkpoint (the message names where it looked), or a logger without folders.
     """
     trainer = trainer or Namespace()
     dirs: list[Path] = []
     for callback in _as_list(trainer.get("callbacks")):
-        if isinstance(callback, Namespace) and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+        class_path = str(callback.get("class_path", "")) if isinstance(callback, Namespace) else ""
+        if class_path.endswith("ModelCheckpoint"):
             dirpath = (callback.get("init_args") or Namespace()).get("dirpath")
             if dirpath:
                 dirs.append(Path(dirpath))
     pinnable = not dirs
+    folder = None
     if not dirs:
         folder, version = _logger_folder(trainer)
         if folder is None:
@@ -173,7 +180,8 @@ def find_last_checkpoint(trainer: Namespace | None) -> tuple[Path, int | str | N
             dirs = [folder / (version if isinstance(version, str) else f"version_{version}") / "checkpoints"]
         else:
             dirs = sorted(folder.glob("*/checkpoints"))
-    found = [p for d in dirs if d.is_dir() for p in d.iterdir() if LAST_CKPT.fullmatch(p.name) and p.is_file()]
+    found = [p for d in dirs if d.is_dir() for p in d.iterdir()
+             if LAST_CKPT.fullmatch(p.name) and p.is_file()]
     if not found:
         where = ", ".join(str(d) for d in dirs) if dirs else f"{folder}/*/checkpoints"
         raise PtmddError(f"--ckpt_path last: no last.ckpt to resume from in {where}. Start a new run without "
@@ -196,16 +204,16 @@ def _as_list(value: Any) -> list:
 def check_checkpoint_file(path: str | os.PathLike) -> None:
     """Raise a :class:`PtmddError` unless ``path`` is a complete checkpoint file.
 
-    ``torch.save`` writes a zip archive: a truncated file lacks the zip's central directory, a corrupted one fails
-    the CRC-32 of a member (``zipfile.testzip`` reads every member once, without unpickling). A non-zip file (the
-    legacy format) is test-loaded with ``torch.load``.
+    ``torch.save`` writes a zip archive: a truncated file lacks the zip's central directory, a corrupted one
+    fails the CRC-32 of a member (``zipfile.testzip`` reads every member once, without unpickling). A non-zip
+    file (the legacy format) is test-loaded with ``torch.load``.
 
     Raises:
         PtmddError: missing, not a file, truncated or corrupted; the message names the file and the fix.
     """
     path = Path(path)
-    fix = ("use an intact checkpoint (e.g. last.ckpt of the run folder, or --ckpt_path last), or start a new run "
-           "without --ckpt_path")
+    fix = ("use an intact checkpoint (e.g. last.ckpt of the run folder, or --ckpt_path last), or start a new "
+           "run without --ckpt_path")
     if not path.is_file():
         raise PtmddError(f"checkpoint {path} does not exist; {fix}.")
     try:
@@ -221,22 +229,26 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     except PtmddError:
         raise
     except Exception as err:  # noqa: BLE001 - zipfile/torch raise many types for a bad file
-        raise PtmddError(f"checkpoint {path} is truncated or corrupted ({type(err).__name__}: {err}); {fix}.") from err
+        raise PtmddError(f"checkpoint {path} is truncated or corrupted ({type(err).__name__}: {err}); "
+                         f"{fix}.") from err
 
 
 def main(args: ArgsType = None) -> PtmddCLI | None:
     """Run the ``ptmdd`` command line.
 
     Args:
-        args: the arguments (``["fit", "--config", "configs/quickstart.yaml"]``); ``None`` reads ``sys.argv``.
+        args: the arguments (``["fit", "--config", "configs/quickstart.yaml"]``); ``None`` reads
+            ``sys.argv``.
 
     Returns:
-        With explicit ``args``, the :class:`PtmddCLI` after its subcommand ran (tests inspect ``cli.trainer`` and
-        ``cli.model``). ``None`` when reading ``sys.argv``, so that the console script's ``sys.exit(main())`` exits 0.
+        With explicit ``args``, the :class:`PtmddCLI` after its subcommand ran (tests inspect ``cli.trainer``
+        and ``cli.model``). ``None`` when reading ``sys.argv``, so that the console script's
+        ``sys.exit(main())`` exits with status 0.
 
-    A :class:`~ptmdd_lightning.errors.PtmddError` (a user error) prints ``ptmdd: error: <message>`` and exits with
-    status 2 instead of a traceback. A run stopped by SIGTERM (Lightning finishes the current step; a ModelCheckpoint
-    with ``save_on_exception: true`` writes ``last.ckpt``) exits with status 143 and says how to resume.
+    A :class:`~ptmdd_lightning.errors.PtmddError` (a user error) prints ``ptmdd: error: <message>`` and exits
+    with status 2 instead of a traceback. A run stopped by SIGTERM (Lightning finishes the current step; a
+    ModelCheckpoint with ``save_on_exception: true`` writes ``last.ckpt``) exits with status 143 and says how
+    to resume.
     """
     try:
         cli = PtmddCLI(
@@ -248,8 +260,8 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
         )
     except SIGTERMException:
         if rank_zero_only.rank == 0:
-            print("ptmdd: stopped by SIGTERM after finishing the current step; continue the run with the same "
-                  "command plus --ckpt_path last.", file=sys.stderr)
+            print("ptmdd: stopped by SIGTERM after finishing the current step; continue the run with the "
+                  "same command plus --ckpt_path last.", file=sys.stderr)
         sys.exit(SIGTERM_EXIT)
     except Exception as err:
         user_error = find_user_error(err)
@@ -261,7 +273,7 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
 
 
 def find_user_error(err: BaseException) -> PtmddError | None:
-    """The :class:`PtmddError` behind ``err``, if any (jsonargparse wraps errors raised while instantiating)."""
+    """The :class:`PtmddError` behind ``err``, if any (jsonargparse wraps errors raised in instantiation)."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:

@@ -1,16 +1,17 @@
-"""``ptmdd-sweep``: run a grid of ``ptmdd`` runs (a paper study) and collect their results into a table and a plot.
+"""``ptmdd-sweep``: run a grid of ``ptmdd`` runs (a paper study), collect the results into a table and a plot.
 
-    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml            # run (or resume) every point, then collect
-    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --dry-run  # print the points and their configs
-    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml -- --data.init_args.root /data   # extra ptmdd arguments
+    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml           # run (or resume) every point, then collect
+    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --dry-run # print the points, write their configs
+    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml -- --data.init_args.root /data  # extra ptmdd args
+    ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --set trainer.max_steps=50       # a fixed override
 
 A sweep file (YAML) names a base ``ptmdd`` config and the grid of overrides::
 
     name: nm_cpu                        # output folder lightning_logs/sweeps/<name> (``--out`` overrides)
     title: "DM + CLoM: N_m x PTM epoch" # plot title
-    base: ../dm_clom.yaml               # one config or a list, relative to this file (merged: dicts deep, lists replaced)
+    base: ../dm_clom.yaml               # a config or a list, relative to this file (dicts merge, lists not)
     subcommand: fit                     # default fit
-    seeds: [0]                          # every point runs once per seed (seed_everything and data.init_args.seed)
+    seeds: [0]                          # each point runs once per seed (seed_everything, data.init_args.seed)
     fixed:                              # dotted keys set for every point and baseline
       trainer.max_steps: 300
       trainer.callbacks.SyntheticSetEvaluation.init_args.epochs: 200   # a list item by its class name
@@ -18,9 +19,10 @@ A sweep file (YAML) names a base ``ptmdd`` config and the grid of overrides::
       N_m: [1, 2, 4]
       epoch: [1, 2]
     x: N_m                              # the plot's x axis (default: the first axis); other axes are series
+    plot_archs: [ConvNet]               # the evaluation architectures to plot (default: all)
     overrides:                          # set for every point; "${axis}" is replaced by the point's value
       model.init_args.ptms:
-        - {arch: ConvNet, alpha: 0.1, num_seeds: "${N_m}", epoch: "${epoch}", loss: clom}
+        - {arch: ConvNet, alpha: 100.0, num_seeds: "${N_m}", epoch: "${epoch}", loss: clom}
     baselines:                          # extra runs drawn as horizontal lines (fixed + these overrides only)
       DM (no PTM):
         model.init_args.ptms: []
@@ -29,19 +31,21 @@ A sweep file (YAML) names a base ``ptmdd`` config and the grid of overrides::
         base: ../../../pretrain/fashion_mnist.yaml
         seeds: [0, 1]                   # here: the member seeds
         overrides: {trainer.max_epochs: 8}
+        creates: ptm_pool/fashion_mnist/ConvNet/seed${seed}/epoch8.pt   # skip the run when these files exist
 
-An axis value is a scalar or a mapping ``{label: ..., value: ..., overrides: {...}, base: ...}``: ``overrides`` are
-set for that value only (after the template), ``base`` replaces the base config(s) (e.g. one axis over DC/DSA/DM).
-A string that is exactly ``"${axis}"`` becomes the value itself (an int stays an int); ``${axis}`` inside a longer
-string is replaced textually.
+An axis value is a scalar or a mapping ``{label: ..., value: ..., overrides: {...}, base: ...}``:
+``overrides`` are set for that value only (after the template), ``base`` replaces the base config(s) (e.g. one
+axis over DC/DSA/DM). A string that is exactly ``"${axis}"`` becomes the value itself (an int stays an int);
+``${axis}`` inside a longer string is replaced textually.
 
-Every point (and seed) runs in its own versioned log folder ``<out>/runs/<point>/version_<seed>`` (its merged config
-is ``sweep_point.yaml`` there), in this process through :func:`ptmdd_lightning.main.main` (``--subprocess``: one
-``python -m ptmdd_lightning`` per run). A finished run leaves ``sweep_done.json``; a rerun skips it when its config is
-unchanged (resume), resumes an interrupted run from its ``checkpoints/last.ckpt``, and reruns a point whose config
-changed. Finally the ``results.json`` of every run (written by :class:`ptmdd_lightning.callbacks.SyntheticSetEvaluation`)
-are collected into ``<out>/summary.{md,csv,json}`` and ``<out>/summary.png``: accuracy vs the x axis with error bars
-(std over all evaluation models of all seeds), one line per series, the baselines and the random-real subset as
+Every point (and seed) runs in its own versioned log folder ``<out>/runs/<point>/version_<seed>`` (its merged
+config is ``sweep_point.yaml`` there), in this process through :func:`ptmdd_lightning.main.main`
+(``--subprocess``: one ``python -m ptmdd_lightning`` per run). A finished run leaves ``sweep_done.json``; a
+rerun skips it when its config is unchanged (resume), resumes an interrupted run from its
+``checkpoints/last.ckpt``, and reruns a point whose config changed. Finally the ``results.json`` of every run
+(written by :class:`ptmdd_lightning.callbacks.SyntheticSetEvaluation`) are collected into
+``<out>/summary.{md,csv,json}`` and ``<out>/summary.png``: accuracy vs the x axis with error bars (std over
+all evaluation models of all seeds), one line per series, the baselines and the random-real subset as
 horizontal lines, one panel per evaluation architecture.
 """
 
@@ -86,6 +90,26 @@ __all__ = [
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DONE = "sweep_done.json"
+#: the columns of a summary row, which axis names must not shadow
+_ROW_KEYS = frozenset(
+    {
+        "kind",
+        "point",
+        "name",
+        "x",
+        "series",
+        "arch",
+        "synthetic_mean",
+        "synthetic_std",
+        "n",
+        "runs",
+        "random_real_mean",
+        "random_real_std",
+        "gain_vs_random",
+        "gain_vs_baseline",
+        "baseline",
+    }
+)
 _POINT_CONFIG = "sweep_point.yaml"
 
 
@@ -143,6 +167,7 @@ class Point:
     overrides: dict[str, Any]
     seeds: list[int] | None = None
     subcommand: str | None = None
+    creates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -186,7 +211,9 @@ def _dotted(mapping: Any, what: str) -> dict[str, Any]:
     if mapping is None:
         return {}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
-        raise PtmddError(f"{what} must be a mapping of dotted keys (e.g. trainer.max_steps: 300), got {mapping!r}.")
+        raise PtmddError(
+            f"{what} must be a mapping of dotted keys (e.g. trainer.max_steps: 300), got {mapping!r}."
+        )
     return dict(mapping)
 
 
@@ -194,8 +221,8 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     """Parse and validate a sweep file.
 
     Raises:
-        PtmddError: a missing file or base config, an unknown key, an empty axis, an ``x`` that is not an axis, or a
-            placeholder naming no axis.
+        PtmddError: a missing file or base config, an unknown key, an empty axis, an ``x`` that is not an
+            axis, or a placeholder naming no axis.
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -205,9 +232,24 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     except yaml.YAMLError as err:
         raise PtmddError(f"sweep file {path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict) or "base" not in raw:
-        raise PtmddError(f"{path} is not a sweep file: it needs at least `base:` (a ptmdd config) and `axes:`.")
-    known = {"name", "title", "description", "base", "subcommand", "seeds", "fixed", "axes", "x", "overrides",
-             "baselines", "plot_archs", "prepare"}
+        raise PtmddError(
+            f"{path} is not a sweep file: it needs at least `base:` (a ptmdd config) and `axes:`."
+        )
+    known = {
+        "name",
+        "title",
+        "description",
+        "base",
+        "subcommand",
+        "seeds",
+        "fixed",
+        "axes",
+        "x",
+        "overrides",
+        "baselines",
+        "plot_archs",
+        "prepare",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise PtmddError(f"{path}: unknown sweep keys {unknown}; known keys are {sorted(known)}.")
@@ -221,14 +263,23 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         for v in values:
             if isinstance(v, dict):
                 if "label" not in v and "value" not in v:
-                    raise PtmddError(f"{path.name}: a mapping value of axis {name!r} needs `label` or `value`.")
+                    raise PtmddError(
+                        f"{path.name}: a mapping value of axis {name!r} needs `label` or `value`."
+                    )
                 value = v.get("value", v.get("label"))
                 vbase = _as_paths(v["base"], folder, f"{path.name}: axis {name}") if v.get("base") else None
-                parsed.append(AxisValue(label=_label(v.get("label", value)), value=value,
-                                        overrides=_dotted(v.get("overrides"), f"axis {name} overrides"),
-                                        base=vbase))
+                parsed.append(
+                    AxisValue(
+                        label=_label(v.get("label", value)),
+                        value=value,
+                        overrides=_dotted(v.get("overrides"), f"axis {name} overrides"),
+                        base=vbase,
+                    )
+                )
             else:
                 parsed.append(AxisValue(label=_label(v), value=v))
+        if str(name) in _ROW_KEYS:
+            raise PtmddError(f"{path.name}: axis name {name!r} is reserved for the summary table; rename it.")
         labels = [p.label for p in parsed]
         if len(set(labels)) != len(labels):
             raise PtmddError(f"{path.name}: axis {name!r} has repeated labels {labels}.")
@@ -243,12 +294,19 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     if not isinstance(baselines, dict):
         raise PtmddError(f"{path.name}: baselines must map a name to its overrides.")
     spec = SweepSpec(
-        path=path, name=str(raw.get("name") or path.stem), title=str(raw.get("title") or raw.get("name") or path.stem),
-        base=base, subcommand=str(raw.get("subcommand", "fit")), seeds=[int(s) for s in seeds],
-        fixed=_dotted(raw.get("fixed"), "fixed"), axes=axes, x=x,
+        path=path,
+        name=str(raw.get("name") or path.stem),
+        title=str(raw.get("title") or raw.get("name") or path.stem),
+        base=base,
+        subcommand=str(raw.get("subcommand", "fit")),
+        seeds=[int(s) for s in seeds],
+        fixed=_dotted(raw.get("fixed"), "fixed"),
+        axes=axes,
+        x=x,
         overrides=_dotted(raw.get("overrides"), "overrides"),
         baselines={str(k): _dotted(v, f"baseline {k}") for k, v in baselines.items()},
-        plot_archs=raw.get("plot_archs"), description=str(raw.get("description") or ""),
+        plot_archs=raw.get("plot_archs"),
+        description=str(raw.get("description") or ""),
     )
     spec.prepare = _parse_prepare(raw.get("prepare"), path)
     if not axes and not spec.baselines:
@@ -271,16 +329,28 @@ def _parse_prepare(raw: Any, path: Path) -> list[Point]:
     for name, entry in raw.items():
         if not isinstance(entry, dict) or "base" not in entry:
             raise PtmddError(f"{path.name}: prepare run {name!r} needs `base:` (a ptmdd config).")
-        unknown = sorted(set(entry) - {"base", "seeds", "overrides", "subcommand"})
+        unknown = sorted(set(entry) - {"base", "seeds", "overrides", "subcommand", "creates"})
         if unknown:
             raise PtmddError(f"{path.name}: prepare run {name!r} has unknown keys {unknown}.")
         seeds = entry.get("seeds", [0])
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
             raise PtmddError(f"{path.name}: prepare run {name!r}: seeds must be a non-empty list of ints.")
-        runs.append(Point(f"prepare={_safe(str(name))}", "prepare", str(name), {}, {},
-                          _as_paths(entry["base"], path.parent, f"{path.name}: prepare {name}"),
-                          _dotted(entry.get("overrides"), f"prepare {name} overrides"), [int(s) for s in seeds],
-                          str(entry.get("subcommand", "fit"))))
+        creates = entry.get("creates") or []
+        creates = [creates] if isinstance(creates, str) else [str(c) for c in creates]
+        runs.append(
+            Point(
+                f"prepare={_safe(str(name))}",
+                "prepare",
+                str(name),
+                {},
+                {},
+                _as_paths(entry["base"], path.parent, f"{path.name}: prepare {name}"),
+                _dotted(entry.get("overrides"), f"prepare {name} overrides"),
+                [int(s) for s in seeds],
+                str(entry.get("subcommand", "fit")),
+                creates,
+            )
+        )
     return runs
 
 
@@ -297,8 +367,8 @@ def _placeholders(value: Any) -> set[str]:
 def substitute(value: Any, values: dict[str, Any]) -> Any:
     """Replace ``"${axis}"`` placeholders in a nested value (a deep copy is returned).
 
-    A string that is exactly ``"${axis}"`` becomes ``values[axis]`` itself (type kept); a placeholder inside a longer
-    string is replaced by ``str(values[axis])``.
+    A string that is exactly ``"${axis}"`` becomes ``values[axis]`` itself (type kept); a placeholder inside a
+    longer string is replaced by ``str(values[axis])``.
     """
     if isinstance(value, str):
         whole = _PLACEHOLDER.fullmatch(value)
@@ -317,7 +387,7 @@ def _safe(text: str) -> str:
 
 
 def expand(spec: SweepSpec) -> list[Point]:
-    """All runs of a sweep: the grid points (cartesian product of the axes, first axis slowest), then the baselines."""
+    """All runs of a sweep: the grid points (product of the axes, first axis slowest), then the baselines."""
     points: list[Point] = []
     for combo in itertools.product(*(a.values for a in spec.axes)) if spec.axes else []:
         values = {a.name: v.value for a, v in zip(spec.axes, combo, strict=True)}
@@ -330,15 +400,26 @@ def expand(spec: SweepSpec) -> list[Point]:
             if v.base is not None:
                 base = v.base
         pid = "__".join(_safe(f"{k}={lab}") for k, lab in labels.items())
-        points.append(Point(pid, "point", ", ".join(f"{k}={lab}" for k, lab in labels.items()), labels, values,
-                            list(base), overrides))
+        points.append(
+            Point(
+                pid,
+                "point",
+                ", ".join(f"{k}={lab}" for k, lab in labels.items()),
+                labels,
+                values,
+                list(base),
+                overrides,
+            )
+        )
     for name, extra in spec.baselines.items():
         overrides = dict(spec.fixed)
         overrides.update(copy.deepcopy(extra))
         points.append(Point(f"baseline={_safe(name)}", "baseline", name, {}, {}, list(spec.base), overrides))
     ids = [p.id for p in points]
     if len(set(ids)) != len(ids):
-        raise PtmddError(f"{spec.path.name}: two runs map to the same folder name ({ids}); use distinct labels.")
+        raise PtmddError(
+            f"{spec.path.name}: two runs map to the same folder name ({ids}); use distinct labels."
+        )
     return points
 
 
@@ -370,8 +451,8 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     (``trainer.callbacks.SyntheticSetEvaluation.init_args.epochs``).
 
     Raises:
-        PtmddError: a part that addresses no list item, or a part below a scalar (a missing or null part becomes a
-            mapping).
+        PtmddError: a part that addresses no list item, or a part below a scalar (a missing or null part
+            becomes a mapping).
     """
     parts = key.split(".")
     node: Any = config
@@ -380,8 +461,10 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
         if isinstance(node, list):
             idx = int(part) if part.lstrip("-").isdigit() else _find_class(node, part)
             if idx is None or not -len(node) <= idx < len(node):
-                raise PtmddError(f"override {key}: no item {part!r} in the list at {'.'.join(parts[:i])}; "
-                                 "name a list item by its index or its class name.")
+                raise PtmddError(
+                    f"override {key}: no item {part!r} in the list at {'.'.join(parts[:i])}; "
+                    "name a list item by its index or its class name."
+                )
             if last:
                 node[idx] = copy.deepcopy(value)
                 return
@@ -393,14 +476,14 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
             if node.get(part) is None:
                 node[part] = {}
             elif not isinstance(node[part], dict | list):
-                raise PtmddError(f"override {key}: {'.'.join(parts[:i + 1])} is a value, not a mapping.")
+                raise PtmddError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a mapping.")
             node = node[part]
         else:
             raise PtmddError(f"override {key}: {'.'.join(parts[:i])} is a value, not a mapping.")
 
 
 def point_config(point: Point, seed: int, run_root: Path) -> dict[str, Any]:
-    """The merged ``ptmdd`` config of one run: base files, overrides, seed and the run's own TensorBoard folder."""
+    """The merged ``ptmdd`` config of one run: base files, overrides, seed and its own TensorBoard folder."""
     config: dict[str, Any] = {}
     for path in point.base:
         loaded = yaml.safe_load(path.read_text()) or {}
@@ -412,10 +495,14 @@ def point_config(point: Point, seed: int, run_root: Path) -> dict[str, Any]:
     config["seed_everything"] = int(seed)
     if isinstance(config.get("data"), dict):
         set_dotted(config, "data.init_args.seed", int(seed))
-    set_dotted(config, "trainer.logger", {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": str(run_root), "name": point.id, "version": int(seed)},
-    })
+    set_dotted(
+        config,
+        "trainer.logger",
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(run_root), "name": point.id, "version": int(seed)},
+        },
+    )
     return config
 
 
@@ -447,9 +534,24 @@ def _run_subprocess(args: list[str]) -> tuple[bool, str]:
     return proc.returncode == 0, f"exit status {proc.returncode}"
 
 
-def run_sweep(spec: SweepSpec, out: Path, extra: list[str] | None = None, dry_run: bool = False,
-              use_subprocess: bool = False, fail_fast: bool = False, seeds: list[int] | None = None,
-              log=print) -> list[dict[str, Any]]:
+def _signature(marker: Path) -> Any:
+    """The ``signature`` stored in a ``sweep_done.json``/``sweep_started.json`` marker, or ``None``."""
+    try:
+        return json.loads(marker.read_text()).get("signature")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    extra: list[str] | None = None,
+    dry_run: bool = False,
+    use_subprocess: bool = False,
+    fail_fast: bool = False,
+    seeds: list[int] | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
     """Run every point of ``spec`` for every seed (skipping finished ones) into ``out``.
 
     Args:
@@ -463,44 +565,57 @@ def run_sweep(spec: SweepSpec, out: Path, extra: list[str] | None = None, dry_ru
         log: where progress lines go.
 
     Returns:
-        One ``{"point", "seed", "status", "seconds", "dir"}`` record per run; ``status`` is ``done`` (ran now),
-        ``skipped`` (finished before), ``failed`` or ``dry-run``.
+        One ``{"point", "seed", "status", "seconds", "dir"}`` record per run; ``status`` is ``done`` (ran
+        now), ``skipped`` (finished before), ``failed`` or ``dry-run``.
     """
     extra = list(extra or [])
     out = out.resolve()
     run_root = out / "runs"
-    records = []
+    records: list[dict[str, Any]] = []
+
+    def record(point: Point, seed: int, status: str, folder: Path, seconds: float = 0.0, **more: Any) -> None:
+        records.append(
+            {
+                "point": point.id,
+                "seed": seed,
+                "status": status,
+                "seconds": seconds,
+                "dir": str(folder),
+                **more,
+            }
+        )
+
     for point in [*spec.prepare, *expand(spec)]:
         subcommand = point.subcommand or spec.subcommand
         for seed in point.seeds or seeds or spec.seeds:
             folder = run_dir_of(out, point, seed)
-            config = point_config(point, seed, run_root)
-            text = yaml.safe_dump(config, sort_keys=False)
+            text = yaml.safe_dump(point_config(point, seed, run_root), sort_keys=False)
             signature = {"config": text, "extra": extra, "subcommand": subcommand}
             done = folder / _DONE
+            made = [Path(substitute(c, {"seed": seed})) for c in point.creates]
+            if made and all(m.is_file() for m in made):
+                log(
+                    f"[ptmdd-sweep] {point.id} seed {seed}: its outputs exist ({made[0]}"
+                    f"{', ...' if len(made) > 1 else ''}), skipped"
+                )
+                record(point, seed, "skipped", folder)
+                continue
             if done.is_file():
-                try:
-                    previous = json.loads(done.read_text())
-                except json.JSONDecodeError:
-                    previous = {}
-                if previous.get("signature") == signature:
+                if _signature(done) == signature:
                     log(f"[ptmdd-sweep] {point.id} seed {seed}: finished before, skipped")
-                    records.append({"point": point.id, "seed": seed, "status": "skipped", "seconds": 0.0,
-                                    "dir": str(folder)})
+                    record(point, seed, "skipped", folder)
                     continue
-                log(f"[ptmdd-sweep] {point.id} seed {seed}: its config changed since it ran; rerunning it from "
-                    f"scratch in {folder}")
+                log(
+                    f"[ptmdd-sweep] {point.id} seed {seed}: its config changed since it ran; rerunning it "
+                    f"from scratch in {folder}"
+                )
                 if not dry_run:
                     shutil.rmtree(folder)
             args = [subcommand, "--config", str(folder / _POINT_CONFIG)]
             started = folder / "sweep_started.json"
             last = folder / "checkpoints" / "last.ckpt"
             if subcommand == "fit" and last.is_file() and started.is_file():
-                try:
-                    same = json.loads(started.read_text()).get("signature") == signature
-                except json.JSONDecodeError:
-                    same = False
-                if same:
+                if _signature(started) == signature:
                     args += ["--ckpt_path", str(last)]
                     log(f"[ptmdd-sweep] {point.id} seed {seed}: resuming from {last}")
                 elif not dry_run:
@@ -510,23 +625,24 @@ def run_sweep(spec: SweepSpec, out: Path, extra: list[str] | None = None, dry_ru
             (folder / _POINT_CONFIG).write_text(text)
             log(f"[ptmdd-sweep] {point.id} seed {seed}: ptmdd {' '.join(args)}")
             if dry_run:
-                records.append({"point": point.id, "seed": seed, "status": "dry-run", "seconds": 0.0,
-                                "dir": str(folder)})
+                record(point, seed, "dry-run", folder)
                 continue
             started.write_text(json.dumps({"signature": signature}))
             t0 = time.perf_counter()
             ok, why = (_run_subprocess if use_subprocess else _run_inprocess)(args)
             seconds = round(time.perf_counter() - t0, 1)
             if ok:
-                done.write_text(json.dumps({"signature": signature, "seconds": seconds, "point": point.id,
-                                            "seed": seed}, indent=1))
+                done.write_text(
+                    json.dumps(
+                        {"signature": signature, "seconds": seconds, "point": point.id, "seed": seed},
+                        indent=1,
+                    )
+                )
                 log(f"[ptmdd-sweep] {point.id} seed {seed}: done in {seconds:.0f} s")
-                records.append({"point": point.id, "seed": seed, "status": "done", "seconds": seconds,
-                                "dir": str(folder)})
+                record(point, seed, "done", folder, seconds)
             else:
                 log(f"[ptmdd-sweep] {point.id} seed {seed}: FAILED ({why}) after {seconds:.0f} s")
-                records.append({"point": point.id, "seed": seed, "status": "failed", "seconds": seconds,
-                                "dir": str(folder), "error": why})
+                record(point, seed, "failed", folder, seconds, error=why)
                 if fail_fast:
                     return records
     return records
@@ -550,14 +666,17 @@ def _pool(accs: list[float]) -> tuple[float, float]:
 def collect(spec: SweepSpec, out: Path, seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """Collect the final ``results.json`` rows of every finished run into one summary row per point and arch.
 
-    Accuracies of all seeds of a point are pooled: ``*_mean``/``*_std`` are the mean and population std over every
-    evaluation model of every seed (fractions in ``[0, 1]``). Runs without ``sweep_done.json`` are left out.
+    Accuracies of all seeds of a point are pooled: ``*_mean``/``*_std`` are the mean and population std over
+    every evaluation model of every seed (fractions in ``[0, 1]``). Runs without ``sweep_done.json`` are left
+    out.
 
     Returns:
         Rows ``{"kind", "point", "name", <axis>: label ..., "x", "series", "arch", "synthetic_mean",
         "synthetic_std", "n", "runs", "random_real_mean", "random_real_std", "gain_vs_random",
         "gain_vs_baseline", "baseline"}`` in sweep order (``gain_vs_baseline``: against the first baseline;
-        ``None`` without one).
+        ``None`` without one and for that baseline itself). A run evaluated without the random-real subset
+        (its ``baseline: false``) gets the sweep's random-real result of the same architecture when all runs
+        that have one agree (the same IPC and evaluation seed give the same subset and models).
     """
     out = out.resolve()
     x_axis = spec.x or (spec.axes[0].name if spec.axes else None)
@@ -572,30 +691,59 @@ def collect(spec: SweepSpec, out: Path, seeds: list[int] | None = None) -> list[
                 continue
             runs += 1
             for r in _final_rows(results):
-                per_arch.setdefault(r["arch"], {}).setdefault(r["set"], []).extend(float(a) for a in r["accs"])
+                per_arch.setdefault(r["arch"], {}).setdefault(r["set"], []).extend(
+                    float(a) for a in r["accs"]
+                )
         for arch, sets in per_arch.items():
             if "synthetic" not in sets:
                 continue
             m, s = _pool(sets["synthetic"])
             row: dict[str, Any] = {"kind": point.kind, "point": point.id, "name": point.name}
             row.update({a.name: point.labels.get(a.name, "") for a in spec.axes})
-            row.update({
-                "x": point.values.get(x_axis) if x_axis else None,
-                "series": ", ".join(f"{k}={v}" for k, v in point.labels.items() if k != x_axis),
-                "arch": arch, "synthetic_mean": m, "synthetic_std": s, "n": len(sets["synthetic"]), "runs": runs,
-                "random_real_mean": None, "random_real_std": None, "gain_vs_random": None,
-                "gain_vs_baseline": None, "baseline": None,
-            })
+            row.update(
+                {
+                    "x": point.values.get(x_axis) if x_axis else None,
+                    "series": ", ".join(f"{k}={v}" for k, v in point.labels.items() if k != x_axis),
+                    "arch": arch,
+                    "synthetic_mean": m,
+                    "synthetic_std": s,
+                    "n": len(sets["synthetic"]),
+                    "runs": runs,
+                    "random_real_mean": None,
+                    "random_real_std": None,
+                    "gain_vs_random": None,
+                    "gain_vs_baseline": None,
+                    "baseline": None,
+                }
+            )
             if sets.get("random_real"):
                 rm, rs = _pool(sets["random_real"])
                 row.update(random_real_mean=rm, random_real_std=rs, gain_vs_random=m - rm)
             rows.append(row)
+    for arch in {r["arch"] for r in rows}:
+        # runs that skip the random-real evaluation (baseline: false) share the sweep's one when it is unique
+        shared = {
+            (r["random_real_mean"], r["random_real_std"])
+            for r in rows
+            if r["arch"] == arch and r["random_real_mean"] is not None
+        }
+        if len(shared) == 1:
+            rm, rs = shared.pop()
+            for r in rows:
+                if r["arch"] == arch and r["random_real_mean"] is None:
+                    r.update(random_real_mean=rm, random_real_std=rs, gain_vs_random=r["synthetic_mean"] - rm)
     first_baseline = next(iter(spec.baselines), None)
     if first_baseline is not None:
         for row in rows:
-            ref = next((r for r in rows if r["kind"] == "baseline" and r["name"] == first_baseline
-                        and r["arch"] == row["arch"]), None)
-            if ref is not None:
+            ref = next(
+                (
+                    r
+                    for r in rows
+                    if r["kind"] == "baseline" and r["name"] == first_baseline and r["arch"] == row["arch"]
+                ),
+                None,
+            )
+            if ref is not None and ref is not row:
                 row["gain_vs_baseline"] = row["synthetic_mean"] - ref["synthetic_mean"]
                 row["baseline"] = first_baseline
     return rows
@@ -619,12 +767,21 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     if base is not None:
         head.append(f"gain vs {base}")
     head.append("runs / models")
-    lines = [f"## {spec.title}", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join("---" if h in ("run", "arch", *axes) else "---:" for h in head) + "|"]
+    lines = [
+        f"## {spec.title}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if h in ("run", "arch", *axes) else "---:" for h in head) + "|",
+    ]
     for r in rows:
-        cells = [r["name"] if r["kind"] == "baseline" else "point", *(r.get(a, "") for a in axes), r["arch"],
-                 _pct(r["synthetic_mean"], r["synthetic_std"]), _pct(r["random_real_mean"], r["random_real_std"]),
-                 _gain(r["gain_vs_random"])]
+        cells = [
+            r["name"] if r["kind"] == "baseline" else "point",
+            *(r.get(a, "") for a in axes),
+            r["arch"],
+            _pct(r["synthetic_mean"], r["synthetic_std"]),
+            _pct(r["random_real_mean"], r["random_real_std"]),
+            _gain(r["gain_vs_random"]),
+        ]
         if base is not None:
             cells.append(_gain(r["gain_vs_baseline"]))
         cells.append(f"{r['runs']} / {r['n']}")
@@ -638,12 +795,37 @@ def write_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> lis
     md = out / "summary.md"
     md.write_text(format_summary(spec, rows) + "\n")
     js = out / "summary.json"
-    js.write_text(json.dumps({"sweep": str(spec.path), "title": spec.title, "x": spec.x or
-                              (spec.axes[0].name if spec.axes else None), "rows": rows}, indent=1, default=str))
+    js.write_text(
+        json.dumps(
+            {
+                "sweep": str(spec.path),
+                "title": spec.title,
+                "x": spec.x or (spec.axes[0].name if spec.axes else None),
+                "rows": rows,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     cs = out / "summary.csv"
-    fields = ["kind", "point", "name", *[a.name for a in spec.axes], "x", "series", "arch", "synthetic_mean",
-              "synthetic_std", "n", "runs", "random_real_mean", "random_real_std", "gain_vs_random",
-              "gain_vs_baseline", "baseline"]
+    fields = [
+        "kind",
+        "point",
+        "name",
+        *[a.name for a in spec.axes],
+        "x",
+        "series",
+        "arch",
+        "synthetic_mean",
+        "synthetic_std",
+        "n",
+        "runs",
+        "random_real_mean",
+        "random_real_std",
+        "gain_vs_random",
+        "gain_vs_baseline",
+        "baseline",
+    ]
     with cs.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -654,10 +836,10 @@ def write_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> lis
 def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path | None:
     """Plot accuracy (%) against the x axis, one panel per evaluation architecture; return the PNG path.
 
-    A numeric x axis draws one line with error bars (the pooled std) per series (the other axes' values), on a log
-    scale when the values span a factor of 20 or more; a categorical one draws grouped bars. Baselines are solid
-    horizontal lines with a +-std band; the random-real subset is a dashed grey line when all points share it.
-    ``None`` when there is nothing to plot yet.
+    A numeric x axis draws one line with error bars (the pooled std) per series (the other axes' values), on a
+    log scale when the values span a factor of 20 or more; a categorical one draws grouped bars. Baselines are
+    solid horizontal lines with a +-std band; the random-real subset is a dashed grey line when all points
+    share it. ``None`` when there is nothing to plot yet.
     """
     import matplotlib
 
@@ -681,9 +863,15 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
             if axis.numeric:
                 for i, s in enumerate(series):
                     sr = sorted((r for r in pts if r["series"] == s), key=lambda r: r["x"])
-                    ax.errorbar([r["x"] for r in sr], [100 * r["synthetic_mean"] for r in sr],
-                                yerr=[100 * r["synthetic_std"] for r in sr], marker="o", capsize=4,
-                                color=colors[i % len(colors)], label=s or "distilled")
+                    ax.errorbar(
+                        [r["x"] for r in sr],
+                        [100 * r["synthetic_mean"] for r in sr],
+                        yerr=[100 * r["synthetic_std"] for r in sr],
+                        marker="o",
+                        capsize=4,
+                        color=colors[i % len(colors)],
+                        label=s or "distilled",
+                    )
                 xs = [v.value for v in axis.values]
                 if min(xs) > 0 and max(xs) / min(xs) >= 20:
                     ax.set_xscale("log")
@@ -694,27 +882,42 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
                 width = 0.8 / max(len(series), 1)
                 for i, s in enumerate(series):
                     by_label = {r[x_axis]: r for r in pts if r["series"] == s}
-                    pos = [j + (i - (len(series) - 1) / 2) * width for j, lab in enumerate(labels) if lab in by_label]
+                    pos = [
+                        j + (i - (len(series) - 1) / 2) * width
+                        for j, lab in enumerate(labels)
+                        if lab in by_label
+                    ]
                     sel = [by_label[lab] for lab in labels if lab in by_label]
-                    ax.bar(pos, [100 * r["synthetic_mean"] for r in sel], width=width * 0.95,
-                           yerr=[100 * r["synthetic_std"] for r in sel], capsize=4, color=colors[i % len(colors)],
-                           label=s or "distilled")
+                    ax.bar(
+                        pos,
+                        [100 * r["synthetic_mean"] for r in sel],
+                        width=width * 0.95,
+                        yerr=[100 * r["synthetic_std"] for r in sel],
+                        capsize=4,
+                        color=colors[i % len(colors)],
+                        label=s or "distilled",
+                    )
                 ax.set_xticks(range(len(labels)))
                 ax.set_xticklabels(labels)
             ax.set_xlabel(x_axis)
         for j, b in enumerate(r for r in rows if r["arch"] == arch and r["kind"] == "baseline"):
             color = colors[(len(series) + j) % len(colors)]
-            lo, hi = 100 * (b["synthetic_mean"] - b["synthetic_std"]), 100 * (b["synthetic_mean"] + b["synthetic_std"])
+            lo, hi = (
+                100 * (b["synthetic_mean"] - b["synthetic_std"]),
+                100 * (b["synthetic_mean"] + b["synthetic_std"]),
+            )
             ax.axhspan(lo, hi, color=color, alpha=0.12)
             ax.axhline(100 * b["synthetic_mean"], color=color, lw=1.6, label=f"{b['name']} (baseline)")
-        real = [r["random_real_mean"] for r in rows if r["arch"] == arch and r["random_real_mean"] is not None]
+        real = [
+            r["random_real_mean"] for r in rows if r["arch"] == arch and r["random_real_mean"] is not None
+        ]
         if real and max(real) - min(real) < 1e-9:
             ax.axhline(100 * real[0], color="grey", ls="--", lw=1.2, label="random real subset")
         ax.set_title(f"{spec.title} — {arch}", fontsize=10)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axs.flat)[len(archs):]:
+    for ax in list(axs.flat)[len(archs) :]:
         ax.axis("off")
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
@@ -729,8 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``ptmdd-sweep`` argument parser."""
     p = argparse.ArgumentParser(
         prog="ptmdd-sweep",
-        description="Run every point of a ptmdd sweep file (resuming finished ones), then collect the results into "
-                    "<out>/summary.{md,csv,json,png}. Arguments after `--` go to every ptmdd run.")
+        description="Run every point of a ptmdd sweep file (resuming finished ones), then collect the "
+        "results into <out>/summary.{md,csv,json,png}. Arguments after `--` go to every ptmdd run.",
+    )
     p.add_argument("--sweep", required=True, help="the sweep file, e.g. configs/paper/cpu/sweeps/nm.yaml")
     p.add_argument("--out", default=None, help="output folder (default lightning_logs/sweeps/<name>)")
     p.add_argument("--dry-run", action="store_true", help="write the merged configs and print the runs only")
@@ -738,6 +942,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subprocess", action="store_true", help="run each point as `python -m ptmdd_lightning`")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the sweep's seeds")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add a fixed override to every run (VALUE is YAML), e.g. "
+        "--set trainer.callbacks.PretrainPTMPool.init_args.roots.mnist=/data",
+    )
     return p
 
 
@@ -747,15 +959,27 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     try:
         spec = load_sweep(args.sweep)
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise PtmddError(f"--set needs KEY=VALUE, got {item!r}.")
+            spec.fixed[key] = yaml.safe_load(value)
         out = Path(args.out) if args.out else Path("lightning_logs") / "sweeps" / spec.name
         records = []
         if not args.collect_only:
-            records = run_sweep(spec, out, extra=extra, dry_run=args.dry_run, use_subprocess=args.subprocess,
-                                fail_fast=args.fail_fast, seeds=args.seeds)
+            records = run_sweep(
+                spec,
+                out,
+                extra=extra,
+                dry_run=args.dry_run,
+                use_subprocess=args.subprocess,
+                fail_fast=args.fail_fast,
+                seeds=args.seeds,
+            )
         if args.dry_run:
             return 0
         rows = collect(spec, out, seeds=args.seeds)
@@ -768,8 +992,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[ptmdd-sweep] wrote {', '.join(str(f) for f in files)}" + (f" and {png}" if png else ""))
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
-        print(f"[ptmdd-sweep] {len(failed)} run(s) failed: " + ", ".join(f"{r['point']} (seed {r['seed']})"
-                                                                      for r in failed), file=sys.stderr)
+        print(
+            f"[ptmdd-sweep] {len(failed)} run(s) failed: "
+            + ", ".join(f"{r['point']} (seed {r['seed']})" for r in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

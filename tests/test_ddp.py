@@ -1,11 +1,12 @@
 """2-process DDP distillation on CPU (gloo) through the CLI, checked against single-process semantics.
 
-``ptmdd fit ... --trainer.strategy ddp --trainer.devices 2 --trainer.accelerator cpu`` (Lightning's subprocess
-launcher) runs 2 DM + CLoM steps with a PTM pool that PretrainPTMPool pretrains on rank 0 first. A :class:`RankDump`
-callback saves, per rank, the batches drawn, the local (pre all-reduce) and reduced gradients of the synthetic images,
-the images after each step, the PTMs and which rank evaluated/exported. The test then recomputes each rank's first
-step in this process (a single-process Trainer whose module and DataModule report rank 0 or 1) and checks that the
-DDP step is the single-process step with the mean of the two ranks' gradients.
+``ptmdd fit ... --trainer.strategy ddp --trainer.devices 2 --trainer.accelerator cpu`` (Lightning's
+subprocess launcher) runs 2 DM + CLoM steps with a PTM pool that PretrainPTMPool pretrains on rank 0 first.
+A :class:`RankDump` callback saves, per rank, the batches drawn, the local (pre all-reduce) and reduced
+gradients of the synthetic images, the images after each step, the PTMs and which rank evaluated/exported.
+The test then recomputes each rank's first step in this process (a single-process Trainer whose module and
+DataModule report rank 0 or 1) and checks that the DDP step is the single-process step with the mean of the
+two ranks' gradients.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -115,11 +117,21 @@ def ddp_run(tmp_path_factory, fake_fashion_root):
     env = dict(os.environ, OMP_NUM_THREADS="1", PTMDD_DATA=str(work / "cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("PL_GLOBAL_SEED", None)
-    proc = subprocess.run([sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config),
-                           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
+    log = work / "ddp.log"
+    with log.open("w") as out:  # own session: on a timeout the launcher's rank-1 child is killed too
+        proc = subprocess.Popen([sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config),
+                                 "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                                 "--trainer.accelerator", "cpu"],
+                                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = "timeout (a rank waits in a collective that another rank never joins?)"
+    output = log.read_text()
+    assert code == 0, f"{code}\n{output}"
     records = [torch.load(dump_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     return {"work": work, "pool_root": pool_root, "records": records, "output": output}
 
@@ -147,7 +159,8 @@ def _single_process_first_step(rank: int, data_root: Path, pool_root: Path) -> t
     model = model_cls(**MODEL, pool_root=str(pool_root), ptms=[PTMGroup(**GROUP)])
     probe = _FirstStep()
     Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=[probe]).fit(model, datamodule=data)
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[probe]).fit(model, datamodule=data)
     return probe, model, data
 
 
@@ -159,11 +172,12 @@ def test_ranks_agree_draw_their_own_batches_and_keep_ptms_frozen(ddp_run):
         assert torch.equal(r0["after"][step], r1["after"][step])  # identical synthetic sets after every step
         assert torch.equal(r0["grads"][step], r1["grads"][step])  # one all-reduced gradient
         assert not torch.equal(r0["batches"][step][0], r1["batches"][step][0])  # each rank its own real batch
-        assert torch.equal(r0["batches"][step][1], r1["batches"][step][1])  # both class-balanced, class-sorted
+        assert torch.equal(r0["batches"][step][1], r1["batches"][step][1])  # class-balanced and sorted
         assert not torch.equal(r0["local_grads"][step], r1["local_grads"][step])
         # DDP's all-reduce is the mean of the ranks' gradients (g0/2 + g1/2 == (g0 + g1)/2 exactly in fp32)
         assert torch.equal(r0["grads"][step], (r0["local_grads"][step] + r1["local_grads"][step]) / 2)
-    on_disk = torch.load(member_path(ddp_run["pool_root"], "fashion_mnist", "ConvNetW32", 0, 1), weights_only=False)
+    on_disk = torch.load(member_path(ddp_run["pool_root"], "fashion_mnist", "ConvNetW32", 0, 1),
+                         weights_only=False)
     for record in (r0, r1):
         assert record["trainable"] == ["synthetic.images"]
         (member,) = record["pool"]
@@ -182,7 +196,8 @@ def test_evaluation_and_export_run_once_into_one_run_folder(ddp_run):
     export = torch.load(runs[0] / "synthetic_set.pt", weights_only=False)
     assert torch.equal(export["images"], r0["after"][-1])
     last = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["global_step"] == STEPS and torch.equal(last["state_dict"]["synthetic.images"], r0["after"][-1])
+    assert last["global_step"] == STEPS
+    assert torch.equal(last["state_dict"]["synthetic.images"], r0["after"][-1])
     pool_files = sorted(p.relative_to(ddp_run["pool_root"]) for p in ddp_run["pool_root"].rglob("*.pt"))
     assert [str(p) for p in pool_files] == ["fashion_mnist/ConvNetW32/seed0/epoch1.pt"]  # pretrained once
 
@@ -206,7 +221,7 @@ def test_ddp_step_is_the_single_process_step_with_the_mean_gradient(ddp_run, fak
 
 
 def test_model_data_and_callbacks_pickle(ddp_run, fake_fashion_root):
-    """What the ddp_spawn launcher sends to its workers must pickle: the set-up model (pool loaded), data, callbacks."""
+    """What the ddp_spawn launcher sends to its workers must pickle: model (pool loaded), data, callbacks."""
     from ptmdd_lightning.callbacks import PretrainPTMPool, SyntheticSetEvaluation, SyntheticSetExport
 
     data = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)

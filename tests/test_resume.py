@@ -1,9 +1,10 @@
-"""Resume after a kill: a CPU run killed for real (SIGKILL or SIGTERM) and resumed with ``--ckpt_path last`` ends
-with the same synthetic set, bit for bit, as an uninterrupted run with the same seed; runs go into versioned folders.
+"""Resume after a kill: a CPU run killed for real (SIGKILL or SIGTERM) and resumed with ``--ckpt_path last``
+ends with the same synthetic set, bit for bit, as an uninterrupted run with the same seed; runs go into
+versioned folders.
 
-The killed run is a subprocess (``python -m ptmdd_lightning fit``) that a :class:`Stall` callback holds at step 5,
-after the periodic ``last.ckpt`` of step 4 exists; the reference and the resumed runs use :func:`main` in-process, so
-the equality also shows that the CLI is deterministic across processes.
+The killed run is a subprocess (``python -m ptmdd_lightning fit``) that a :class:`Stall` callback holds at
+step 5, after the periodic ``last.ckpt`` of step 4 exists; the reference and the resumed runs use :func:`main`
+in-process, so the equality also shows that the CLI is deterministic across processes.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_class
     net = build_net(arch, channels, num_classes, image_size)
     blob = {"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
             "image_size": tuple(image_size), "dataset": "fashion_mnist", "classes": None,
-            "mean": (0.2861,) * channels, "std": (0.3530,) * channels, "epoch": 1, "seed": seed, "val_acc": None}
+            "mean": (0.2861,) * channels, "std": (0.3530,) * channels, "epoch": 1, "seed": seed,
+            "val_acc": None}
     blob.update(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, path)
@@ -65,7 +67,7 @@ def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_class
 
 def tiny_config(path: Path, data_root: Path, method: str = "dm", max_steps: int = MAX_STEPS,
                 extra_callbacks: list | None = None, ptm_pool: Path | None = None, **model) -> Path:
-    """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic + on-exception last.ckpt)."""
+    """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic/on-exception last.ckpt)."""
     init_args = {"ipc": 1, "method": method, "net_arch": "ConvNetW32", **model}
     if method != "dm":
         init_args.update(outer_loop=3, inner_loop=2, batch_train=4)
@@ -170,12 +172,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, f
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
         assert last["global_step"] == STALL_AT - 1  # the periodic checkpoint; step 5 is lost and redone
-        if method != "dm":  # written before this module's on_train_batch_end: the resumed run runs that inner loop
+        if method != "dm":  # saved before the Distiller's on_train_batch_end: resume runs that inner loop
             assert last["dc_net"]["inner_loop_pending"]
     else:
         assert code == 143, output
         assert "stopped by SIGTERM" in output
-        assert last["global_step"] == STALL_AT  # Lightning finished step 5, then ModelCheckpoint saved on exception
+        assert last["global_step"] == STALL_AT  # Lightning finished step 5, then saved on the exception
         assert (ckpt_dir / f"epoch=0-step={STALL_AT}.ckpt").is_file()
     assert not torch.equal(last["state_dict"]["synthetic.images"], reference)  # killed midway indeed
 
@@ -183,13 +185,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, f
     resumed = main(["fit", "--config", str(base), "--ckpt_path", "last"])
     assert resumed.trainer.global_step == MAX_STEPS
     assert Path(resumed.trainer.log_dir).resolve() == (run_dir / "logs" / "run" / "version_0").resolve()
-    assert sorted(p.name for p in (run_dir / "logs" / "run").iterdir()) == ["version_0"]  # same folder, no new one
-    assert torch.equal(_images(resumed), reference)  # bitwise: images, momentum, step, data stream, RNG, DC net
+    assert sorted(p.name for p in (run_dir / "logs" / "run").iterdir()) == ["version_0"]  # no new folder
+    assert torch.equal(_images(resumed), reference)  # bitwise: images, momentum, step, data, RNG, DC net
     saved = yaml.safe_load((run_dir / "logs" / "run" / "version_0" / "config.yaml").read_text())
     assert saved["ckpt_path"] == "last" and saved["trainer"]["logger"]["init_args"]["version"] is None
 
 
-def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeypatch, capsys, fake_fashion_root):
+def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeypatch, capsys,
+                                                               fake_fashion_root):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
     with pytest.raises(SystemExit) as exit_info:
@@ -198,7 +201,8 @@ def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeyp
     assert "no last.ckpt to resume from" in capsys.readouterr().err
     first = main(["fit", "--config", str(config)])
     second = main(["fit", "--config", str(config)])
-    assert Path(first.trainer.log_dir).name == "version_0" and Path(second.trainer.log_dir).name == "version_1"
+    assert Path(first.trainer.log_dir).name == "version_0"
+    assert Path(second.trainer.log_dir).name == "version_1"
     resumed = main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
     assert Path(resumed.trainer.log_dir).name == "version_1"
     assert resumed.trainer.global_step == 3

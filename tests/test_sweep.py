@@ -1,4 +1,4 @@
-"""``ptmdd-sweep``: sweep files, point expansion, config merging, result collection, plots, a tiny real sweep."""
+"""``ptmdd-sweep``: sweep files, point expansion, config merging, collection, plots, a tiny real sweep."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ from ptmdd_lightning.sweep import (
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {
-    "trainer": {"max_steps": 100, "callbacks": [
-        {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-        {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation", "init_args": {"epochs": 300}},
-    ]},
+    "trainer": {
+        "max_steps": 100,
+        "callbacks": [
+            {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
+            {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation", "init_args": {"epochs": 300}},
+        ],
+    },
     "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": {"ipc": 10, "ptms": []}},
     "data": {"class_path": "ptmdd_lightning.data.DistillDataModule", "init_args": {"batch_real": 32}},
 }
@@ -67,8 +70,13 @@ def _write_sweep(folder: Path, text: str = SWEEP, base: dict | None = None) -> P
 def test_expand_makes_the_grid_then_the_baselines_with_typed_placeholders(tmp_path):
     spec = load_sweep(_write_sweep(tmp_path))
     points = expand(spec)
-    assert [p.id for p in points] == ["N_m=1__epoch=2", "N_m=1__epoch=late", "N_m=4__epoch=2", "N_m=4__epoch=late",
-                                      "baseline=DM_no_PTM"]
+    assert [p.id for p in points] == [
+        "N_m=1__epoch=2",
+        "N_m=1__epoch=late",
+        "N_m=4__epoch=2",
+        "N_m=4__epoch=late",
+        "baseline=DM_no_PTM",
+    ]
     late = points[3]
     assert late.values == {"N_m": 4, "epoch": 10} and late.labels == {"N_m": "4", "epoch": "late"}
     group = late.overrides["model.init_args.ptms"][0]
@@ -102,7 +110,9 @@ def test_set_dotted_and_merge_configs():
     set_dotted(config, "a.l.Y.init_args.k", 2)
     set_dotted(config, "a.l.1", 6)
     set_dotted(config, "a.new.deep", [1])
-    assert config == {"a": {"b": 1, "l": [{"class_path": "x.Y", "init_args": {"k": 2}}, 6], "new": {"deep": [1]}}}
+    assert config == {
+        "a": {"b": 1, "l": [{"class_path": "x.Y", "init_args": {"k": 2}}, 6], "new": {"deep": [1]}}
+    }
     with pytest.raises(PtmddError, match="no item 'Z'"):
         set_dotted(config, "a.l.Z.init_args.k", 1)
     with pytest.raises(PtmddError, match="is a value"):
@@ -143,12 +153,13 @@ def test_collect_pools_the_seeds_and_writes_table_and_plot(tmp_path):
     out = tmp_path / "out"
     _fake_run(out, points[0], 0, [0.5, 0.7], [0.4, 0.4])
     _fake_run(out, points[0], 1, [0.6], [0.4, 0.4])
-    _fake_run(out, points[2], 0, [0.8], [0.4, 0.4])
+    _fake_run(out, points[2], 0, [0.8], None)  # evaluated without the random-real subset
     _fake_run(out, points[4], 0, [0.55, 0.45], [0.4, 0.4])
     unfinished = run_dir_of(out, points[1], 0)
     unfinished.mkdir(parents=True)
-    (unfinished / "results.json").write_text(json.dumps([{"step": 1, "arch": "ConvNet", "set": "synthetic",
-                                                           "accs": [0.9]}]))  # no sweep_done.json: left out
+    (unfinished / "results.json").write_text(
+        json.dumps([{"step": 1, "arch": "ConvNet", "set": "synthetic", "accs": [0.9]}])
+    )  # no sweep_done.json: left out
     rows = collect(spec, out)
     assert [r["point"] for r in rows] == ["N_m=1__epoch=2", "N_m=4__epoch=2", "baseline=DM_no_PTM"]
     first = rows[0]
@@ -158,6 +169,9 @@ def test_collect_pools_the_seeds_and_writes_table_and_plot(tmp_path):
     assert first["gain_vs_random"] == pytest.approx(0.2)
     assert first["gain_vs_baseline"] == pytest.approx(0.1) and first["baseline"] == "DM (no PTM)"
     assert first["x"] == 1 and first["series"] == "epoch=2"
+    assert rows[1]["random_real_mean"] == pytest.approx(0.4)  # the sweep's shared random-real result
+    assert rows[1]["gain_vs_random"] == pytest.approx(0.4)
+    assert rows[2]["gain_vs_baseline"] is None  # the reference itself
     files = write_summary(spec, rows, out)
     md = files[0].read_text()
     assert "| point | 1 | 2 | ConvNet | 60.00 ± 8.16 | 40.00 ± 0.00 | +20.00 | +10.00 | 2 / 3 |" in md
@@ -169,7 +183,9 @@ def test_collect_pools_the_seeds_and_writes_table_and_plot(tmp_path):
 
 
 def test_categorical_axis_plots_grouped_bars(tmp_path):
-    text = SWEEP.replace("N_m: [1, 4]", "N_m: [few, many]").replace('"${N_m}"', "1").replace("x: N_m", "x: N_m")
+    text = (
+        SWEEP.replace("N_m: [1, 4]", "N_m: [few, many]").replace('"${N_m}"', "1").replace("x: N_m", "x: N_m")
+    )
     spec = load_sweep(_write_sweep(tmp_path, text))
     out = tmp_path / "out"
     for i, point in enumerate(expand(spec)):
@@ -180,7 +196,7 @@ def test_categorical_axis_plots_grouped_bars(tmp_path):
 
 
 def test_tiny_sweep_runs_collects_and_resumes(tmp_path, monkeypatch, fake_fashion_root):
-    """Two grid points and a baseline through ptmdd itself (tiny nets and data), then a rerun that skips them."""
+    """Two grid points and a baseline through ptmdd itself (tiny nets and data), then reruns skip them."""
     monkeypatch.chdir(tmp_path)
     base = yaml.safe_load((REPO / "configs" / "paper" / "cpu" / "dm_clom.yaml").read_text())
     text = f"""
@@ -208,15 +224,22 @@ baselines:
     assert main(["--sweep", str(sweep), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())["rows"]
     assert [(r["point"], r["arch"], r["n"]) for r in summary] == [
-        ("N_m=1", "ConvNetW32", 2), ("N_m=2", "ConvNetW32", 2), ("baseline=DM", "ConvNetW32", 2)]
+        ("N_m=1", "ConvNetW32", 2),
+        ("N_m=2", "ConvNetW32", 2),
+        ("baseline=DM", "ConvNetW32", 2),
+    ]
     assert all(r["random_real_mean"] is not None for r in summary)
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     assert "N_m" in (out / "summary.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "pool" / "fashion_mnist" / "ConvNetW32").iterdir()) == ["seed0", "seed1"]
+    assert sorted(p.name for p in (tmp_path / "pool" / "fashion_mnist" / "ConvNetW32").iterdir()) == [
+        "seed0",
+        "seed1",
+    ]
     run = out / "runs" / "N_m=2" / "version_0"
     assert (run / "synthetic_set.pt").is_file() and (run / "config.yaml").is_file()
     records = run_sweep(load_sweep(sweep), out, log=lambda *_: None)
     assert [r["status"] for r in records] == ["skipped"] * 3  # resume: nothing runs again
-    records = run_sweep(load_sweep(sweep), out, extra=["--trainer.max_steps", "3"], dry_run=True,
-                        log=lambda *_: None)
+    records = run_sweep(
+        load_sweep(sweep), out, extra=["--trainer.max_steps", "3"], dry_run=True, log=lambda *_: None
+    )
     assert [r["status"] for r in records] == ["dry-run"] * 3  # changed arguments: would rerun

@@ -332,14 +332,14 @@ class Distiller(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make a checkpoint that a resumed run continues bit for bit.
 
-        - ``hyper_parameters["ptms"]`` as plain dicts: LightningCLI re-reads a checkpoint's hyper-parameters with
-          ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
+        - ``hyper_parameters["ptms"]`` as plain dicts: LightningCLI re-reads a checkpoint's hyper-parameters
+          with ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
         - DC/DSA: ``checkpoint["dc_net"]`` = the outer-loop net's ``state_dict``, its SGD state and its index.
           ModelCheckpoint saves in its ``on_train_batch_end``, which Lightning calls BEFORE this module's
           ``on_train_batch_end`` (the inner loop that trains the net on the synthetic set). Such a checkpoint
-          (``batch_progress.processed > completed``) gets ``inner_loop_pending`` and the global RNG state(s) of that
-          moment; :meth:`on_train_start` of the resumed run runs that inner loop first. A SIGTERM checkpoint is written
-          after the whole step, its inner loop included.
+          (``batch_progress.processed > completed``) gets ``inner_loop_pending`` and the global RNG state(s)
+          of that moment; :meth:`on_train_start` of the resumed run runs that inner loop first. A SIGTERM
+          checkpoint is written after the whole step, its inner loop included.
         """
         import dataclasses
 
@@ -357,7 +357,7 @@ class Distiller(LightningModule):
             trainer = self._trainer
             if trainer is not None and self.global_step % self.outer_loop != 0:
                 progress = trainer.fit_loop.epoch_loop.batch_progress.current
-                if progress.processed > progress.completed:  # on_train_batch_end of this module has not run yet
+                if progress.processed > progress.completed:  # our on_train_batch_end is still to run
                     state["inner_loop_pending"] = True
                     state["rng_cpu"] = torch.get_rng_state()
                     if self.device.type == "cuda":
@@ -365,7 +365,7 @@ class Distiller(LightningModule):
             checkpoint["dc_net"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint's synthetic set fits this model; restore the DC outer-loop net (see above).
+        """Check that the checkpoint's synthetic set fits this model; restore the DC outer-loop net.
 
         Raises:
             PtmddError: the checkpoint's synthetic images have another shape ``(K * IPC, C, H, W)``.
@@ -374,10 +374,11 @@ class Distiller(LightningModule):
         if images is not None and tuple(images.shape) != tuple(self.synthetic.images.shape):
             hp = checkpoint.get("hyper_parameters", {})
             raise PtmddError(
-                f"the checkpoint holds {tuple(images.shape)} synthetic images (dataset {hp.get('dataset_name')}, ipc "
-                f"{hp.get('ipc')}) but this run makes {tuple(self.synthetic.images.shape)} (dataset "
-                f"{self.hparams.dataset_name}, ipc {self.hparams.ipc}); resume with the config of that run, or start a "
-                "new run without --ckpt_path.")
+                f"the checkpoint holds {tuple(images.shape)} synthetic images (dataset "
+                f"{hp.get('dataset_name')}, ipc {hp.get('ipc')}) but this run makes "
+                f"{tuple(self.synthetic.images.shape)} (dataset {self.hparams.dataset_name}, ipc "
+                f"{self.hparams.ipc}); resume with the config of that run, or start a new run without "
+                "--ckpt_path.")
         state = checkpoint.get("dc_net")
         if state is None or self.hparams.method == "dm":
             return
@@ -407,8 +408,8 @@ class Distiller(LightningModule):
     def on_train_start(self) -> None:
         """Resume: run the DC inner loop of the restored step if the checkpoint was written before it.
 
-        Here, not in :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop) after
-        ``on_fit_start`` and before ``on_train_start``.
+        Here, not in :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop)
+        after ``on_fit_start`` and before ``on_train_start``.
         """
         pending = self._aux.pop("pending_inner_loop", None)
         if pending is not None and self._aux["net"] is not None:

@@ -1,4 +1,4 @@
-"""SyntheticSetEvaluator: standalone evaluation of an exported synthetic set with ``ptmdd test`` / ``ptmdd validate``."""
+"""SyntheticSetEvaluator: standalone evaluation of an exported synthetic set (``ptmdd test``/``validate``)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,25 @@ from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator, check_expor
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = str(REPO / "configs" / "evaluate.yaml")
-FMNIST = dict(dataset_name="fashion_mnist", num_classes=10, channels=1, image_size=(28, 28), mean=(0.2861,),
-              std=(0.3530,), classes=None)
+FMNIST = dict(
+    dataset_name="fashion_mnist",
+    num_classes=10,
+    channels=1,
+    image_size=(28, 28),
+    mean=(0.2861,),
+    std=(0.3530,),
+    classes=None,
+)
 
 
-def _export(images: torch.Tensor, ipc: int, classes=None, dataset: str = "fashion_mnist",
-            mean=(0.2861,), std=(0.3530,)) -> dict:
+def _export(
+    images: torch.Tensor,
+    ipc: int,
+    classes=None,
+    dataset: str = "fashion_mnist",
+    mean=(0.2861,),
+    std=(0.3530,),
+) -> dict:
     k = images.shape[0] // ipc
     s = SyntheticSet(k, ipc, images.shape[1], tuple(images.shape[-2:]))
     with torch.no_grad():
@@ -57,10 +70,16 @@ def test_check_export_rejects_other_shapes_and_class_counts():
     with pytest.raises(PtmddError, match="has 5 classes"):
         check_export(_export(torch.zeros(5, 1, 28, 28), 1), "syn.pt", **FMNIST)
     with pytest.raises(PtmddError, match="class subset"):  # a subset export on the full DataModule
-        check_export(_export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]), "syn.pt",
-                     **{**FMNIST, "num_classes": 5})
-    check_export(_export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]), "syn.pt",
-                 **{**FMNIST, "num_classes": 5, "classes": [0, 1, 2, 3, 4]})  # the matching subset passes
+        check_export(
+            _export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]),
+            "syn.pt",
+            **{**FMNIST, "num_classes": 5},
+        )
+    check_export(
+        _export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]),
+        "syn.pt",
+        **{**FMNIST, "num_classes": 5, "classes": [0, 1, 2, 3, 4]},
+    )  # the matching subset passes
 
 
 def test_constructor_validates_settings():
@@ -76,19 +95,48 @@ def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch,
     dm = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root))
     dm.setup("test")
     ipc, seed = 2, 3
-    real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, ipc, 10,
-                                        torch.Generator().manual_seed(seed + 1))
+    real_x, real_y = random_real_subset(
+        dm.train_images, dm.train_labels, ipc, 10, torch.Generator().manual_seed(seed + 1)
+    )
     path = atomic_save(_export(real_x, ipc), tmp_path / "subset.pt")
-    cli = main(["test", "--config", EVALUATE, "--model.init_args.path", str(path),
-                "--data.init_args.root", str(fake_fashion_root), "--model.init_args.archs", "[ConvNetW32]",
-                "--model.init_args.epochs", "2", "--model.init_args.num_models", "2",
-                "--model.init_args.eval_seed", str(seed), "--model.init_args.output_dir", str(tmp_path / "out")])
+    cli = main(
+        [
+            "test",
+            "--config",
+            EVALUATE,
+            "--model.init_args.path",
+            str(path),
+            "--data.init_args.root",
+            str(fake_fashion_root),
+            "--model.init_args.archs",
+            "[ConvNetW32]",
+            "--model.init_args.epochs",
+            "2",
+            "--model.init_args.num_models",
+            "2",
+            "--model.init_args.eval_seed",
+            str(seed),
+            "--model.init_args.output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [(r["arch"], r["set"], r["n"], r["step"]) for r in rows] == [
-        ("ConvNetW32", "synthetic", 2, 7), ("ConvNetW32", "random_real", 2, 7)]
+        ("ConvNetW32", "synthetic", 2, 7),
+        ("ConvNetW32", "random_real", 2, 7),
+    ]
     assert rows[0]["accs"] == rows[1]["accs"]  # same images, same seed -> the same models
-    expected = train_and_test("ConvNetW32", real_x, real_y, dm.test_images, dm.test_labels, 10, 2,
-                              EvalProtocol(epochs=2, precision="bf16"), seed=seed)
+    expected = train_and_test(
+        "ConvNetW32",
+        real_x,
+        real_y,
+        dm.test_images,
+        dm.test_labels,
+        10,
+        2,
+        EvalProtocol(epochs=2, precision="bf16"),
+        seed=seed,
+    )
     assert rows[0]["accs"] == pytest.approx(expected.tolist())
     metrics = cli.trainer.callback_metrics
     assert float(metrics["test/ConvNetW32/acc"]) == pytest.approx(rows[0]["mean"])
@@ -100,9 +148,25 @@ def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch,
 def test_validate_command_writes_the_cross_architecture_table(tmp_path, monkeypatch, fake_fashion_root):
     monkeypatch.chdir(tmp_path)
     path = _noise_export(tmp_path)
-    main(["validate", "--config", EVALUATE, "--model.init_args.path", str(path),
-          "--data.init_args.root", str(fake_fashion_root), "--model.init_args.archs", "[ConvNetW32, MLP]",
-          "--model.init_args.epochs", "1", "--model.init_args.num_models", "1", "--model.init_args.baseline", "false"])
+    main(
+        [
+            "validate",
+            "--config",
+            EVALUATE,
+            "--model.init_args.path",
+            str(path),
+            "--data.init_args.root",
+            str(fake_fashion_root),
+            "--model.init_args.archs",
+            "[ConvNetW32, MLP]",
+            "--model.init_args.epochs",
+            "1",
+            "--model.init_args.num_models",
+            "1",
+            "--model.init_args.baseline",
+            "false",
+        ]
+    )
     results = sorted(Path("lightning_logs/evaluate").glob("version_*/results.json"))
     assert len(results) == 1
     rows = json.loads(results[0].read_text())
@@ -117,11 +181,22 @@ def test_mismatched_export_is_a_one_line_user_error(tmp_path, monkeypatch, capsy
     blob["images"], blob["labels"] = blob["images"][:5], blob["labels"][:5]
     blob["num_classes"], blob["config"] = 5, {"classes": [5, 6, 7, 8, 9]}
     atomic_save(blob, subset)
-    for file, needle in ((subset, "--data.init_args.classes '[5, 6, 7, 8, 9]'"),
-                         (tmp_path / "missing.pt", "does not exist")):
+    for file, needle in (
+        (subset, "--data.init_args.classes '[5, 6, 7, 8, 9]'"),
+        (tmp_path / "missing.pt", "does not exist"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
-            main(["test", "--config", EVALUATE, "--model.init_args.path", str(file),
-                  "--data.init_args.root", str(fake_fashion_root)])
+            main(
+                [
+                    "test",
+                    "--config",
+                    EVALUATE,
+                    "--model.init_args.path",
+                    str(file),
+                    "--data.init_args.root",
+                    str(fake_fashion_root),
+                ]
+            )
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
