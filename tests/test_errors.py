@@ -92,8 +92,6 @@ def test_ptm_of_another_class_count_refused_for_clom(tmp_path, capsys, fake_fash
     assert f"{path} has 5 classes and the target has 10" in err and "loss: cclom" in err
 
 
-@pytest.mark.xfail(strict=True, reason="PTMPool (core/guidance.py) does not yet compare a member file's arch "
-                   "with its group's arch; it silently builds the net the file declares")
 def test_ptm_file_of_another_architecture_than_its_group(tmp_path, fake_fashion_root):
     from ptmdd_lightning.core.guidance import PTMPool
 
@@ -104,8 +102,6 @@ def test_ptm_file_of_another_architecture_than_its_group(tmp_path, fake_fashion_
     assert str(path) in str(info.value) and "ConvNetW32" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="PTMPool (core/guidance.py) does not yet take the target's channels "
-                   "and image size; a same-dataset PTM of another shape is silently resized/re-channelled")
 @pytest.mark.parametrize(("channels", "image_size"), [(3, (28, 28)), (1, (32, 32))],
                          ids=["channels", "image_size"])
 def test_ptm_of_another_channel_count_or_image_size_for_the_same_dataset(tmp_path, capsys, fake_fashion_root,

@@ -221,17 +221,22 @@ class PTMPool(nn.Module):
         groups: one :class:`PTMGroup` per architecture.
         pool_root: the pool folder (layout ``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt``).
         target: the target dataset's pool key (``source`` default), e.g. ``"fashion_mnist"``.
-        num_classes, channels, image_size: the target's K, C, (H, W).
+        num_classes: the target's K.
         mean, std: the target's normalisation.
+        channels, image_size: the target's C and (H, W); members of the target's own pool must match them.
 
     Raises:
-        PtmddError: a missing member (naming the folder and the pretraining command), a checkpoint whose class count
-            does not fit CLoM, or a corrupted file.
+        PtmddError: a missing member (naming the folder and the pretraining command), a checkpoint of another
+            architecture than its group, of another channel count or image size than the target's own data, whose
+            class count does not fit CLoM, or a corrupted file.
     """
 
     def __init__(self, groups: list[PTMGroup], pool_root: str | Path, target: str, num_classes: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], channels: int | None = None,
+                 image_size: tuple[int, int] | None = None) -> None:
         super().__init__()
+        from ptmdd_lightning.nets import canonical_net_name
+
         self.members = nn.ModuleList()
         for group in groups:
             group.validate()
@@ -246,6 +251,17 @@ class PTMPool(nn.Module):
                         "PretrainPTMPool callback to pretrain missing members automatically."
                     )
                 net, meta = load_ptm(path)
+                if canonical_net_name(str(meta["arch"])) != canonical_net_name(group.arch):
+                    raise PtmddError(f"PTM checkpoint {path} holds a {meta['arch']}, but its pool group asks for "
+                                     f"{group.arch}; delete the file and pretrain that member again.")
+                shape = (int(meta["channels"]), tuple(int(s) for s in meta["image_size"]))
+                if source == target and channels is not None and image_size is not None and \
+                        shape != (int(channels), tuple(int(s) for s in image_size)):
+                    what = "channels" if shape[0] != int(channels) else "image size"
+                    raise PtmddError(f"PTM checkpoint {path} does not match the target {target}: its {what} "
+                                     f"({shape[0]} channels, image size {shape[1]}) differ from the data's "
+                                     f"({channels} channels, image size {tuple(image_size)}); delete it and "
+                                     "pretrain that member again.")
                 if group.loss == "clom" and int(meta["num_classes"]) != num_classes:
                     raise PtmddError(
                         f"CLoM needs PTMs of the target label space, but {path} has {meta['num_classes']} classes and "

@@ -174,7 +174,8 @@ class Distiller(LightningModule):
         if self.ptm_groups and self._aux["pool"] is None:
             target = pool_key(self.hparams.dataset_name, self.hparams.classes)
             self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
-                                        tuple(self.hparams.mean), tuple(self.hparams.std))
+                                        tuple(self.hparams.mean), tuple(self.hparams.std),
+                                        channels=self.hparams.channels, image_size=tuple(self.hparams.image_size))
 
     @property
     def pool(self) -> PTMPool | None:
@@ -313,6 +314,8 @@ class Distiller(LightningModule):
         images = self.synthetic.images.detach()
         labels = self.synthetic.labels
         gen = torch.Generator().manual_seed(mix_seed(self._seed, self.global_step, 0x1A))
+        # rank-independent: every DDP rank must train the same DC net (the DSA draws below use the global RNG)
+        torch.manual_seed(mix_seed(self._seed, self.global_step, 0x1B))
         ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
         net.train()
         with ctx:

@@ -47,8 +47,8 @@ from ptmdd_lightning.nets.convnet import ConvNet
 
 __all__ = ["DEFAULT_CHUNK", "FastNet", "can_compile", "convnet_supported", "convnet_features_cl"]
 
-#: images per chunk of a no-grad forward on the CPU (keeps the first block's maps under 32 MiB in bf16/fp32)
-DEFAULT_CHUNK = 64
+#: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
+DEFAULT_CHUNK = 32
 #: dynamo's default of 8 cached graphs per function is too few for (grad/no-grad) x (fp32/bf16) x shapes
 _RECOMPILE_LIMIT = 64
 
@@ -219,7 +219,7 @@ class FastNet:
 
     def _chunks(self, x: Tensor) -> list[Tensor]:
         n = x.shape[0]
-        if (self.chunk <= 0 or n <= self.chunk or torch.is_grad_enabled() or x.device.type != "cpu"):
+        if self.chunk <= 0 or n <= self.chunk or x.device.type != "cpu":
             return [x]
         k = math.ceil(n / self.chunk)
         size = math.ceil(n / k)  # equal chunks: at most two distinct shapes to compile
