@@ -234,7 +234,6 @@ def worker_dc(spec: dict) -> dict:
         match = match[1:]
     else:
         import torch
-
         from reference import ReferenceDC
 
         dev = _device()
@@ -244,7 +243,7 @@ def worker_dc(spec: dict) -> dict:
         t0 = time.perf_counter()
         ref.new_net()
         match, inner_t = [], []
-        for i in range(match_steps):
+        for _ in range(match_steps):
             _sync()
             t = time.perf_counter()
             ref.match_step()

@@ -172,7 +172,7 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     return F.linear(e, params[-2], params[-1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fn_name: str) -> Callable:
     """One compiled function per kind (shared by all nets: their tensors are arguments, not constants)."""
     fn = {"embed": _convnet_embed, "forward": _convnet_forward}[fn_name]
