@@ -121,33 +121,37 @@ def _sync() -> None:
 
 
 class _StepTimer:
-    """A Lightning callback: wall time of every matching step and of what runs between two steps."""
+    """A Lightning callback: wall and process-CPU time of every step (batch start -> batch end) and of what runs
+    between two steps (the DC inner loop, the data); stops the run after ``steps`` steps."""
 
-    def __new__(cls):
+    def __new__(cls, steps: int):
         from lightning import Callback
 
         class StepTimer(Callback):
             def __init__(self) -> None:
-                self.starts: list[float] = []
-                self.ends: list[float] = []
+                self.steps = steps
+                self.starts: list[tuple[float, float]] = []
+                self.ends: list[tuple[float, float]] = []
                 self.rss_start = 0.0
 
-            def on_train_start(self, trainer, pl_module) -> None:
+            @staticmethod
+            def now() -> tuple[float, float]:
                 _sync()
+                return time.perf_counter(), time.process_time()
+
+            def on_train_start(self, trainer, pl_module) -> None:
                 self.rss_start = _rss_now_mb()
-                self.t_fit = time.perf_counter()
 
             def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-                _sync()
-                self.starts.append(time.perf_counter())
+                self.starts.append(self.now())
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                _sync()
-                self.ends.append(time.perf_counter())
+                self.ends.append(self.now())
+                if len(self.ends) >= self.steps:  # stop after this step (and its DC inner loop, which follows)
+                    trainer.should_stop = True
 
             def on_train_end(self, trainer, pl_module) -> None:
-                _sync()
-                self.t_end = time.perf_counter()
+                self.starts.append(self.now())  # closes the last step like the start of a next one would
 
         return StepTimer()
 
@@ -165,7 +169,12 @@ def _stats_memory(rss_start: float) -> dict:
 
 
 def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
-    """Run the Distiller for ``steps`` steps in a Trainer (bf16-mixed) and return the step timer."""
+    """Run the Distiller for ``steps`` steps in a Trainer (bf16-mixed) and return the step timer.
+
+    The Trainer is told to run 100k steps (a long run, so the Distiller picks its long-run settings, e.g.
+    ``torch.compile``; see ``nets/fast.py``) and the timer stops it after ``steps`` steps; the end of training
+    closes the last measured step (so it includes the DC inner loop that follows a step).
+    """
     import lightning as L
 
     from ptmdd_lightning.modules import Distiller
@@ -173,43 +182,42 @@ def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
     L.seed_everything(0, verbose=False)
     model = Distiller(num_classes=dm.num_classes, channels=dm.channels, image_size=dm.image_size, mean=dm.mean,
                       std=dm.std, dataset_name=dm.dataset_name, ipc=ipc, method=method, **model_kwargs)
-    timer = _StepTimer()
-    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=steps, precision="bf16-mixed", logger=False,
+    timer = _StepTimer(steps)
+    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=100_000, precision="bf16-mixed", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.callbacks.append(timer)
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
     trainer.fit(model, datamodule=dm)
     return timer, model
 
 
+def _timed(fn) -> tuple[float, float]:
+    """``(wall s, process CPU s)`` of ``fn()`` (CUDA synchronised)."""
+    _sync()
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    _sync()
+    return time.perf_counter() - t, time.process_time() - c
+
+
 def worker_dm(spec: dict) -> dict:
     """Seconds per DM iteration (IPC ``spec['ipc']``, batch_real 256, DSA)."""
-    import torch
-
     ipc, iters, warmup = spec["ipc"], spec["iters"], spec["warmup"]
     dm = _load_data(spec["batch_real"])
     if spec["impl"] == "ptmdd":
         timer, _ = _ptmdd_trainer(dm, "dm", ipc, warmup + iters)
-        bounds = timer.starts + [timer.t_end]
-        steps = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        return {"seconds": sum(steps[warmup:]) / iters, "warmup_s": sum(steps[:warmup]), "iters": iters,
-                **_stats_memory(timer.rss_start)}
-    from reference import ReferenceDM
+        wall = [b[0] - a[0] for a, b in zip(timer.starts[:-1], timer.starts[1:], strict=True)]
+        cpu = [b[1] - a[1] for a, b in zip(timer.starts[:-1], timer.starts[1:], strict=True)]
+        rss0 = timer.rss_start
+    else:
+        from reference import ReferenceDM
 
-    dev = _device()
-    rss0 = _rss_now_mb()
-    ref = ReferenceDM(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, ipc,
-                      batch_real=spec["batch_real"], dsa_strategy=DSA)
-    times = []
-    for _ in range(warmup + iters):
-        _sync()
-        t = time.perf_counter()
-        ref.iteration()
-        _sync()
-        times.append(time.perf_counter() - t)
-    del torch
-    return {"seconds": sum(times[warmup:]) / iters, "warmup_s": sum(times[:warmup]), "iters": iters,
-            **_stats_memory(rss0)}
+        dev = _device()
+        rss0 = _rss_now_mb()
+        ref = ReferenceDM(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, ipc,
+                          batch_real=spec["batch_real"], dsa_strategy=DSA)
+        wall, cpu = map(list, zip(*[_timed(ref.iteration) for _ in range(warmup + iters)], strict=True))
+    return {"seconds": sum(wall[warmup:]) / iters, "cpu_seconds": sum(cpu[warmup:]) / iters,
+            "warmup_s": sum(wall[:warmup]), "iters": iters, **_stats_memory(rss0)}
 
 
 def worker_dc(spec: dict) -> dict:
@@ -221,105 +229,95 @@ def worker_dc(spec: dict) -> dict:
     match_steps = spec["match_steps"] or outer  # measured matching steps
     inner_loops = min(match_steps, outer - 1) if outer > 1 else 0  # measured inner loops
     dm = _load_data(spec["batch_real"])
+    strategy = None if method == "dc" else DSA
     if spec["impl"] == "ptmdd":
         # step 0 is the warm-up (it compiles); steps 1..match_steps are measured: with match_steps == outer they
         # are exactly one outer iteration's work (outer matching steps, outer - 1 inner loops, one new net)
-        timer, _ = _ptmdd_trainer(dm, method, ipc, 1 + match_steps,
-                                  dsa_strategy=None if method == "dc" else DSA)
-        match = [e - s for s, e in zip(timer.starts, timer.ends, strict=True)]
-        between = [s - e for e, s in zip(timer.ends[:-1], timer.starts[1:], strict=True)]
-        inner_t = [between[i] for i in range(1, len(between)) if (i + 1) % outer != 0]
-        warm = match[0] + (between[0] if between else 0.0)
+        timer, _ = _ptmdd_trainer(dm, method, ipc, 1 + match_steps, dsa_strategy=strategy)
+        n = len(timer.ends)
+        match = [(timer.ends[i][0] - timer.starts[i][0], timer.ends[i][1] - timer.starts[i][1]) for i in range(n)]
+        between = [(timer.starts[i + 1][0] - timer.ends[i][0], timer.starts[i + 1][1] - timer.ends[i][1])
+                   for i in range(n)]
+        # an inner loop follows step i unless (i + 1) is a multiple of outer_loop (the DC schedule)
+        inner_t = [between[i] for i in range(1, n) if (i + 1) % outer != 0]
+        warm = match[0][0] + between[0][0]
         rss0 = timer.rss_start
         match = match[1:]
     else:
-        import torch
         from reference import ReferenceDC
 
         dev = _device()
         rss0 = _rss_now_mb()
         ref = ReferenceDC(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, ipc,
-                          batch_real=spec["batch_real"], dsa_strategy=None if method == "dc" else DSA)
+                          batch_real=spec["batch_real"], dsa_strategy=strategy)
         t0 = time.perf_counter()
         ref.new_net()
         match, inner_t = [], []
         for _ in range(match_steps):
-            _sync()
-            t = time.perf_counter()
-            ref.match_step()
-            _sync()
-            match.append(time.perf_counter() - t)
+            match.append(_timed(ref.match_step))
             if len(inner_t) < inner_loops:
-                t = time.perf_counter()
-                ref.inner_train()
-                _sync()
-                inner_t.append(time.perf_counter() - t)
-        warm = time.perf_counter() - t0 - sum(match) - sum(inner_t)
-        del torch
-    m = sum(match) / len(match)
-    i = sum(inner_t) / len(inner_t) if inner_t else 0.0
-    return {"seconds": outer * m + (outer - 1) * i, "match_s": m, "inner_s": i, "outer_loop": outer,
-            "inner_loop": inner, "match_steps_measured": len(match), "inner_loops_measured": len(inner_t),
+                inner_t.append(_timed(ref.inner_train))
+        warm = time.perf_counter() - t0 - sum(m[0] for m in match) - sum(i[0] for i in inner_t)
+
+    def mean(xs: list[tuple[float, float]], j: int) -> float:
+        return sum(x[j] for x in xs) / len(xs) if xs else 0.0
+
+    return {"seconds": outer * mean(match, 0) + (outer - 1) * mean(inner_t, 0),
+            "cpu_seconds": outer * mean(match, 1) + (outer - 1) * mean(inner_t, 1),
+            "match_s": mean(match, 0), "inner_s": mean(inner_t, 0), "outer_loop": outer, "inner_loop": inner,
+            "match_steps_measured": len(match), "inner_loops_measured": len(inner_t),
             "extrapolated": len(match) < outer or len(inner_t) < outer - 1, "warmup_s": warm,
             **_stats_memory(rss0)}
 
 
 def worker_eval(spec: dict) -> dict:
-    """Seconds to evaluate one IPC-10 set with ``models`` ConvNet-3 at 1000 epochs (extrapolated)."""
+    """Seconds to evaluate one IPC-10 set with ``models`` ConvNet-3 at 1000 epochs (extrapolated from ``epochs``
+    measured epochs: ``1000 * train time per epoch + test time``)."""
     import torch
+
+    from ptmdd_lightning.core.evaluate import random_real_subset
 
     dm = _load_data(256)
     dev = _device()
     g = torch.Generator().manual_seed(0)
-    from ptmdd_lightning.core.evaluate import random_real_subset
-
     images, labels = random_real_subset(dm.train_images, dm.train_labels, 10, dm.num_classes, g)
     images, labels = images.to(dev), labels.to(dev)
     test_x, test_y = dm.test_images.to(dev), dm.test_labels.to(dev)
     epochs, models, full = spec["epochs"], spec["models"], spec["full_epochs"]
     rss0 = _rss_now_mb()
+    out: dict = {}
     if spec["impl"] == "ptmdd":
         from ptmdd_lightning.core.evaluate import EvalProtocol, evaluate_models, train_models
 
-        proto = EvalProtocol(epochs=epochs, precision="bf16")
-        # warm-up (one-off costs such as a compile or the vmap trial) is measured with a 1-epoch run
-        t = time.perf_counter()
-        train_models("ConvNet", images, labels, dm.num_classes, models, EvalProtocol(epochs=1, precision="bf16"),
-                     seed=1)
-        _sync()
-        warm = time.perf_counter() - t
-        t = time.perf_counter()
-        nets = train_models("ConvNet", images, labels, dm.num_classes, models, proto, seed=0)
-        _sync()
-        t_train = time.perf_counter() - t
-        t = time.perf_counter()
-        accs = evaluate_models(nets, test_x, test_y, precision="bf16", batch_size=proto.test_batch_size)
-        _sync()
-        t_test = time.perf_counter() - t
-        acc = float(accs.mean())
+        kw = {"precision": "bf16", "compile": bool(spec.get("compile", False))}
+        # one-off costs (a compile, the vmap trial) are measured with a 1-epoch run first
+        warm, _ = _timed(lambda: train_models("ConvNet", images, labels, dm.num_classes, models,
+                                              EvalProtocol(epochs=1, **kw), seed=1))
+        proto = EvalProtocol(epochs=epochs, **kw)
+        t_train, c_train = _timed(lambda: out.setdefault(
+            "nets", train_models("ConvNet", images, labels, dm.num_classes, models, proto, seed=0)))
+        t_test, c_test = _timed(lambda: out.setdefault(
+            "accs", evaluate_models(out["nets"], test_x, test_y, precision="bf16", batch_size=proto.test_batch_size)))
+        acc = float(out["accs"].mean())
     else:
         from reference import RefConvNet, test_accuracy, train_epoch
 
-        t_train = t_test = 0.0
+        t_train = c_train = t_test = c_test = warm = 0.0
         accs = []
-        warm = 0.0
         for m in range(models):
             torch.manual_seed(m)
             net = RefConvNet(images.shape[1], dm.num_classes, tuple(images.shape[2:])).to(dev)
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
-            t = time.perf_counter()
-            for _ in range(epochs):
-                train_epoch(net, opt, images, labels, 256, DSA)
-            _sync()
-            t_train += time.perf_counter() - t
-            t = time.perf_counter()
-            accs.append(test_accuracy(net, test_x, test_y))
-            _sync()
-            t_test += time.perf_counter() - t
+            w, c = _timed(lambda net=net, opt=opt: [train_epoch(net, opt, images, labels, 256, DSA)
+                                                    for _ in range(epochs)])
+            t_train, c_train = t_train + w, c_train + c
+            w, c = _timed(lambda net=net: accs.append(test_accuracy(net, test_x, test_y)))
+            t_test, c_test = t_test + w, c_test + c
         acc = sum(accs) / len(accs)
-    return {"seconds": t_train / epochs * full + t_test, "train_s_per_epoch": t_train / epochs, "test_s": t_test,
-            "epochs_measured": epochs, "epochs_extrapolated_to": full, "extrapolated": epochs < full,
-            "models": models, "warmup_s": warm, "mean_acc_after_measured_epochs": acc, **_stats_memory(rss0)}
+    return {"seconds": t_train / epochs * full + t_test, "cpu_seconds": c_train / epochs * full + c_test,
+            "train_s_per_epoch": t_train / epochs, "test_s": t_test, "epochs_measured": epochs,
+            "epochs_extrapolated_to": full, "extrapolated": epochs < full, "models": models, "warmup_s": warm,
+            "mean_acc_after_measured_epochs": acc, **_stats_memory(rss0)}
 
 
 WORKERS = {"dm": worker_dm, "dc": worker_dc, "eval": worker_eval}
@@ -361,9 +359,11 @@ def plan(args) -> list[tuple[str, dict]]:
                              {"kind": "dc", "method": method, "ipc": ipc, "batch_real": 256,
                               "match_steps": 2 if q and ipc > 1 else 0}))
     if "eval" in args.only:
+        ep = args.eval_epochs or (5 if q else 40)
         rows.append(("evaluate IPC-10 set, 5 ConvNet-3, 1000 ep.",
-                     {"kind": "eval", "models": 5, "epochs": args.eval_epochs or (5 if q else 40),
-                      "full_epochs": 1000}))
+                     {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000}))
+        rows.append(("evaluate, as above, EvalProtocol(compile=True)",
+                     {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000, "compile": True}))
     return rows
 
 
@@ -374,19 +374,25 @@ def fmt_s(x: float | None) -> str:
 
 
 def to_markdown(result: dict) -> str:
+    """The result as a Markdown table (wall seconds, the speed-up in wall and in process CPU time, peak RSS)."""
     mi = result["machine"]
+    load = result.get("loadavg")
     lines = [
         f"Machine: {mi['cpu']}, {mi['cores']} cores, {mi['threads']} torch threads, torch {mi['torch']}"
-        + (f", GPU {mi['gpu']}" if mi.get("gpu") else "") + f"; device {result['device']}; {result['date']}.",
+        + (f", GPU {mi['gpu']}" if mi.get("gpu") else "") + f"; device {result['device']}; {result['date']}"
+        + (f"; 1-min load average at start/end {load[0]:.1f}/{load[1]:.1f}" if load else "") + ".",
         f"Command: `{result['command']}`",
         "",
-        "| work | baseline (s) | ptmdd (s) | speed-up | baseline peak RSS (MiB) | ptmdd peak RSS (MiB) | notes |",
+        "| work | baseline (s) | ptmdd (s) | speed-up (wall) | speed-up (CPU time) | peak RSS baseline / ptmdd "
+        "(MiB) | notes |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
         b, p = row["baseline"], row["ptmdd"]
         bs, ps = b.get("seconds"), p.get("seconds")
+        bc, pc = b.get("cpu_seconds"), p.get("cpu_seconds")
         ratio = f"{bs / ps:.1f}x" if bs and ps else "n/a"
+        cratio = f"{bc / pc:.1f}x" if bc and pc else "n/a"
         notes = []
         for side, r in (("baseline", b), ("ptmdd", p)):
             if "error" in r:
@@ -397,12 +403,14 @@ def to_markdown(result: dict) -> str:
                 else:
                     notes.append(f"{side}: {r['match_steps_measured']} match steps + {r['inner_loops_measured']} "
                                  f"inner loops measured, extrapolated")
+            if "match_s" in r and "error" not in r:
+                notes.append(f"{side}: match step {r['match_s']:.2f} s, inner loop {r['inner_s']:.2f} s")
         if "warmup_s" in p:
-            notes.append(f"ptmdd warm-up {p['warmup_s']:.1f} s")
+            notes.append(f"ptmdd warm-up (incl. compile) {p['warmup_s']:.0f} s")
         if "cuda_peak_mb" in p:
             notes.append(f"CUDA peak {p['cuda_peak_mb']:.0f} MiB (baseline {b.get('cuda_peak_mb', 0):.0f})")
-        lines.append(f"| {row['name']} | {fmt_s(bs)} | {fmt_s(ps)} | {ratio} | {b.get('peak_rss_mb', 'n/a')} | "
-                     f"{p.get('peak_rss_mb', 'n/a')} | {'; '.join(notes)} |")
+        lines.append(f"| {row['name']} | {fmt_s(bs)} | {fmt_s(ps)} | {ratio} | {cratio} | "
+                     f"{b.get('peak_rss_mb', 'n/a')} / {p.get('peak_rss_mb', 'n/a')} | {'; '.join(notes)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -433,17 +441,27 @@ def main() -> None:
     result = {"machine": info, "device": device, "date": date, "rows": [],
               "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:])}
     print(f"machine: {info}", flush=True)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    done: dict[str, dict] = {}
     for name, spec in plan(args):
         row = {"name": name, "spec": spec}
         for impl in ("baseline", "ptmdd"):
             if impl not in args.impls:
                 row[impl] = {"error": "not run"}
                 continue
+            # the baseline does not depend on ptmdd-only options (e.g. compile): run it once per work
+            key = json.dumps({**{k: v for k, v in spec.items() if k != "compile"}, "impl": impl}, sort_keys=True)
+            if impl == "baseline" and key in done:
+                row[impl] = done[key]
+                continue
             res = run_spec({**spec, "impl": impl}, args.timeout)
+            done[key] = res
             row[impl] = res
             print(f"  {name:45s} {impl:8s} " + (f"{res['seconds']:.3f} s" if "seconds" in res else
                                                   f"ERROR {res.get('error', '')[-600:]}"), flush=True)
         result["rows"].append(row)
+    if load0 is not None:
+        result["loadavg"] = [load0, os.getloadavg()[0]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{device}-{date}" + ("-quick" if args.quick else "")

@@ -58,11 +58,11 @@ class RefConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.features(x)
-        return self.classifier(out.view(out.size(0), -1))
+        return self.classifier(out.reshape(out.size(0), -1))
 
     def embed(self, x: Tensor) -> Tensor:
         out = self.features(x)
-        return out.view(out.size(0), -1)
+        return out.reshape(out.size(0), -1)
 
 
 # ------------------------------------------------------------------------------------- DSA (utils.py)

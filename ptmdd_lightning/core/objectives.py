@@ -18,7 +18,7 @@ together: DM with one one-hot matmul, DC with ``torch.func.vmap(torch.func.grad(
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,12 @@ DC_LOOPS: dict[int, tuple[int, int]] = {
     40: (40, 15),
     50: (50, 10),
 }
+#: ``forward(x, params) -> logits``: the net's forward with its parameters replaced by ``params`` (``name ->
+#: tensor``), e.g. :meth:`ptmdd_lightning.nets.fast.FastNet.forward`; must equal ``functional_call(net, ...)``.
+Forward = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+#: ``class_grads(x, y, num_classes) -> {name: (K, *shape)} | None``: per-class CE gradients of (at least) every
+#: parameter with 2+ dimensions, differentiable w.r.t. ``x``; see :func:`dc_loss`.
+ClassGrads = Callable[[Tensor, Tensor, int], "dict[str, Tensor] | None"]
 #: DC ``main.py``'s ``BNSizePC``: real images per class used to measure the BatchNorm statistics.
 DC_BN_IMAGES_PER_CLASS = 16
 
@@ -302,10 +308,13 @@ def _dc_grads(
     params: Mapping[str, Tensor] | None,
     create_graph: bool,
     batched: bool | None,
+    forward: Forward | None = None,
 ) -> list[Tensor]:
     k = len(counts)
     if batched is None:
         batched = create_graph
+    if create_graph:
+        forward = None  # a compiled forward has no double backward: the graph side always uses the module
     if params is None:
         params = {name: p.detach() for name, p in net.named_parameters()}
     params = dict(params)
@@ -314,10 +323,10 @@ def _dc_grads(
         x = x.detach()
     ctx = contextlib.nullcontext() if create_graph else torch.no_grad()
     with ctx:
-        if batched:
+        if batched and forward is None:
             out = _dc_grads_vmap(net, x, y, counts, params, buffers)
         else:
-            out = _dc_grads_loop(net, x, y, k, params, buffers, create_graph)
+            out = _dc_grads_loop(net, x, y, k, params, buffers, create_graph, forward)
     if not create_graph:
         out = [g.detach() for g in out]
     return out
@@ -363,6 +372,7 @@ def _dc_grads_loop(
     params: dict[str, Tensor],
     buffers: dict,
     create_graph: bool,
+    forward: Forward | None = None,
 ) -> list[Tensor]:
     leaves = {n: (p if p.requires_grad else p.detach().requires_grad_(True)) for n, p in params.items()}
     per_class: list[tuple[Tensor, ...]] = []
@@ -372,7 +382,11 @@ def _dc_grads_loop(
             if idx.numel() == 0:
                 per_class.append(tuple(torch.zeros_like(p) for p in leaves.values()))
                 continue
-            logits = functional_call(net, (leaves, buffers), (x.index_select(0, idx),))
+            xc = x.index_select(0, idx)
+            if forward is not None:
+                logits = forward(xc, leaves)
+            else:
+                logits = functional_call(net, (leaves, buffers), (xc,))
             loss = F.cross_entropy(_f32(logits), torch.full_like(idx, c))
             per_class.append(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))
     return [torch.stack([pc[i] for pc in per_class]) for i in range(len(leaves))]
@@ -437,6 +451,8 @@ def dc_loss(
     num_classes: int,
     metric: str = "ours",
     batched: bool | None = None,
+    forward: Forward | None = None,
+    syn_class_grads: ClassGrads | None = None,
 ) -> Tensor:
     """DC gradient-matching loss: ``sum_k match_distance(gw_syn_k, gw_real_k)`` (DC ``main.py``'s ``loss``).
 
@@ -455,6 +471,15 @@ def dc_loss(
         metric: ``'ours'`` (default), ``'mse'`` or ``'cos'`` (see :func:`match_distance_per_class`).
         batched: see :func:`dc_class_gradients`; the default ``None`` batches the synthetic side with
             ``vmap`` and loops over classes on the real side (the faster choice measured on CPU).
+        forward: optional faster forward for the real side's per-class loop, ``forward(x, params) ->
+            logits`` equal to ``functional_call(net, (params, buffers), (x,))`` (e.g. the compiled
+            :meth:`ptmdd_lightning.nets.fast.FastNet.forward`); ``None`` uses ``functional_call``. The synthetic
+            side always runs the module itself (it needs double backward, which compiled graphs lack).
+        syn_class_grads: optional faster synthetic side for ``metric='ours'``: ``syn_class_grads(syn,
+            syn_labels, K)`` returns ``{name: (K, *shape)}`` per-class gradients (differentiable w.r.t.
+            ``syn``) of every parameter with 2 or more dimensions -- all that 'ours' uses, since it skips
+            1-D parameters -- or ``None`` to fall back (e.g.
+            :meth:`ptmdd_lightning.nets.fast.FastNet.class_weight_grads`, one batched pass instead of K).
 
     Returns:
         scalar float32 tensor.
@@ -476,7 +501,13 @@ def dc_loss(
             f"dc_loss needs real and synthetic images of every class; classes {missing} are missing; draw "
             f"class-balanced real batches and keep images of every class in the synthetic set"
         )
-    gw_real = _dc_grads(net, real, real_labels, rc, None, False, batched)
+    gs = syn_class_grads(syn, syn_labels, num_classes) if syn_class_grads and metric == "ours" else None
+    names = [n for n, _ in net.named_parameters()]
+    if gs is not None and {n for n, p in net.named_parameters() if p.dim() >= 2} <= set(gs):
+        gw_real = _dc_grads(net, real, real_labels, rc, None, False, batched, forward)
+        keep = [i for i, n in enumerate(names) if n in gs]
+        return match_distance_per_class([gs[names[i]] for i in keep], [gw_real[i] for i in keep], metric).sum()
+    gw_real = _dc_grads(net, real, real_labels, rc, None, False, batched, forward)
     gw_syn = _dc_grads(net, syn, syn_labels, sc, None, True, batched)
     return match_distance_per_class(gw_syn, gw_real, metric).sum()
 

@@ -203,7 +203,18 @@ class Distiller(LightningModule):
         for p in net.parameters():
             p.requires_grad_(trainable)
         net.train()
+        self._fast(net)
         return net
+
+    def _fast(self, net: nn.Module):
+        """The fast view of ``net`` (nets/fast.py: compiled channels-last ConvNet on CPU, the module elsewhere)."""
+        from ptmdd_lightning.nets.fast import cached_fast_net
+
+        trainer = self._trainer
+        steps = None
+        if trainer is not None:
+            steps = 1 if trainer.fast_dev_run else (trainer.max_steps if trainer.max_steps > 0 else None)
+        return cached_fast_net(self._aux, net, steps)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.synthetic.images], lr=self.lr_img, momentum=self.hparams.momentum_img)
@@ -244,9 +255,10 @@ class Distiller(LightningModule):
         from ptmdd_lightning.core.objectives import dm_loss
 
         net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
+        fast = self._fast(net)  # same function as net.embed, faster (nets/fast.py)
         with torch.no_grad():
-            emb_real = net.embed(real)
-        emb_syn = net.embed(syn)
+            emb_real = fast.embed(real)
+        emb_syn = fast.embed(syn)
         return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.hparams.num_classes)
 
     def _dc_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
@@ -269,7 +281,9 @@ class Distiller(LightningModule):
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric)
+        fast = self._fast(net)  # the same functions, faster (nets/fast.py)
+        loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric,
+                       forward=fast.forward, syn_class_grads=fast.class_weight_grads)
         net.train()
         return loss
 
@@ -318,6 +332,7 @@ class Distiller(LightningModule):
         torch.manual_seed(mix_seed(self._seed, self.global_step, 0x1B))
         ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
         net.train()
+        fast = self._fast(net)  # net's forward, faster (nets/fast.py)
         with ctx:
             for _ in range(self.inner_loop):
                 order = torch.randperm(images.shape[0], generator=gen).to(images.device)
@@ -326,7 +341,7 @@ class Distiller(LightningModule):
                     x = images[idx]
                     if self.dsa_strategy is not None:
                         x = dsa_augment(x, self.dsa_strategy, siamese=False)
-                    loss = nn.functional.cross_entropy(net(self._view(x)), labels[idx])
+                    loss = nn.functional.cross_entropy(fast(self._view(x)), labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,22 @@ from torch import Tensor, nn
 
 from ptmdd_lightning.nets.convnet import ConvNet
 
-__all__ = ["DEFAULT_CHUNK", "FastNet", "can_compile", "convnet_supported", "convnet_features_cl"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MIN_COMPILE_STEPS",
+    "FastNet",
+    "can_compile",
+    "cached_fast_net",
+    "compile_choice",
+    "convnet_class_weight_grads",
+    "convnet_features_cl",
+    "convnet_supported",
+]
 
 #: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
 DEFAULT_CHUNK = 32
+#: runs shorter than this many steps do not compile (the one-off compile, ~10-40 s on 2 cores, would not pay)
+MIN_COMPILE_STEPS = 20
 #: dynamo's default of 8 cached graphs per function is too few for (grad/no-grad) x (fp32/bf16) x shapes
 _RECOMPILE_LIMIT = 64
 
@@ -66,6 +79,24 @@ def can_compile() -> bool:
     except Exception:  # pragma: no cover - broken installs
         return False
     return True
+
+
+def compile_choice(total_steps: int | None = None) -> bool | None:
+    """The ``compile`` argument of :class:`FastNet` for a run of ``total_steps`` steps.
+
+    The environment variable ``PTMDD_COMPILE`` decides first: ``1``/``true``/``on`` -> ``True``, ``0``/``false``/
+    ``off`` -> ``False``. Otherwise (``auto`` or unset) ``False`` for runs shorter than
+    :data:`MIN_COMPILE_STEPS` (``0 < total_steps < MIN_COMPILE_STEPS``, e.g. ``fast_dev_run`` and tests), else
+    ``None`` (FastNet's device rule: compile on a CPU with a C++ compiler).
+    """
+    env = os.environ.get("PTMDD_COMPILE", "auto").strip().lower()
+    if env in ("1", "true", "on", "yes"):
+        return True
+    if env in ("0", "false", "off", "no"):
+        return False
+    if total_steps is not None and 0 < total_steps < MIN_COMPILE_STEPS:
+        return False
+    return None
 
 
 def convnet_supported(net: nn.Module) -> bool:
@@ -89,18 +120,28 @@ def _blocks(net: ConvNet) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
     return out
 
 
-def _flat_params(net: ConvNet) -> list[Tensor]:
-    """conv weight, conv bias, norm weight, norm bias (``None`` for no norm) per block, then the classifier's."""
+def _flat_params(net: ConvNet, params: Mapping[str, Tensor] | None = None) -> list[Tensor]:
+    """conv weight, conv bias, norm weight, norm bias (with instance norm) per block, then the classifier's
+    weight and bias; taken from ``params`` (``name -> tensor`` as ``net.named_parameters()``) when given."""
+    names = {id(p): n for n, p in net.named_parameters()}
     ps: list[Tensor] = []
     for conv, norm in _blocks(net):
         ps += [conv.weight, conv.bias]
         if norm is not None:
             ps += [norm.weight, norm.bias]
-    return ps + [net.classifier.weight, net.classifier.bias]
+    ps += [net.classifier.weight, net.classifier.bias]
+    if params is not None:
+        ps = [params[names[id(p)]] for p in ps]
+    return ps
+
+
+def _at_least_f32(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 when it is float64 (low-precision types are upcast)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
-                        pool: str, eps: float) -> Tensor:
+                        pool: str, eps: float, record: list | None = None) -> Tensor:
     """The feature map of a ConvNet, channels-last: ``(N, C, H, W) -> (N, h, w, width)``.
 
     Exactly the blocks of :class:`ConvNet` (DC/DSA/DM ``networks.py``): conv3x3 (with bias) -> instance norm
@@ -117,6 +158,9 @@ def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
         norm: ``"instancenorm"`` or ``"none"``; act: ``"relu"``, ``"sigmoid"`` or ``"leakyrelu"``;
         pool: ``"avgpool"``, ``"maxpool"`` or ``"none"``.
         eps: the norm's epsilon.
+        record: if a list, ``(conv input, conv output)`` of every block is appended to it: for a first conv
+            done as im2col the columns ``(N, h*w, C_in*9)``, else the channels-last input ``(N, H, W, C_in)``;
+            the output channels-last ``(N, h, w, width)`` (used for per-class weight gradients).
 
     Returns:
         ``(N, h, w, width)`` contiguous, in the dtype of the last convolution's output.
@@ -134,14 +178,19 @@ def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
             cols = F.unfold(x, 3, padding=pad).transpose(1, 2)  # (N, ho*wo, cin*9)
             z = torch.matmul(cols, w.reshape(cout, cin * 9).t()) + bias
             z = z.view(n, ho, wo, cout)
+            if record is not None:
+                record.append((cols, z))
         else:
             src = x if h is None else h.permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
             z = F.conv2d(src, w, bias, padding=pad).permute(0, 2, 3, 1)
+            if record is not None:
+                record.append((src.permute(0, 2, 3, 1), z))
         out_dtype = z.dtype
-        y = z.float()
+        y = _at_least_f32(z)
         if norm == "instancenorm":
             var, mean = torch.var_mean(y, dim=(1, 2), keepdim=True, correction=0)
-            y = (y - mean) * (torch.rsqrt(var + eps) * params[per * b + 2].float()) + params[per * b + 3].float()
+            gamma, beta = _at_least_f32(params[per * b + 2]), _at_least_f32(params[per * b + 3])
+            y = (y - mean) * (torch.rsqrt(var + eps) * gamma) + beta
         if act == "relu":
             y = torch.relu(y)
         elif act == "sigmoid":
@@ -170,6 +219,62 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     """``ConvNet.forward``: logits ``(N, K)`` = classifier(embed)."""
     e = _convnet_embed(x, params[:-2], paddings, norm, act, pool, eps)
     return F.linear(e, params[-2], params[-1])
+
+
+def convnet_class_weight_grads(x: Tensor, y: Tensor, num_classes: int, params: Sequence[Tensor],
+                               paddings: Sequence[int], norm: str, act: str, pool: str, eps: float,
+                               create_graph: bool = True) -> list[Tensor]:
+    """Per-class gradients of the mean cross-entropy w.r.t. the conv and classifier WEIGHTS of a ConvNet.
+
+    For class ``k``: ``d/dW CE_mean(net(x[y == k]), k)`` for every conv weight ``(width, C_in, 3, 3)`` and the
+    classifier weight ``(K, D)``: what DC's ``main.py`` computes with one ``autograd.grad`` per class, and all
+    that DC's default distance ('ours', ``distance_wb``) uses (it skips 1-D parameters). Computed the way
+    per-example-gradient methods do: one forward and one backward of the whole batch give, for every layer,
+    its input ``a`` and the gradient ``g`` of ``sum_k CE_mean_k`` w.r.t. its output; since the images are
+    processed independently (instance norm, no batch statistics), ``g`` on class ``k``'s images is the
+    gradient of ``CE_mean_k`` alone, and the class's weight gradient is ``sum_{i in k} g_i^T a_i`` (for a
+    conv, ``a`` = the im2col patches): one batched matmul over the classes. This replaces K small forward/
+    backward passes (or a ``vmap`` over them); with ``create_graph=True`` the result is differentiable
+    w.r.t. ``x`` (the synthetic side of gradient matching).
+
+    Args:
+        x: ``(N, C, H, W)`` images sorted by class, ``B`` per class (``N = num_classes * B``).
+        y: ``(N,)`` int64 labels, ``arange(num_classes).repeat_interleave(B)``.
+        num_classes: ``K``.
+        params, paddings, norm, act, pool, eps: as :func:`_convnet_forward` (blocks, then the classifier's
+            weight ``(K, D)`` and bias ``(K,)``).
+        create_graph: keep the graph to ``x`` and the parameters.
+
+    Returns:
+        per block ``(K, width, C_in, 3, 3)``, then ``(K, K, D)`` for the classifier weight; the dtype of the
+        layer's matmuls (the autocast dtype under autocast).
+    """
+    n = x.shape[0]
+    b = n // num_classes
+    record: list = []
+    with torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)  # the graph needs a leaf; the input gradient is never formed
+        feats = convnet_features_cl(x, params[:-2], paddings, norm, act, pool, eps, record)
+        e = feats.permute(0, 3, 1, 2).flatten(1)
+        logits = F.linear(e, params[-2], params[-1])
+        loss = F.cross_entropy(_at_least_f32(logits), y, reduction="sum") / b
+        gs = torch.autograd.grad(loss, [z for _, z in record] + [logits], create_graph=create_graph)
+    per = 4 if norm == "instancenorm" else 2
+    grads: list[Tensor] = []
+    for blk, ((a, z), g) in enumerate(zip(record, gs[:-1], strict=True)):
+        cout, cin = params[per * blk].shape[0], params[per * blk].shape[1]
+        p = z.shape[1] * z.shape[2]
+        if a.dim() == 3:  # im2col columns (N, P, cin*9) of the first conv
+            cols = a
+        else:  # channels-last input (N, H, W, cin) -> im2col (N, P, cin*9)
+            cols = F.unfold(a.permute(0, 3, 1, 2), 3, padding=paddings[blk]).transpose(1, 2)
+        gk = g.reshape(num_classes, b * p, cout).to(cols.dtype)
+        ck = cols.reshape(num_classes, b * p, cin * 9)
+        grads.append(torch.bmm(gk.transpose(1, 2), ck).view(num_classes, cout, cin, 3, 3))
+    gl = gs[-1].reshape(num_classes, b, -1).to(e.dtype)
+    grads.append(torch.bmm(gl.transpose(1, 2), e.reshape(num_classes, b, -1)))
+    return grads
 
 
 @functools.cache
@@ -211,6 +316,7 @@ class FastNet:
             compile = supported and dev.type == "cpu" and can_compile()
         self.compiled = bool(compile) and supported
         self.chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
+        self._bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if self.compiled:
             blocks = _blocks(net)  # type: ignore[arg-type]
             self._paddings = tuple(int(c.padding[0]) for c, _ in blocks)
@@ -219,40 +325,83 @@ class FastNet:
 
     def _chunks(self, x: Tensor) -> list[Tensor]:
         n = x.shape[0]
-        if self.chunk <= 0 or n <= self.chunk or x.device.type != "cpu":
-            return [x]
+        if self.chunk <= 0 or n <= self.chunk or x.device.type != "cpu" or any(m.training for m in self._bns):
+            return [x]  # (BatchNorm in training mode normalises over the batch: never split it)
         k = math.ceil(n / self.chunk)
         size = math.ceil(n / k)  # equal chunks: at most two distinct shapes to compile
         return list(x.split(size))
 
-    def _run(self, kind: str, x: Tensor) -> Tensor:
+    def _run(self, kind: str, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         parts = self._chunks(x)
         if self.compiled:
-            params = _flat_params(self.net)  # type: ignore[arg-type]
+            flat = _flat_params(self.net, params)  # type: ignore[arg-type]
             if kind == "embed":
-                params = params[:-2]
+                flat = flat[:-2]
             try:
                 fn = _compiled(kind)
                 with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                    outs = [fn(p, params, self._paddings, self._norm, self._act, self._pool, self._eps)
-                            for p in parts]
+                    outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps) for p in parts]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to the module
                 self.compiled = False
                 if "compile" not in _WARNED:
                     _WARNED.add("compile")
                     warnings.warn(f"ptmdd: torch.compile of the fast ConvNet path failed ({type(e).__name__}: "
-                                  f"{str(e)[:200]}); using the eager module instead.", stacklevel=2)
-        f = self.net.embed if kind == "embed" else self.net
-        outs = [f(p) for p in parts]
+                                  f"{str(e)[:300]}); using the eager module instead.", stacklevel=3)
+        if params is not None:
+            from torch.nn.utils.stateless import _reparametrize_module
+
+            with _reparametrize_module(self.net, {**dict(self.net.named_buffers()), **dict(params)}):
+                f = self.net.embed if kind == "embed" else self.net
+                outs = [f(p) for p in parts]
+        else:
+            f = self.net.embed if kind == "embed" else self.net
+            outs = [f(p) for p in parts]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``."""
-        return self._run("embed", x)
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``; with ``params`` (``name -> tensor``, the names of
+        ``net.named_parameters()``) the net's parameters are replaced by them, as ``torch.func.functional_call``."""
+        return self._run("embed", x, params)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``net(x)``: ``(N, C, H, W) -> (N, K)`` logits."""
-        return self._run("forward", x)
+    def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """``net(x)``: ``(N, C, H, W) -> (N, K)`` logits; ``params`` as in :meth:`embed`."""
+        return self._run("forward", x, params)
+
+    def class_weight_grads(self, x: Tensor, y: Tensor, num_classes: int, create_graph: bool = True
+                           ) -> dict[str, Tensor] | None:
+        """Per-class CE gradients of the net's conv and classifier weights (:func:`convnet_class_weight_grads`,
+        eager, differentiable) as ``{parameter name: (K, *shape)}``, or ``None`` when the net or the batch is
+        not supported (not a supported ConvNet; classes not sorted with equal counts): use the generic path.
+
+        Args:
+            x: ``(N, C, H, W)`` images; y: ``(N,)`` int64 labels; num_classes: ``K``; create_graph: keep the
+            graph to ``x``.
+        """
+        if not convnet_supported(self.net) or x.shape[0] % num_classes:
+            return None
+        b = x.shape[0] // num_classes
+        expect = torch.arange(num_classes, device=y.device).repeat_interleave(b)
+        if y.shape != expect.shape or not bool((y == expect).all()):
+            return None
+        net = self.net
+        blocks = _blocks(net)  # type: ignore[arg-type]
+        pads = tuple(int(c.padding[0]) for c, _ in blocks)
+        eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
+        grads = convnet_class_weight_grads(x, y, num_classes, _flat_params(net), pads, net.norm, net.act,
+                                           net.pool, eps, create_graph)
+        names = {id(p): n for n, p in net.named_parameters()}
+        keys = [names[id(c.weight)] for c, _ in blocks] + [names[id(net.classifier.weight)]]
+        return dict(zip(keys, grads, strict=True))
 
     __call__ = forward
+
+
+def cached_fast_net(cache: dict, net: nn.Module, total_steps: int | None = None) -> FastNet:
+    """The :class:`FastNet` of ``net`` kept in ``cache["fast"]`` (made anew when ``net`` changed), with
+    ``compile=compile_choice(total_steps)``. For owners of a long-lived net that is re-initialised in place."""
+    fast = cache.get("fast")
+    if fast is None or fast.net is not net:
+        fast = FastNet(net, compile=compile_choice(total_steps))
+        cache["fast"] = fast
+    return fast
