@@ -19,7 +19,7 @@ missing).
 
 Usage (repository root; ~25 min on 2 CPU cores with the defaults)::
 
-    .venv/bin/python benchmarks/equivalence.py                     # 200 steps, 5 models x 200 epochs
+    .venv/bin/python benchmarks/equivalence.py                     # 200 steps, 5 models x 150 epochs
     .venv/bin/python benchmarks/equivalence.py --steps 20 --models 2 --epochs 10   # a smoke run
 
 Writes ``benchmarks/results/equivalence-<device>-<date>.json`` and ``.md`` and prints the table. Not a test.
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-real", type=int, default=64, help="real images per class per iteration")
     ap.add_argument("--alpha", type=float, default=100.0, help="CLoM weight (see docs/paper.md for the scale)")
     ap.add_argument("--models", type=int, default=5, help="evaluation models per synthetic set")
-    ap.add_argument("--epochs", type=int, default=200, help="evaluation epochs per model")
+    ap.add_argument("--epochs", type=int, default=150, help="evaluation epochs per model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool-root", type=Path, default=ROOT / "ptm_pool")
     ap.add_argument("--out", type=Path, default=HERE / "results")

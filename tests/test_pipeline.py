@@ -71,3 +71,26 @@ def test_second_run_reuses_the_pool_and_gets_a_new_folder(tiny_quickstart, tmp_p
     assert Path(first.trainer.log_dir) != Path(second.trainer.log_dir)  # nothing overwritten
     assert (Path(first.trainer.log_dir) / "synthetic_set.pt").is_file()
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ptm_pool").rglob("*.pt")} == pool_files  # reused
+
+
+def test_evaluation_rows_survive_a_resume(tiny_quickstart, tmp_path):
+    """SyntheticSetEvaluation keeps its rows in the checkpoint: a resumed run's results list the earlier steps."""
+    config = Path(tiny_quickstart[2])
+    cfg = yaml.safe_load(config.read_text())
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"].endswith(("SyntheticSetEvaluation", "ModelCheckpoint")):
+            key = "every_n_steps" if cb["class_path"].endswith("SyntheticSetEvaluation") else "every_n_train_steps"
+            cb["init_args"][key] = 2
+    config.write_text(yaml.safe_dump(cfg))
+    first = main(tiny_quickstart)
+    run = Path(first.trainer.log_dir)
+    assert {r["step"] for r in json.loads((run / "results.json").read_text())} == {2, 3}
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = next(v for k, v in last["callbacks"].items() if "SyntheticSetEvaluation" in k)
+    assert 2 in {r["step"] for r in saved["rows"]}
+
+    resumed = main(tiny_quickstart + ["--trainer.max_steps", "5", "--ckpt_path", "last"])
+    assert Path(resumed.trainer.log_dir) == run
+    rows = json.loads((run / "results.json").read_text())
+    assert {r["step"] for r in rows} >= {2, 4, 5}  # step 2 was evaluated before the resume
+    assert {r["set"] for r in rows if r["step"] == 2} == {"synthetic", "random_real"}

@@ -97,6 +97,17 @@ class SyntheticSetEvaluation(Callback):
         self.rows: list[dict[str, Any]] = []
         self._baseline_rows: dict[str, dict[str, Any]] = {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
+        run's ``results.*`` still list the evaluations made before the interruption."""
+        baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
+        return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checkpoints written before this state existed restore nothing)."""
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
+
     def _protocol(self, trainer: Trainer):
         from ptmdd_lightning.core.evaluate import EvalProtocol
 
