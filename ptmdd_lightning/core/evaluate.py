@@ -91,10 +91,12 @@ class EvalProtocol:
             (bf16 backward ~290 ms vs ~45 ms per call at batch 100), which outweighs the ~2x faster bf16
             convolutions, so a bf16 training step takes ~0.9 s instead of ~0.29 s. Nets without such norms
             (e.g. ``ConvNetNN``, ``ResNet18BN``) may gain from it.
-        compile: ``torch.compile`` the net in the sequential mode (training only). Measured on this CPU
-            (1 thread, 5 ConvNet-3, 100 images, DSA): bf16 epochs 1.3 s instead of 2.0 s; compilation
-            costs ~10-15 s with inductor's on-disk cache warm, 25-60 s cold. Worth it for the
-            300/1000-epoch protocol, not for short runs.
+        compile: compile the net's training forward in the sequential mode: on a CPU a ConvNet runs as the
+            fused channels-last ``nets.fast.FastNet`` (the same function, compiled), any other net (and any
+            net on CUDA) as ``torch.compile(net)``. Measured on this 2-core CPU (5 ConvNet-3, IPC 10, DSA,
+            bf16; benchmarks/bench.py, docs/speed.md): see the evaluation rows there. Compilation costs
+            ~5-15 s with inductor's on-disk cache warm, 25-60 s cold: worth it for the 300/1000-epoch
+            protocol, not for short runs.
         test_batch_size: test images per forward, summed over the models tested at once (in vmapped
             testing each forward sees ``ceil(test_batch_size / num_models)`` images of every model).
         reset_momentum_at_decay: start a new momentum buffer when the lr decays, as the reference does (it
@@ -335,7 +337,7 @@ def _train_loop(
     fmt = torch.channels_last if protocol.channels_last else torch.contiguous_format
     for i, (model, rng) in enumerate(zip(models, rngs, strict=True)):
         model.to(memory_format=fmt).train()
-        forward = torch.compile(model) if protocol.compile else model
+        forward = _compiled_forward(model, device) if protocol.compile else model
         opt, opt_lr = None, None
         for ep in range(protocol.epochs):
             lr = lr_for_epoch(protocol, ep)
@@ -357,6 +359,17 @@ def _train_loop(
                 loss.backward()
                 opt.step()
         models[i] = model.to(memory_format=torch.contiguous_format)
+
+
+def _compiled_forward(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """``model``'s forward, compiled: on a CPU, a ConvNet runs as the fused channels-last
+    :class:`ptmdd_lightning.nets.fast.FastNet` (the same function; measured 131 ms instead of 349 ms of CPU per
+    bf16 training step of ConvNet-3 on 100 images, 1 thread), any other net as ``torch.compile(model)``."""
+    from ptmdd_lightning.nets.fast import FastNet, can_compile, convnet_supported
+
+    if device.type == "cpu" and convnet_supported(model) and can_compile():
+        return FastNet(model, compile=True)
+    return torch.compile(model)
 
 
 def _stack(models: Sequence[nn.Module]) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:

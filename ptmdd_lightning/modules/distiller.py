@@ -281,9 +281,13 @@ class Distiller(LightningModule):
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        fast = self._fast(net)  # the same functions, faster (nets/fast.py)
+        # Real side: one compiled forward per class (nets/fast.py). Synthetic side (needs double backward, which
+        # compiled graphs lack): the module, vmapped over the classes. Measured per match step at IPC 10 (1 thread,
+        # bf16, docs/speed.md): vmap 1.96 s, FastNet.class_weight_grads 3.41 s; a plain per-class loop (1.44 s)
+        # broke the bitwise kill-and-resume test (tests/test_resume.py) and is not used.
+        fast = self._fast(net)
         loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric,
-                       forward=fast.forward, syn_class_grads=fast.class_weight_grads)
+                       batched=None, forward=fast.forward)
         net.train()
         return loss
 
