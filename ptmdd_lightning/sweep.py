@@ -91,25 +91,25 @@ __all__ = [
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DONE = "sweep_done.json"
 #: the columns of a summary row, which axis names must not shadow
-_ROW_KEYS = frozenset(
-    {
-        "kind",
-        "point",
-        "name",
-        "x",
-        "series",
-        "arch",
-        "synthetic_mean",
-        "synthetic_std",
-        "n",
-        "runs",
-        "random_real_mean",
-        "random_real_std",
-        "gain_vs_random",
-        "gain_vs_baseline",
-        "baseline",
-    }
+#: the columns of a summary row, in CSV order (the sweep's axis names go after "name")
+_ROW_FIELDS = (
+    "kind",
+    "point",
+    "name",
+    "x",
+    "series",
+    "arch",
+    "synthetic_mean",
+    "synthetic_std",
+    "n",
+    "runs",
+    "random_real_mean",
+    "random_real_std",
+    "gain_vs_random",
+    "gain_vs_baseline",
+    "baseline",
 )
+_ROW_KEYS = frozenset(_ROW_FIELDS)
 _POINT_CONFIG = "sweep_point.yaml"
 
 
@@ -808,24 +808,7 @@ def write_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> lis
         )
     )
     cs = out / "summary.csv"
-    fields = [
-        "kind",
-        "point",
-        "name",
-        *[a.name for a in spec.axes],
-        "x",
-        "series",
-        "arch",
-        "synthetic_mean",
-        "synthetic_std",
-        "n",
-        "runs",
-        "random_real_mean",
-        "random_real_std",
-        "gain_vs_random",
-        "gain_vs_baseline",
-        "baseline",
-    ]
+    fields = [*_ROW_FIELDS[:3], *[a.name for a in spec.axes], *_ROW_FIELDS[3:]]
     with cs.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()

@@ -304,38 +304,15 @@ class SyntheticSetEvaluator(LightningModule):
             if hp.baseline:
                 gen = torch.Generator().manual_seed(int(hp.eval_seed) + 1)
                 real = random_real_subset(dm.train_images, dm.train_labels, self.ipc, k, gen)
+            sets = [("synthetic", images, labels)]
+            if real is not None:
+                sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
             for arch in self.archs:
-                start = time.perf_counter()
-                accs = train_and_test(
-                    arch,
-                    images,
-                    labels,
-                    test_x,
-                    test_y,
-                    k,
-                    num_models,
-                    protocol,
-                    seed=int(hp.eval_seed),
-                    device=self.device,
-                    mode=hp.mode,
-                )
-                rows.append(self._row(arch, "synthetic", accs, time.perf_counter() - start))
-                if real is not None:
+                for which, x, y in sets:
                     start = time.perf_counter()
-                    accs = train_and_test(
-                        arch,
-                        real[0].to(self.device),
-                        real[1].to(self.device),
-                        test_x,
-                        test_y,
-                        k,
-                        num_models,
-                        protocol,
-                        seed=int(hp.eval_seed),
-                        device=self.device,
-                        mode=hp.mode,
-                    )
-                    rows.append(self._row(arch, "random_real", accs, time.perf_counter() - start))
+                    accs = train_and_test(arch, x, y, test_x, test_y, k, num_models, protocol,
+                                          seed=int(hp.eval_seed), device=self.device, mode=hp.mode)
+                    rows.append(self._row(arch, which, accs, time.perf_counter() - start))
         return rows
 
     def _output_dir(self) -> Path:
