@@ -473,20 +473,19 @@ def dc_loss(
             ``vmap`` and loops over classes on the real side (the faster choice measured on CPU).
         forward: optional faster forward for the real side's per-class loop, ``forward(x, params) ->
             logits`` equal to ``functional_call(net, (params, buffers), (x,))`` (e.g. the compiled
-            :meth:`ptmdd_lightning.nets.fast.FastNet.forward`); ``None`` uses ``functional_call``. The synthetic
-            side always runs the module itself (it needs double backward, which compiled graphs lack).
-        syn_class_grads: optional faster synthetic side for ``metric='ours'``: ``syn_class_grads(syn,
-            syn_labels, K)`` returns ``{name: (K, *shape)}`` per-class gradients (differentiable w.r.t.
-            ``syn``) of every parameter with 2 or more dimensions -- all that 'ours' uses, since it skips
-            1-D parameters -- or ``None`` to fall back (e.g.
-            :meth:`ptmdd_lightning.nets.fast.FastNet.class_weight_grads`, one batched pass instead of K).
+            :meth:`ptmdd_lightning.nets.fast.FastNet.forward`); ``None`` uses ``functional_call``. It is not
+            used for the synthetic side, which needs a double backward (see ``syn_class_grads``).
+        syn_class_grads: optional faster synthetic side: ``syn_class_grads(syn, syn_labels, K)`` returns the
+            per-class gradients ``{name: (K, *shape)}`` of EVERY parameter of ``net`` (differentiable w.r.t.
+            ``syn``, as :func:`dc_class_gradients` with ``create_graph=True``), or ``None`` to fall back (e.g.
+            :meth:`ptmdd_lightning.nets.fast.FastNet.class_grads`, compiled on the CPU).
 
     Returns:
         scalar float32 tensor.
 
     Raises:
         PtmddError: labels outside ``[0, K)``; a class missing from the real or the synthetic batch; unknown
-            metric; BatchNorm in training mode.
+            metric; BatchNorm in training mode; ``syn_class_grads`` missing a parameter.
     """
     if metric not in MATCH_METRICS:
         raise PtmddError(f"unknown gradient match metric {metric!r}; use one of {list(MATCH_METRICS)}")
@@ -501,14 +500,17 @@ def dc_loss(
             f"dc_loss needs real and synthetic images of every class; classes {missing} are missing; draw "
             f"class-balanced real batches and keep images of every class in the synthetic set"
         )
-    gs = syn_class_grads(syn, syn_labels, num_classes) if syn_class_grads and metric == "ours" else None
     names = [n for n, _ in net.named_parameters()]
-    if gs is not None and {n for n, p in net.named_parameters() if p.dim() >= 2} <= set(gs):
-        gw_real = _dc_grads(net, real, real_labels, rc, None, False, batched, forward)
-        keep = [i for i, n in enumerate(names) if n in gs]
-        return match_distance_per_class([gs[names[i]] for i in keep], [gw_real[i] for i in keep], metric).sum()
+    gs = syn_class_grads(syn, syn_labels, num_classes) if syn_class_grads is not None else None
     gw_real = _dc_grads(net, real, real_labels, rc, None, False, batched, forward)
-    gw_syn = _dc_grads(net, syn, syn_labels, sc, None, True, batched)
+    if gs is not None:
+        absent = [n for n in names if n not in gs]
+        if absent:
+            raise PtmddError(f"syn_class_grads returned no gradient for {absent}; it must return every parameter "
+                             "of net (or None to use the generic path)")
+        gw_syn = [gs[n] for n in names]
+    else:
+        gw_syn = _dc_grads(net, syn, syn_labels, sc, None, True, batched)
     return match_distance_per_class(gw_syn, gw_real, metric).sum()
 
 

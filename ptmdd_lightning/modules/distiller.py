@@ -281,13 +281,12 @@ class Distiller(LightningModule):
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        # Real side: one compiled forward per class (nets/fast.py). Synthetic side (needs double backward, which
-        # compiled graphs lack): the module, vmapped over the classes. Measured per match step at IPC 10 (1 thread,
-        # bf16, docs/speed.md): vmap 1.96 s, FastNet.class_weight_grads 3.41 s; a plain per-class loop (1.44 s)
-        # broke the bitwise kill-and-resume test (tests/test_resume.py) and is not used.
+        # Real side: one compiled forward/backward per class (nets/fast.py). Synthetic side (per-class gradients that
+        # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
+        # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).
         fast = self._fast(net)
         loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric,
-                       batched=None, forward=fast.forward)
+                       batched=None, forward=fast.forward, syn_class_grads=fast.class_grads if fast.compiled else None)
         net.train()
         return loss
 

@@ -23,6 +23,17 @@ faster than eager fp32 (one thread, CPU time per 512 images: 103 ms vs ~660 ms v
 result equals the module's to rounding (tests/core/test_fast.py); under bf16 autocast both use bf16
 convolutions and agree to bf16 precision.
 
+Two more pieces serve DC/DSA (gradient matching) and training:
+
+* :func:`convnet_class_grads` / :meth:`FastNet.class_grads`: the per-class gradients of the synthetic side as a
+  ``vmap(grad(...))`` of the fused formulation, so that ``torch.compile`` traces the gradient computation into
+  a graph and differentiates that graph once (eager, this is a double backward through the module). Per DC
+  matching step at IPC 10 (bf16, 2 threads, two runs): 0.88 and 0.78 s instead of 1.48 and 1.31 s.
+* :func:`first_block_kernel`: when the net's parameters are trained on images that need no gradient (the DC
+  inner loop and real side, evaluation training), the first block of ConvNet-3 runs through a hand-written CPU
+  kernel (:mod:`ptmdd_lightning.nets.cpu_kernels`) that never materialises its ``(N, 128, 32, 32)`` maps;
+  measured per 100-image bf16 training step (2 threads, same process, median of 12 rounds): 60 -> 45 ms.
+
 The fast path is chosen automatically: on a CPU when ``torch.compile`` can build C++ kernels (a C++ compiler
 is found) it is used; on CUDA and for every other net the module itself runs (eager: cuDNN is fast there),
 unless ``compile=True`` is passed. Failures to compile fall back to the module with one warning.
@@ -48,18 +59,25 @@ from ptmdd_lightning.nets.convnet import ConvNet
 
 __all__ = [
     "DEFAULT_CHUNK",
+    "KERNEL_CHUNK",
     "MIN_COMPILE_STEPS",
     "FastNet",
     "can_compile",
     "cached_fast_net",
     "compile_choice",
-    "convnet_class_weight_grads",
+    "convnet_class_grads",
     "convnet_features_cl",
     "convnet_supported",
+    "first_block_kernel",
+    "first_block_kernel_ok",
 ]
 
 #: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
 DEFAULT_CHUNK = 32
+#: images per chunk when the first block runs through the CPU kernel (no large temporaries left to bound;
+#: larger batches suit the convolutions: DC real side per class, 256 images, median 2.70 s in chunks of 32, 2.32 s
+#: in chunks of 128, 2 threads)
+KERNEL_CHUNK = 128
 #: runs shorter than this many steps do not compile (the one-off compile, ~10-40 s on 2 cores, would not pay)
 MIN_COMPILE_STEPS = 20
 #: dynamo's default of 8 cached graphs per function is too few for (grad/no-grad) x (fp32/bf16) x shapes
@@ -141,7 +159,7 @@ def _at_least_f32(t: Tensor) -> Tensor:
 
 
 def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
-                        pool: str, eps: float, record: list | None = None) -> Tensor:
+                        pool: str, eps: float) -> Tensor:
     """The feature map of a ConvNet, channels-last: ``(N, C, H, W) -> (N, h, w, width)``.
 
     Exactly the blocks of :class:`ConvNet` (DC/DSA/DM ``networks.py``): conv3x3 (with bias) -> instance norm
@@ -158,9 +176,6 @@ def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
         norm: ``"instancenorm"`` or ``"none"``; act: ``"relu"``, ``"sigmoid"`` or ``"leakyrelu"``;
         pool: ``"avgpool"``, ``"maxpool"`` or ``"none"``.
         eps: the norm's epsilon.
-        record: if a list, ``(conv input, conv output)`` of every block is appended to it: for a first conv
-            done as im2col the columns ``(N, h*w, C_in*9)``, else the channels-last input ``(N, H, W, C_in)``;
-            the output channels-last ``(N, h, w, width)`` (used for per-class weight gradients).
 
     Returns:
         ``(N, h, w, width)`` contiguous, in the dtype of the last convolution's output.
@@ -178,13 +193,9 @@ def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
             cols = F.unfold(x, 3, padding=pad).transpose(1, 2)  # (N, ho*wo, cin*9)
             z = torch.matmul(cols, w.reshape(cout, cin * 9).t()) + bias
             z = z.view(n, ho, wo, cout)
-            if record is not None:
-                record.append((cols, z))
         else:
             src = x if h is None else h.permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
             z = F.conv2d(src, w, bias, padding=pad).permute(0, 2, 3, 1)
-            if record is not None:
-                record.append((src.permute(0, 2, 3, 1), z))
         out_dtype = z.dtype
         y = _at_least_f32(z)
         if norm == "instancenorm":
@@ -221,66 +232,114 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     return F.linear(e, params[-2], params[-1])
 
 
-def convnet_class_weight_grads(x: Tensor, y: Tensor, num_classes: int, params: Sequence[Tensor],
-                               paddings: Sequence[int], norm: str, act: str, pool: str, eps: float,
-                               create_graph: bool = True) -> list[Tensor]:
-    """Per-class gradients of the mean cross-entropy w.r.t. the conv and classifier WEIGHTS of a ConvNet.
+def first_block_kernel_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
+    """Whether :func:`first_block_kernel` computes ``net``'s first block: a supported ConvNet with instance norm,
+    ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64`` and an even first-conv output size
+    (e.g. 32x32 for 28x28 images with padding 3, 32x32 for CIFAR), and the CPU kernel builds here."""
+    if not convnet_supported(net) or net.norm != "instancenorm" or net.act != "relu" or net.pool != "avgpool":
+        return False
+    conv = _blocks(net)[0][0]  # type: ignore[arg-type]
+    pad = int(conv.padding[0])
+    if conv.in_channels * 9 > 64 or any((s + 2 * pad - 2) % 2 for s in image_size):
+        return False
+    from ptmdd_lightning.nets import cpu_kernels
 
-    For class ``k``: ``d/dW CE_mean(net(x[y == k]), k)`` for every conv weight ``(width, C_in, 3, 3)`` and the
-    classifier weight ``(K, D)``: what DC's ``main.py`` computes with one ``autograd.grad`` per class, and all
-    that DC's default distance ('ours', ``distance_wb``) uses (it skips 1-D parameters). Computed the way
-    per-example-gradient methods do: one forward and one backward of the whole batch give, for every layer,
-    its input ``a`` and the gradient ``g`` of ``sum_k CE_mean_k`` w.r.t. its output; since the images are
-    processed independently (instance norm, no batch statistics), ``g`` on class ``k``'s images is the
-    gradient of ``CE_mean_k`` alone, and the class's weight gradient is ``sum_{i in k} g_i^T a_i`` (for a
-    conv, ``a`` = the im2col patches): one batched matmul over the classes. This replaces K small forward/
-    backward passes (or a ``vmap`` over them); with ``create_graph=True`` the result is differentiable
-    w.r.t. ``x`` (the synthetic side of gradient matching).
+    return cpu_kernels.available()
+
+
+def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, pad: int,
+                       eps: float) -> Tensor:
+    """The first ConvNet block (conv3x3 -> instance norm -> ReLU -> 2x2 average pooling) through the CPU kernel.
+
+    With ``k = C_in * 9`` patch values ``c_p`` per position ``p`` (``cols``, im2col), the conv is ``z_p = W c_p + b``
+    and the instance-norm statistics of every image follow from the patches' mean ``m`` and covariance ``S``
+    (``k x k``): ``mean(z) = W m + b``, ``var(z) = diag(W S W^T)``. So the normalised, affine map is
+    ``A^T (c_p - m) + beta`` with ``A = (W * s)^T``, ``s = gamma / sqrt(var + eps)`` (the conv bias cancels, as in
+    the module), and :func:`ptmdd_lightning.nets.cpu_kernels.pooled_relu_affine` computes
+    ReLU and the pooling of it in one pass, without materialising the ``(N, width, ho, wo)`` maps. The small
+    per-image algebra runs in float32 with autocast off; autograd carries the gradients to ``W``, ``b``,
+    ``gamma``, ``beta`` and ``x``. Same function as the module's block (tests/core/test_cpu_kernels.py).
 
     Args:
-        x: ``(N, C, H, W)`` images sorted by class, ``B`` per class (``N = num_classes * B``).
-        y: ``(N,)`` int64 labels, ``arange(num_classes).repeat_interleave(B)``.
-        num_classes: ``K``.
-        params, paddings, norm, act, pool, eps: as :func:`_convnet_forward` (blocks, then the classifier's
-            weight ``(K, D)`` and bias ``(K,)``).
-        create_graph: keep the graph to ``x`` and the parameters.
+        x: ``(N, C_in, H, W)`` images (float32; other float dtypes are cast).
+        w: ``(width, C_in, 3, 3)``; bias, gamma, beta: ``(width,)``; pad: the conv padding; eps: the norm's eps.
 
     Returns:
-        per block ``(K, width, C_in, 3, 3)``, then ``(K, K, D)`` for the classifier weight; the dtype of the
-        layer's matmuls (the autocast dtype under autocast).
+        ``(N, ho / 2, wo / 2, width)`` float32, channels last.
     """
-    n = x.shape[0]
-    b = n // num_classes
-    record: list = []
-    with torch.enable_grad():
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)  # the graph needs a leaf; the input gradient is never formed
-        feats = convnet_features_cl(x, params[:-2], paddings, norm, act, pool, eps, record)
-        e = feats.permute(0, 3, 1, 2).flatten(1)
-        logits = F.linear(e, params[-2], params[-1])
-        loss = F.cross_entropy(_at_least_f32(logits), y, reduction="sum") / b
-        gs = torch.autograd.grad(loss, [z for _, z in record] + [logits], create_graph=create_graph)
-    per = 4 if norm == "instancenorm" else 2
-    grads: list[Tensor] = []
-    for blk, ((a, z), g) in enumerate(zip(record, gs[:-1], strict=True)):
-        cout, cin = params[per * blk].shape[0], params[per * blk].shape[1]
-        p = z.shape[1] * z.shape[2]
-        if a.dim() == 3:  # im2col columns (N, P, cin*9) of the first conv
-            cols = a
-        else:  # channels-last input (N, H, W, cin) -> im2col (N, P, cin*9)
-            cols = F.unfold(a.permute(0, 3, 1, 2), 3, padding=paddings[blk]).transpose(1, 2)
-        gk = g.reshape(num_classes, b * p, cout).to(cols.dtype)
-        ck = cols.reshape(num_classes, b * p, cin * 9)
-        grads.append(torch.bmm(gk.transpose(1, 2), ck).view(num_classes, cout, cin, 3, 3))
-    gl = gs[-1].reshape(num_classes, b, -1).to(e.dtype)
-    grads.append(torch.bmm(gl.transpose(1, 2), e.reshape(num_classes, b, -1)))
-    return grads
+    from ptmdd_lightning.nets.cpu_kernels import pooled_relu_affine
+
+    with torch.autocast(device_type="cpu", enabled=False):
+        cols = F.unfold(x.float(), 3, padding=pad)  # (N, k, P)
+        n, k, npos = cols.shape
+        ho, wo = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
+        cout = w.shape[0]
+        wm = w.float().reshape(cout, k)
+        bf = bias.float()
+        m = cols.mean(-1)  # (N, k)
+        cc = cols - m[..., None]
+        cov = torch.bmm(cc, cc.transpose(1, 2)) / npos  # (N, k, k)
+        var = (torch.matmul(wm, cov) * wm).sum(-1)  # (N, width)
+        s = torch.rsqrt(var + eps) * gamma.float()
+        a = (wm * s[..., None]).transpose(1, 2)  # (N, k, width)
+        # z - mean(z) = W (c - m): the kernel runs on the centred patches (no cancellation in float32); the conv
+        # bias cancels exactly (value and gradient 0), kept in the graph so that autograd sees every parameter
+        b = beta.float() + s * (bf - bf)  # (N, width)
+        return pooled_relu_affine(cc.view(n, k, ho, wo), a, b)
+
+
+def _convnet_embed_tail(h: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str,
+                        eps: float) -> Tensor:
+    """``ConvNet.embed`` from the channels-last output ``(N, h, w, width)`` of the first block: the other blocks."""
+    f = convnet_features_cl(h.permute(0, 3, 1, 2), params, paddings, norm, act, pool, eps) if paddings else h
+    return f.permute(0, 3, 1, 2).flatten(1)
+
+
+def _convnet_forward_tail(h: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
+                          pool: str, eps: float) -> Tensor:
+    """``ConvNet.forward`` from the first block's output (see :func:`_convnet_embed_tail`)."""
+    e = _convnet_embed_tail(h, params[:-2], paddings, norm, act, pool, eps)
+    return F.linear(e, params[-2], params[-1])
+
+
+def convnet_class_grads(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
+                        pool: str, eps: float, num_classes: int) -> list[Tensor]:
+    """Per-class gradients of the mean cross-entropy of a ConvNet, for every parameter, differentiable w.r.t. ``x``.
+
+    For class ``k``: ``d/dtheta CE_mean(net_theta(x[k*B:(k+1)*B]), k)`` -- what DC's ``main.py`` computes with one
+    ``torch.autograd.grad(..., create_graph=True)`` per class (the synthetic side of gradient matching, Zhao et
+    al. 2021, Alg. 1) -- as one ``torch.func.vmap(torch.func.grad(...))`` over the classes of the channels-last
+    formulation (:func:`_convnet_forward`). Written as a plain function of ``x`` so that ``torch.compile`` can
+    trace the gradient computation into a graph and differentiate THAT graph once (the eager alternative is a
+    double backward through the module, which compiled graphs do not support).
+
+    Args:
+        x: ``(K * B, C, H, W)`` images sorted by class, ``B`` per class.
+        params: as :func:`_convnet_forward` (blocks, then the classifier's weight ``(K, D)`` and bias ``(K,)``);
+            pass them detached (the gradient of the result is wanted w.r.t. ``x`` only).
+        paddings, norm, act, pool, eps: as :func:`_convnet_forward`.
+        num_classes: ``K``.
+
+    Returns:
+        one ``(K, *p.shape)`` tensor per parameter ``p``, in the order of ``params``; float32 (the cross-entropy
+        is computed in float32, so its gradients are float32 also under autocast), float64 for float64 input.
+    """
+    k = num_classes
+    xk = x.view(k, x.shape[0] // k, *x.shape[1:])
+
+    def class_loss(ps: list[Tensor], xb: Tensor, c: Tensor) -> Tensor:
+        logits = _convnet_forward(xb, ps, paddings, norm, act, pool, eps)
+        return F.cross_entropy(_at_least_f32(logits), c.expand(xb.shape[0]))
+
+    classes = torch.arange(k, device=x.device)
+    return torch.func.vmap(torch.func.grad(class_loss), in_dims=(None, 0, 0))(list(params), xk, classes)
 
 
 @functools.cache
 def _compiled(fn_name: str) -> Callable:
     """One compiled function per kind (shared by all nets: their tensors are arguments, not constants)."""
-    fn = {"embed": _convnet_embed, "forward": _convnet_forward}[fn_name]
+    fn = {"embed": _convnet_embed, "forward": _convnet_forward, "class_grads": convnet_class_grads,
+          "embed_tail": _convnet_embed_tail, "forward_tail": _convnet_forward_tail}[fn_name]
     return torch.compile(fn, dynamic=False)
 
 
@@ -322,25 +381,44 @@ class FastNet:
             self._paddings = tuple(int(c.padding[0]) for c, _ in blocks)
             self._norm, self._act, self._pool = net.norm, net.act, net.pool  # type: ignore[union-attr]
             self._eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
+        # the first block through the hand-written CPU kernel (nets/cpu_kernels.py) where it applies
+        self.kernel_first = self.compiled and dev.type == "cpu" and first_block_kernel_ok(
+            net, tuple(getattr(net, "image_size", (0, 0))))
 
-    def _chunks(self, x: Tensor) -> list[Tensor]:
+    def _use_kernel(self, x: Tensor) -> bool:
+        """The first block through the CPU kernel: when training the net's parameters on images that need no
+        gradient (DC/DSA inner loop and real side, evaluation training). Measured per 100 images, bf16, 2 threads:
+        training step 60 -> 45 ms (median); not used for no-grad or image-gradient calls (DM), where the compiled
+        tensor formulation measured faster."""
+        return (self.kernel_first and torch.is_grad_enabled() and not x.requires_grad and x.device.type == "cpu"
+                and x.dtype != torch.float64)
+
+    def _chunks(self, x: Tensor, size: int) -> list[Tensor]:
         n = x.shape[0]
-        if self.chunk <= 0 or n <= self.chunk or x.device.type != "cpu" or any(m.training for m in self._bns):
+        if size <= 0 or n <= size or x.device.type != "cpu" or any(m.training for m in self._bns):
             return [x]  # (BatchNorm in training mode normalises over the batch: never split it)
-        k = math.ceil(n / self.chunk)
+        k = math.ceil(n / size)
         size = math.ceil(n / k)  # equal chunks: at most two distinct shapes to compile
         return list(x.split(size))
 
     def _run(self, kind: str, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        parts = self._chunks(x)
+        kernel = self.compiled and self._use_kernel(x)
+        parts = self._chunks(x, KERNEL_CHUNK if kernel and self.chunk > 0 else self.chunk)
         if self.compiled:
             flat = _flat_params(self.net, params)  # type: ignore[arg-type]
             if kind == "embed":
                 flat = flat[:-2]
             try:
-                fn = _compiled(kind)
                 with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                    outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps) for p in parts]
+                    if kernel:
+                        fn = _compiled(f"{kind}_tail")
+                        head, tail, pads = flat[:4], flat[4:], self._paddings[1:]
+                        outs = [fn(first_block_kernel(p, *head, self._paddings[0], self._eps), tail, pads, self._norm,
+                                   self._act, self._pool, self._eps) for p in parts]
+                    else:
+                        fn = _compiled(kind)
+                        outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps)
+                                for p in parts]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to the module
                 self.compiled = False
@@ -368,15 +446,18 @@ class FastNet:
         """``net(x)``: ``(N, C, H, W) -> (N, K)`` logits; ``params`` as in :meth:`embed`."""
         return self._run("forward", x, params)
 
-    def class_weight_grads(self, x: Tensor, y: Tensor, num_classes: int, create_graph: bool = True
-                           ) -> dict[str, Tensor] | None:
-        """Per-class CE gradients of the net's conv and classifier weights (:func:`convnet_class_weight_grads`,
-        eager, differentiable) as ``{parameter name: (K, *shape)}``, or ``None`` when the net or the batch is
-        not supported (not a supported ConvNet; classes not sorted with equal counts): use the generic path.
+    def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None:
+        """Per-class cross-entropy gradients of all the net's parameters, differentiable w.r.t. ``x``: the synthetic
+        side of DC/DSA gradient matching (:func:`convnet_class_grads`; compiled when this FastNet is), as
+        ``{parameter name: (K, *shape)}``. ``None`` when the net or the batch is not supported (not a supported
+        ConvNet; labels not sorted with equal counts per class): then use the generic path
+        (:func:`ptmdd_lightning.core.objectives.dc_class_gradients`).
+
+        Measured for the synthetic side of one DC matching step at IPC 10 (ConvNet-3, 28x28, bf16, 2 threads, two
+        runs): compiled 0.88 / 0.78 s against 1.48 / 1.31 s for the eager ``vmap`` over the module.
 
         Args:
-            x: ``(N, C, H, W)`` images; y: ``(N,)`` int64 labels; num_classes: ``K``; create_graph: keep the
-            graph to ``x``.
+            x: ``(N, C, H, W)`` images; y: ``(N,)`` int64 labels; num_classes: ``K``.
         """
         if not convnet_supported(self.net) or x.shape[0] % num_classes:
             return None
@@ -388,11 +469,23 @@ class FastNet:
         blocks = _blocks(net)  # type: ignore[arg-type]
         pads = tuple(int(c.padding[0]) for c, _ in blocks)
         eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
-        grads = convnet_class_weight_grads(x, y, num_classes, _flat_params(net), pads, net.norm, net.act,
-                                           net.pool, eps, create_graph)
+        flat = [p.detach() for p in _flat_params(net)]  # type: ignore[arg-type]
+        args = (x, flat, pads, net.norm, net.act, net.pool, eps, num_classes)
+        grads = None
+        if self.compiled:
+            try:
+                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                    grads = _compiled("class_grads")(*args)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager formulation
+                self.compiled = False
+                if "compile" not in _WARNED:
+                    _WARNED.add("compile")
+                    warnings.warn(f"ptmdd: torch.compile of the fast ConvNet path failed ({type(e).__name__}: "
+                                  f"{str(e)[:300]}); using the eager module instead.", stacklevel=2)
+        if grads is None:
+            grads = convnet_class_grads(*args)
         names = {id(p): n for n, p in net.named_parameters()}
-        keys = [names[id(c.weight)] for c, _ in blocks] + [names[id(net.classifier.weight)]]
-        return dict(zip(keys, grads, strict=True))
+        return {names[id(p)]: g for p, g in zip(_flat_params(net), grads, strict=True)}  # type: ignore[arg-type]
 
     __call__ = forward
 
