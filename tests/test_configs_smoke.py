@@ -110,6 +110,7 @@ def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, fake_fashi
     cli = main(["test" if evaluator else "fit", "--config", str(patched), "--trainer.fast_dev_run", "true"])
 
     assert cli.trainer.state.finished
+    assert not list(tmp_path.glob("ptmdd_fast_dev_run_pool_*"))  # the throw-away PTM pools are deleted at teardown
     model = cli.model
     if evaluator:
         assert [r["set"] for r in model.rows][:2] == ["synthetic", "random_real"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,13 +66,20 @@ class PTMCheckpoint(Callback):
             raise PtmddError("PTMCheckpoint needs a DataModule or an explicit source name.")
         return pool_key(dm.dataset_name, getattr(dm, "classes", None))
 
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Delete the throw-away pool of a ``fast_dev_run`` (nothing of a real run is touched)."""
+        if getattr(self, "_throwaway", None):
+            self.pool_root = self._real_pool_root
+        _remove_throwaway(self)
+
     def path(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> Path:
         """The file of ``epoch`` for this run's member."""
         return member_path(self.pool_root, self._source(trainer), pl_module.hparams.arch, self._member_seed(), epoch)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.fast_dev_run:  # a smoke run must never put half-trained members into a real pool
-            self.pool_root = tempfile.mkdtemp(prefix="ptmdd_fast_dev_run_pool_")
+            self._real_pool_root = self.pool_root
+            self.pool_root = self._throwaway = tempfile.mkdtemp(prefix="ptmdd_fast_dev_run_pool_")
             rank_zero_info(f"[ptmdd] fast_dev_run: PTM checkpoints go to {self.pool_root}")
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and max_epochs is not None and max_epochs >= 0 and self.epochs[-1] > max_epochs:
@@ -163,6 +171,7 @@ class PretrainPTMPool(Callback):
         target = pool_key(dm.dataset_name, getattr(dm, "classes", None))
         if trainer.fast_dev_run:  # smoke run: one-batch members in a throw-away pool, never in the real one
             folder = tempfile.mkdtemp(prefix="ptmdd_fast_dev_run_pool_") if trainer.is_global_zero else None
+            self._throwaway = folder
             pl_module.hparams.pool_root = trainer.strategy.broadcast(folder)
             rank_zero_info(f"[ptmdd] fast_dev_run: pretraining the pool in {pl_module.hparams.pool_root}")
         need = self.missing(groups, pl_module.hparams.pool_root, target)
@@ -170,6 +179,10 @@ class PretrainPTMPool(Callback):
             for (source, arch, seed), epochs in sorted(need.items()):
                 self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs)
         trainer.strategy.barrier("pretrain_ptm_pool")
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Delete the throw-away pool of a ``fast_dev_run`` (the members are already loaded into the model)."""
+        _remove_throwaway(self)
 
     def _source_data(self, trainer: Trainer, source: str, target: str):
         from ptmdd_lightning.data import RealDataModule
@@ -216,3 +229,11 @@ class PretrainPTMPool(Callback):
                 enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
             )
             nested.fit(model, train_dataloaders=loader)
+
+
+def _remove_throwaway(callback: Callback) -> None:
+    """Remove the ``ptmdd_fast_dev_run_pool_*`` folder that ``callback`` made (on the rank that made it), if any."""
+    folder = getattr(callback, "_throwaway", None)
+    callback._throwaway = None  # type: ignore[attr-defined]
+    if folder and Path(folder).name.startswith("ptmdd_fast_dev_run_pool_"):
+        shutil.rmtree(folder, ignore_errors=True)
