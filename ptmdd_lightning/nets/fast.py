@@ -234,13 +234,14 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
 
 def first_block_kernel_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     """Whether :func:`first_block_kernel` computes ``net``'s first block: a supported ConvNet with instance norm,
-    ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64`` and an even first-conv output size
-    (e.g. 32x32 for 28x28 images with padding 3, 32x32 for CIFAR), and the CPU kernel builds here."""
+    ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width that is a multiple of 16
+    and an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32 for CIFAR), and the
+    CPU kernel builds here."""
     if not convnet_supported(net) or net.norm != "instancenorm" or net.act != "relu" or net.pool != "avgpool":
         return False
     conv = _blocks(net)[0][0]  # type: ignore[arg-type]
     pad = int(conv.padding[0])
-    if conv.in_channels * 9 > 64 or any((s + 2 * pad - 2) % 2 for s in image_size):
+    if conv.in_channels * 9 > 64 or conv.out_channels % 16 or any((s + 2 * pad - 2) % 2 for s in image_size):
         return False
     from ptmdd_lightning.nets import cpu_kernels
 

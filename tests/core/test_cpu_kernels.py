@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptmdd_lightning.nets import build_net, cpu_kernels
+from ptmdd_lightning.nets import ConvNet, build_net, cpu_kernels
 from ptmdd_lightning.nets.fast import FastNet, first_block_kernel, first_block_kernel_ok
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="the CPU kernel needs a C++ compiler")
@@ -87,6 +87,7 @@ def test_first_block_kernel_applies_only_to_convnet3_blocks():
     assert not first_block_kernel_ok(build_net("ConvNetAS", 1, 4, (28, 28)), (28, 28))  # sigmoid
     assert not first_block_kernel_ok(build_net("ConvNetBN", 1, 4, (28, 28)), (28, 28))  # batch norm
     assert not first_block_kernel_ok(build_net("ConvNet", 1, 4, (27, 27)), (27, 27))  # odd conv output
+    assert not first_block_kernel_ok(ConvNet(1, 4, width=40, image_size=(28, 28)), (28, 28))  # width % 16
 
 
 @pytest.mark.slow
