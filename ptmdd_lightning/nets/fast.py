@@ -421,12 +421,8 @@ class FastNet:
                         outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps)
                                 for p in parts]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
-            except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to the module
-                self.compiled = False
-                if "compile" not in _WARNED:
-                    _WARNED.add("compile")
-                    warnings.warn(f"ptmdd: torch.compile of the fast ConvNet path failed ({type(e).__name__}: "
-                                  f"{str(e)[:300]}); using the eager module instead.", stacklevel=3)
+            except Exception as e:  # noqa: BLE001 - any compiler/kernel failure: fall back to the module
+                self._give_up(e, "the CPU kernel of the first block" if kernel else "torch.compile")
         if params is not None:
             from torch.nn.utils.stateless import _reparametrize_module
 
@@ -470,23 +466,27 @@ class FastNet:
         blocks = _blocks(net)  # type: ignore[arg-type]
         pads = tuple(int(c.padding[0]) for c, _ in blocks)
         eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
-        flat = [p.detach() for p in _flat_params(net)]  # type: ignore[arg-type]
-        args = (x, flat, pads, net.norm, net.act, net.pool, eps, num_classes)
+        params = _flat_params(net)  # type: ignore[arg-type]
+        args = (x, [p.detach() for p in params], pads, net.norm, net.act, net.pool, eps, num_classes)
         grads = None
         if self.compiled:
             try:
                 with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                     grads = _compiled("class_grads")(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: the eager formulation
-                self.compiled = False
-                if "compile" not in _WARNED:
-                    _WARNED.add("compile")
-                    warnings.warn(f"ptmdd: torch.compile of the fast ConvNet path failed ({type(e).__name__}: "
-                                  f"{str(e)[:300]}); using the eager module instead.", stacklevel=2)
+                self._give_up(e, "torch.compile")
         if grads is None:
             grads = convnet_class_grads(*args)
         names = {id(p): n for n, p in net.named_parameters()}
-        return {names[id(p)]: g for p, g in zip(_flat_params(net), grads, strict=True)}  # type: ignore[arg-type]
+        return {names[id(p)]: g for p, g in zip(params, grads, strict=True)}
+
+    def _give_up(self, error: Exception, what: str) -> None:
+        """Stop using the fast path after ``error`` (from ``what``); warn once per process."""
+        self.compiled = False
+        if "compile" not in _WARNED:
+            _WARNED.add("compile")
+            warnings.warn(f"ptmdd: {what} on the fast ConvNet path failed ({type(error).__name__}: "
+                          f"{str(error)[:300]}); using the eager module instead.", stacklevel=4)
 
     __call__ = forward
 

@@ -148,17 +148,27 @@ def test_compile_choice(monkeypatch):
     assert not FastNet(net, compile=False).compiled
 
 
+def _dc_loss_plain_and_fast(net, k, real_per_class, syn_per_class, fast, synthetic_side=True, dtype=torch.float32,
+                            **loss_kwargs):
+    """``dc_loss`` and its gradient w.r.t. the synthetic images, plain and through ``fast`` (its forward on the real
+    side and, with ``synthetic_side``, its ``class_grads`` on the synthetic side), on random 28x28 images."""
+    real = torch.randn(k * real_per_class, 1, 28, 28, dtype=dtype)
+    rl = torch.arange(k).repeat_interleave(real_per_class)
+    syn = torch.randn(k * syn_per_class, 1, 28, 28, dtype=dtype, requires_grad=True)
+    sl = torch.arange(k).repeat_interleave(syn_per_class)
+    ref = dc_loss(net, real, rl, syn, sl, k, **loss_kwargs)
+    (g_ref,) = torch.autograd.grad(ref, syn)
+    extra = {"syn_class_grads": fast.class_grads} if synthetic_side else {}
+    out = dc_loss(net, real, rl, syn, sl, k, forward=fast.forward, **extra, **loss_kwargs)
+    (g_out,) = torch.autograd.grad(out, syn)
+    return ref, g_ref, out, g_out
+
+
 def test_dc_loss_with_a_fast_real_forward_equals_the_plain_one():
     torch.manual_seed(7)
     net = build_net("ConvNetD2", 1, 4, (28, 28))
-    real, rl = torch.randn(16, 1, 28, 28), torch.arange(4).repeat_interleave(4)
-    syn = torch.randn(8, 1, 28, 28, requires_grad=True)
-    sl = torch.arange(4).repeat_interleave(2)
-    ref = dc_loss(net, real, rl, syn, sl, 4)
-    (g_ref,) = torch.autograd.grad(ref, syn)
     fast = FastNet(net, compile=False, chunk=3)
-    out = dc_loss(net, real, rl, syn, sl, 4, forward=fast.forward)
-    (g_out,) = torch.autograd.grad(out, syn)
+    ref, g_ref, out, g_out = _dc_loss_plain_and_fast(net, 4, 4, 2, fast, synthetic_side=False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_out, g_ref, rtol=1e-4, atol=1e-6)
 
@@ -222,14 +232,8 @@ def test_per_class_gradients_refuse_unsorted_or_unequal_classes():
 def test_dc_loss_with_the_fast_synthetic_side_equals_the_plain_one(metric):
     torch.manual_seed(11)
     net = build_net("ConvNetD2", 1, 4, (28, 28)).double()
-    real, rl = torch.randn(16, 1, 28, 28, dtype=torch.float64), torch.arange(4).repeat_interleave(4)
-    syn = torch.randn(12, 1, 28, 28, dtype=torch.float64, requires_grad=True)
-    sl = torch.arange(4).repeat_interleave(3)
-    ref = dc_loss(net, real, rl, syn, sl, 4, metric=metric)
-    (g_ref,) = torch.autograd.grad(ref, syn)
     fast = FastNet(net, compile=False)
-    out = dc_loss(net, real, rl, syn, sl, 4, metric=metric, forward=fast.forward, syn_class_grads=fast.class_grads)
-    (g_out,) = torch.autograd.grad(out, syn)
+    ref, g_ref, out, g_out = _dc_loss_plain_and_fast(net, 4, 4, 3, fast, dtype=torch.float64, metric=metric)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     assert _rel(g_out, g_ref) < 1e-8
 
@@ -251,14 +255,8 @@ def test_dc_loss_refuses_synthetic_gradients_that_miss_a_parameter():
 def test_compiled_synthetic_side_matches_the_module():
     torch.manual_seed(12)
     net = build_net("ConvNetD2", 1, 3, (28, 28))
-    real, rl = torch.randn(12, 1, 28, 28), torch.arange(3).repeat_interleave(4)
-    syn = torch.randn(6, 1, 28, 28, requires_grad=True)
-    sl = torch.arange(3).repeat_interleave(2)
-    ref = dc_loss(net, real, rl, syn, sl, 3)
-    (g_ref,) = torch.autograd.grad(ref, syn)
     fast = FastNet(net, compile=True)
-    out = dc_loss(net, real, rl, syn, sl, 3, forward=fast.forward, syn_class_grads=fast.class_grads)
-    (g_out,) = torch.autograd.grad(out, syn)
+    ref, g_ref, out, g_out = _dc_loss_plain_and_fast(net, 3, 4, 2, fast)
     assert fast.compiled
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert _rel(g_out, g_ref) < 1e-3
