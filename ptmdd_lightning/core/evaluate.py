@@ -337,7 +337,7 @@ def _train_loop(
     fmt = torch.channels_last if protocol.channels_last else torch.contiguous_format
     for i, (model, rng) in enumerate(zip(models, rngs, strict=True)):
         model.to(memory_format=fmt).train()
-        forward = _compiled_forward(model, device) if protocol.compile else model
+        forward = _compiled_forward(model, device) if protocol.compile else _kernel_forward(model, device)
         opt, opt_lr = None, None
         for ep in range(protocol.epochs):
             lr = lr_for_epoch(protocol, ep)
@@ -359,6 +359,19 @@ def _train_loop(
                 loss.backward()
                 opt.step()
         models[i] = model.to(memory_format=torch.contiguous_format)
+
+
+def _kernel_forward(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """``model``'s forward for training: on a CPU, ConvNet-3 runs through the hand-written CPU kernels
+    (:class:`ptmdd_lightning.nets.fast.FastNet` without compiling: the same function, nothing to compile; measured
+    in docs/speed.md, lever 14); any other net, or where the kernels do not build, is the module itself."""
+    from ptmdd_lightning.nets.fast import FastNet
+
+    if device.type == "cpu":
+        fast = FastNet(model, compile=False)
+        if fast.kernels:
+            return fast
+    return model
 
 
 def _compiled_forward(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:

@@ -48,6 +48,19 @@ class Classifier(LightningModule):
         self.net = build_net(arch, channels, num_classes, tuple(image_size))
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self._aux: dict = {}  # plain objects (the fast training view), never saved
+
+    def train_forward(self, x: Tensor) -> Tensor:
+        """The training forward: on a CPU, ConvNet-3 runs through the hand-written CPU kernels
+        (:class:`ptmdd_lightning.nets.fast.FastNet`, the same function; docs/speed.md, lever 14), any other net
+        (or device) is the module itself. Logits ``(N, K)``."""
+        from ptmdd_lightning.nets.fast import FastNet
+
+        fast = self._aux.get("fast")
+        if fast is None or fast.net is not self.net or next(self.net.parameters()).device != x.device:
+            fast = FastNet(self.net, compile=False)
+            self._aux["fast"] = fast
+        return fast(x) if fast.kernels else self.net(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, K)`` for images ``(N, C, H, W)``."""
@@ -55,8 +68,8 @@ class Classifier(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        logits = self.train_forward(x)
+        loss = F.cross_entropy(logits.float(), y)
         acc = (logits.argmax(1) == y).float().mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", acc, prog_bar=True)

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmdd_lightning.nets.convnet import ConvNet
+from ptmdd_lightning.runtime import keep_freed_memory
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -69,7 +70,7 @@ __all__ = [
     "convnet_features_cl",
     "convnet_supported",
     "first_block_kernel",
-    "first_block_kernel_ok",
+    "convnet_kernels_ok",
 ]
 
 #: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
@@ -232,7 +233,7 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     return F.linear(e, params[-2], params[-1])
 
 
-def first_block_kernel_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
+def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     """Whether :func:`first_block_kernel` computes ``net``'s first block: a supported ConvNet with instance norm,
     ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width that is a multiple of 16
     and an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32 for CIFAR), and the
@@ -243,9 +244,20 @@ def first_block_kernel_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     pad = int(conv.padding[0])
     if conv.in_channels * 9 > 64 or conv.out_channels % 16 or any((s + 2 * pad - 2) % 2 for s in image_size):
         return False
+    sizes = [(s + 2 * pad - 2) // 2 for s in image_size]
+    for later, _ in _blocks(net)[1:]:  # type: ignore[arg-type]
+        sizes = [s + 2 * int(later.padding[0]) - 2 for s in sizes]
+        if min(sizes) < 2:  # every later block's norm/pool kernel needs maps of at least 2x2
+            return False
+        sizes = [s // 2 for s in sizes]
     from ptmdd_lightning.nets import cpu_kernels
 
     return cpu_kernels.available()
+
+
+def _autocast_bf16() -> bool:
+    """Whether CPU autocast to bfloat16 is on (then the kernels hand the convolutions bfloat16 maps directly)."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, pad: int,
@@ -266,41 +278,54 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
         w: ``(width, C_in, 3, 3)``; bias, gamma, beta: ``(width,)``; pad: the conv padding; eps: the norm's eps.
 
     Returns:
-        ``(N, ho / 2, wo / 2, width)`` float32, channels last.
+        ``(N, ho / 2, wo / 2, width)`` channels last: bfloat16 under CPU bfloat16 autocast (what the next conv
+        would cast it to), else float32.
     """
     from ptmdd_lightning.nets.cpu_kernels import pooled_relu_affine
 
+    out_dtype = torch.bfloat16 if _autocast_bf16() else torch.float32
     with torch.autocast(device_type="cpu", enabled=False):
-        cols = F.unfold(x.float(), 3, padding=pad)  # (N, k, P)
-        n, k, npos = cols.shape
+        cols = F.unfold(x.float(), 3, padding=pad).transpose(1, 2)  # (N, P, k): a position's k values contiguous
+        n, npos, k = cols.shape
         ho, wo = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
         cout = w.shape[0]
         wm = w.float().reshape(cout, k)
         bf = bias.float()
-        m = cols.mean(-1)  # (N, k)
-        cc = cols - m[..., None]
-        cov = torch.bmm(cc, cc.transpose(1, 2)) / npos  # (N, k, k)
+        m = cols.mean(1, keepdim=True)  # (N, 1, k)
+        cc = cols - m  # contiguous (N, P, k)
+        cov = torch.bmm(cc.transpose(1, 2), cc) / npos  # (N, k, k)
         var = (torch.matmul(wm, cov) * wm).sum(-1)  # (N, width)
         s = torch.rsqrt(var + eps) * gamma.float()
         a = (wm * s[..., None]).transpose(1, 2)  # (N, k, width)
         # z - mean(z) = W (c - m): the kernel runs on the centred patches (no cancellation in float32); the conv
         # bias cancels exactly (value and gradient 0), kept in the graph so that autograd sees every parameter
         b = beta.float() + s * (bf - bf)  # (N, width)
-        return pooled_relu_affine(cc.view(n, k, ho, wo), a, b)
+        return pooled_relu_affine(cc.view(n, ho, wo, k), a, b, out_dtype)
 
 
-def _convnet_embed_tail(h: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str,
-                        eps: float) -> Tensor:
-    """``ConvNet.embed`` from the channels-last output ``(N, h, w, width)`` of the first block: the other blocks."""
-    f = convnet_features_cl(h.permute(0, 3, 1, 2), params, paddings, norm, act, pool, eps) if paddings else h
-    return f.permute(0, 3, 1, 2).flatten(1)
+def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
+    """The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
+    ``(N, h, w, width)``: the first block by :func:`first_block_kernel`, each later block as a oneDNN conv on
+    channels-last maps followed by :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool` (norm, ReLU and
+    pooling in one pass each way). Eager: nothing to compile."""
+    from ptmdd_lightning.nets.cpu_kernels import instance_norm_relu_pool
+
+    h = first_block_kernel(x, *params[:4], paddings[0], eps)
+    for b, pad in enumerate(paddings[1:], start=1):
+        w, bias, gamma, beta = params[4 * b: 4 * b + 4]
+        z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
+        h = instance_norm_relu_pool(z, gamma, beta, eps)
+    return h
 
 
-def _convnet_forward_tail(h: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
-                          pool: str, eps: float) -> Tensor:
-    """``ConvNet.forward`` from the first block's output (see :func:`_convnet_embed_tail`)."""
-    e = _convnet_embed_tail(h, params[:-2], paddings, norm, act, pool, eps)
-    return F.linear(e, params[-2], params[-1])
+def _convnet_embed_kernel(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
+    """``ConvNet.embed`` through :func:`_kernel_features`: ``(N, width * h * w)`` in NCHW flattening order."""
+    return _kernel_features(x, params, paddings, eps).permute(0, 3, 1, 2).flatten(1)
+
+
+def _convnet_forward_kernel(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
+    """``ConvNet.forward`` through :func:`_kernel_features`: logits ``(N, K)``."""
+    return F.linear(_convnet_embed_kernel(x, params[:-2], paddings, eps), params[-2], params[-1])
 
 
 def convnet_class_grads(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
@@ -339,8 +364,7 @@ def convnet_class_grads(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
 @functools.cache
 def _compiled(fn_name: str) -> Callable:
     """One compiled function per kind (shared by all nets: their tensors are arguments, not constants)."""
-    fn = {"embed": _convnet_embed, "forward": _convnet_forward, "class_grads": convnet_class_grads,
-          "embed_tail": _convnet_embed_tail, "forward_tail": _convnet_forward_tail}[fn_name]
+    fn = {"embed": _convnet_embed, "forward": _convnet_forward, "class_grads": convnet_class_grads}[fn_name]
     return torch.compile(fn, dynamic=False)
 
 
@@ -350,10 +374,18 @@ _WARNED: set[str] = set()
 class FastNet:
     """A fast view of a net: ``embed(x)`` and ``forward(x)`` compute what ``net.embed``/``net(x)`` compute.
 
-    For a supported :class:`ConvNet` (:func:`convnet_supported`) with ``compile`` on, the calls run the
-    compiled channels-last formulation (:func:`convnet_features_cl`) on the net's current parameters (read at
-    every call, so re-initialising the net in place with :func:`ptmdd_lightning.nets.reinit_` is seen, and
-    gradients flow to the parameters and the input as with the module). Otherwise they call the module.
+    Three paths, chosen per call, all reading the net's current parameters (so re-initialising the net in place
+    with :func:`ptmdd_lightning.nets.reinit_` is seen; gradients flow to the parameters and the input as with the
+    module):
+
+    * the CPU kernels (``kernels``): ConvNet-3 (:func:`convnet_kernels_ok`) trained on images that need no gradient
+      (DC/DSA inner loop and real side, evaluation training) runs through :func:`_kernel_features` -- the
+      hand-written kernels of :mod:`ptmdd_lightning.nets.cpu_kernels` around oneDNN's convolutions, eager, nothing
+      to compile;
+    * the compiled channels-last formulation (``compile``, :func:`convnet_features_cl`) for a supported
+      :class:`ConvNet` (:func:`convnet_supported`) otherwise;
+    * the module itself.
+
     No-grad calls on the CPU are cut into chunks of ``chunk`` images (outputs concatenated; the result is the
     same because every image is processed independently, as long as the net holds no BatchNorm in training
     mode).
@@ -363,36 +395,41 @@ class FastNet:
         compile: ``True``/``False``; ``None`` (default): on for supported ConvNets on a CPU where
             :func:`can_compile`, off on CUDA and elsewhere.
         chunk: images per chunk of no-grad CPU calls (``None``: :data:`DEFAULT_CHUNK`; 0: no chunks).
+        kernels: ``True``/``None`` (default): the CPU kernel path where it applies (a CPU net that
+            :func:`convnet_kernels_ok`; ``PTMDD_CPU_KERNELS=0`` turns it off everywhere); ``False``: never.
 
     Shapes: ``embed``: ``(N, C, H, W) -> (N, D)``; ``forward``: ``(N, C, H, W) -> (N, K)``; dtypes as the
     module's (autocast respected).
     """
 
-    def __init__(self, net: nn.Module, compile: bool | None = None, chunk: int | None = None) -> None:
+    def __init__(self, net: nn.Module, compile: bool | None = None, chunk: int | None = None,
+                 kernels: bool | None = None) -> None:
         self.net = net
         dev = next(net.parameters()).device
+        if dev.type == "cpu":
+            keep_freed_memory()  # no page faults for the next step's tensors (ptmdd_lightning/runtime.py)
         supported = convnet_supported(net)
         if compile is None:
             compile = supported and dev.type == "cpu" and can_compile()
         self.compiled = bool(compile) and supported
         self.chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
         self._bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if self.compiled:
+        # ConvNet-3 through the hand-written CPU kernels (nets/cpu_kernels.py) where they apply
+        self.kernels = kernels is not False and dev.type == "cpu" and convnet_kernels_ok(
+            net, tuple(getattr(net, "image_size", (0, 0))))
+        if self.compiled or self.kernels:
             blocks = _blocks(net)  # type: ignore[arg-type]
             self._paddings = tuple(int(c.padding[0]) for c, _ in blocks)
             self._norm, self._act, self._pool = net.norm, net.act, net.pool  # type: ignore[union-attr]
             self._eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
-        # the first block through the hand-written CPU kernel (nets/cpu_kernels.py) where it applies
-        self.kernel_first = self.compiled and dev.type == "cpu" and first_block_kernel_ok(
-            net, tuple(getattr(net, "image_size", (0, 0))))
 
     def _use_kernel(self, x: Tensor) -> bool:
-        """The first block through the CPU kernel: when training the net's parameters on images that need no
-        gradient (DC/DSA inner loop and real side, evaluation training). Measured per 100 images, bf16, 2 threads:
-        training step 60 -> 45 ms (median); not used for no-grad or image-gradient calls (DM), where the compiled
-        tensor formulation measured faster."""
-        return (self.kernel_first and torch.is_grad_enabled() and not x.requires_grad and x.device.type == "cpu"
-                and x.dtype != torch.float64)
+        """The CPU kernel path: when training the net's parameters on images that need no gradient (DC/DSA inner
+        loop and real side, evaluation training), in float32 or under bf16 autocast. Not used for no-grad or
+        image-gradient calls (DM, the DC synthetic side), where the compiled tensor formulation measured faster
+        (docs/speed.md, levers 12 and 14)."""
+        return (self.kernels and torch.is_grad_enabled() and not x.requires_grad and x.device.type == "cpu"
+                and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
 
     def _chunks(self, x: Tensor, size: int) -> list[Tensor]:
         n = x.shape[0]
@@ -403,26 +440,24 @@ class FastNet:
         return list(x.split(size))
 
     def _run(self, kind: str, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        kernel = self.compiled and self._use_kernel(x)
+        kernel = self._use_kernel(x)
         parts = self._chunks(x, KERNEL_CHUNK if kernel and self.chunk > 0 else self.chunk)
-        if self.compiled:
+        if kernel or self.compiled:
             flat = _flat_params(self.net, params)  # type: ignore[arg-type]
             if kind == "embed":
                 flat = flat[:-2]
             try:
-                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                    if kernel:
-                        fn = _compiled(f"{kind}_tail")
-                        head, tail, pads = flat[:4], flat[4:], self._paddings[1:]
-                        outs = [fn(first_block_kernel(p, *head, self._paddings[0], self._eps), tail, pads, self._norm,
-                                   self._act, self._pool, self._eps) for p in parts]
-                    else:
+                if kernel:
+                    fn = _convnet_embed_kernel if kind == "embed" else _convnet_forward_kernel
+                    outs = [fn(p, flat, self._paddings, self._eps) for p in parts]
+                else:
+                    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                         fn = _compiled(kind)
                         outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps)
                                 for p in parts]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler/kernel failure: fall back to the module
-                self._give_up(e, "the CPU kernel of the first block" if kernel else "torch.compile")
+                self._give_up(e, "the CPU kernels" if kernel else "torch.compile")
         if params is not None:
             from torch.nn.utils.stateless import _reparametrize_module
 
@@ -481,8 +516,9 @@ class FastNet:
         return {names[id(p)]: g for p, g in zip(params, grads, strict=True)}
 
     def _give_up(self, error: Exception, what: str) -> None:
-        """Stop using the fast path after ``error`` (from ``what``); warn once per process."""
+        """Stop using the fast paths after ``error`` (from ``what``); warn once per process."""
         self.compiled = False
+        self.kernels = False
         if "compile" not in _WARNED:
             _WARNED.add("compile")
             warnings.warn(f"ptmdd: {what} on the fast ConvNet path failed ({type(error).__name__}: "

@@ -1,5 +1,5 @@
-"""The hand-written CPU kernel of the ConvNet first block (nets/cpu_kernels.py) computes the same function as the
-tensor formulation and the module: values and gradients on tiny tensors."""
+"""The hand-written CPU kernels of ConvNet-3 (nets/cpu_kernels.py) compute the same function as the tensor
+formulation and the module: values and gradients on tiny tensors."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ import torch
 import torch.nn.functional as F
 
 from ptmdd_lightning.nets import ConvNet, build_net, cpu_kernels
-from ptmdd_lightning.nets.fast import FastNet, first_block_kernel, first_block_kernel_ok
+from ptmdd_lightning.nets.fast import FastNet, convnet_kernels_ok, first_block_kernel
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="the CPU kernel needs a C++ compiler")
 
 
 def _reference(cols, a, b):
     """``1/4 sum_{2x2} relu(B + A^T cols)`` written with einsum, channels-last output."""
-    n, _, h, w = cols.shape
-    z = torch.einsum("nkhw,nkc->nhwc", cols, a) + b[:, None, None, :]
+    n, h, w, _ = cols.shape
+    z = torch.einsum("nhwk,nkc->nhwc", cols, a) + b[:, None, None, :]
     return torch.relu(z).reshape(n, h // 2, 2, w // 2, 2, -1).mean((2, 4))
 
 
 @pytest.mark.parametrize("k", [9, 27, 5])  # the two specialised sizes and the generic loop
 def test_pooled_relu_affine_equals_the_reference_and_its_gradients(k):
     torch.manual_seed(0)
-    cols = torch.randn(3, k, 6, 4, dtype=torch.float64, requires_grad=True)
+    cols = torch.randn(3, 6, 4, k, dtype=torch.float64, requires_grad=True)
     a = torch.randn(3, k, 32, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)
     ref = _reference(cols, a, b)
@@ -35,10 +35,19 @@ def test_pooled_relu_affine_equals_the_reference_and_its_gradients(k):
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(torch.autograd.grad(out, (c32, a32, b32), g.float()), ref_grads, strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # bfloat16 output: the float32 result rounded once; the gradient it receives may be bfloat16 too
+    out16 = cpu_kernels.pooled_relu_affine(c32, a32, b32, torch.bfloat16)
+    assert out16.dtype == torch.bfloat16
+    assert torch.equal(out16, out.detach().bfloat16())
+    g16 = g.bfloat16()
+    got16 = torch.autograd.grad(out16, (a32, b32), g16)
+    want16 = torch.autograd.grad(_reference(cols, a, b), (a, b), g16.double())
+    for got, want in zip(got16, want16, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_pooled_relu_affine_skips_the_image_gradient_when_not_needed():
-    cols = torch.randn(2, 9, 4, 4)
+    cols = torch.randn(2, 4, 4, 9)
     a = torch.randn(2, 9, 16, requires_grad=True)
     out = cpu_kernels.pooled_relu_affine(cols, a, torch.zeros(2, 16))
     (ga,) = torch.autograd.grad(out.sum(), a)
@@ -47,12 +56,62 @@ def test_pooled_relu_affine_skips_the_image_gradient_when_not_needed():
 
 def test_pooled_relu_affine_refuses_bad_shapes():
     with pytest.raises(ValueError, match="even H, W"):
-        cpu_kernels.pooled_relu_affine(torch.randn(1, 9, 5, 4), torch.randn(1, 9, 16), torch.randn(1, 16))
+        cpu_kernels.pooled_relu_affine(torch.randn(1, 5, 4, 9), torch.randn(1, 9, 16), torch.randn(1, 16))
     with pytest.raises(ValueError, match="multiple of 16"):
-        cpu_kernels.pooled_relu_affine(torch.randn(1, 9, 4, 4), torch.randn(1, 9, 12), torch.randn(1, 12))
+        cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 9), torch.randn(1, 9, 12), torch.randn(1, 12))
     with pytest.raises(ValueError, match="float32"):
-        cpu_kernels.pooled_relu_affine(torch.randn(1, 9, 4, 4, dtype=torch.float64), torch.randn(1, 9, 16),
+        cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 9, dtype=torch.float64), torch.randn(1, 9, 16),
                                        torch.randn(1, 16))
+    with pytest.raises(ValueError, match="K <= 64"):
+        cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 65), torch.randn(1, 65, 16), torch.randn(1, 16))
+
+
+def _norm_relu_pool_reference(z, gamma, beta, eps):
+    """GroupNorm(C, C) -> ReLU -> AvgPool2d(2) of the module, on channels-last maps."""
+    y = F.group_norm(z.permute(0, 3, 1, 2), z.shape[-1], gamma, beta, eps)
+    return F.avg_pool2d(torch.relu(y), 2).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 8, 32), (2, 7, 5, 16), (1, 2, 2, 16)])  # even, odd (dropped row/col), tiny
+def test_instance_norm_relu_pool_equals_the_module_layers_and_their_gradients(shape):
+    torch.manual_seed(3)
+    z = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    gamma = torch.empty(shape[-1], dtype=torch.float64).uniform_(0.5, 1.5).requires_grad_(True)
+    beta = torch.empty(shape[-1], dtype=torch.float64).uniform_(-0.5, 0.5).requires_grad_(True)
+    ref = _norm_relu_pool_reference(z, gamma, beta, 1e-5)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (z, gamma, beta), g)
+    z32, g32, b32 = (t.detach().float().requires_grad_(True) for t in (z, gamma, beta))
+    out = cpu_kernels.instance_norm_relu_pool(z32, g32, b32, 1e-5)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(out, (z32, g32, b32), g.float()), ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_instance_norm_relu_pool_in_bfloat16_rounds_the_float32_result():
+    torch.manual_seed(4)
+    z = torch.randn(2, 6, 6, 16).bfloat16().requires_grad_(True)
+    gamma, beta = torch.ones(16), torch.zeros(16)
+    out = cpu_kernels.instance_norm_relu_pool(z, gamma, beta, 1e-5)
+    z32 = z.detach().float().requires_grad_(True)
+    ref = _norm_relu_pool_reference(z32, gamma, beta, 1e-5)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.detach().bfloat16())
+    g = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, z, g)
+    (want,) = torch.autograd.grad(ref, z32, g.float())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.bfloat16().float(), rtol=1e-2, atol=1e-3)
+
+
+def test_instance_norm_relu_pool_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        cpu_kernels.instance_norm_relu_pool(torch.randn(1, 4, 4, 12), torch.ones(12), torch.zeros(12), 1e-5)
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        cpu_kernels.instance_norm_relu_pool(torch.randn(1, 1, 4, 16), torch.ones(16), torch.zeros(16), 1e-5)
+    with pytest.raises(ValueError, match="float32/bfloat16"):
+        cpu_kernels.instance_norm_relu_pool(torch.randn(1, 4, 4, 16, dtype=torch.float64), torch.ones(16),
+                                            torch.zeros(16), 1e-5)
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, (28, 28)), (3, (32, 32))])
@@ -62,7 +121,7 @@ def test_first_block_kernel_equals_the_module_block(channels, size):
     with torch.no_grad():  # a non-trivial affine norm
         net.features[1].weight.uniform_(0.5, 1.5)
         net.features[1].bias.uniform_(-0.3, 0.3)
-    assert first_block_kernel_ok(net, size)
+    assert convnet_kernels_ok(net, size)
     x = torch.randn(5, channels, *size)
     conv, norm = net.features[0], net.features[1]
     block = net.features[:4]
@@ -82,23 +141,56 @@ def test_first_block_kernel_equals_the_module_block(channels, size):
 
 
 def test_first_block_kernel_applies_only_to_convnet3_blocks():
-    assert not first_block_kernel_ok(build_net("ConvNetNN", 1, 4, (28, 28)), (28, 28))  # no norm
-    assert not first_block_kernel_ok(build_net("ConvNetMP", 1, 4, (28, 28)), (28, 28))  # max pooling
-    assert not first_block_kernel_ok(build_net("ConvNetAS", 1, 4, (28, 28)), (28, 28))  # sigmoid
-    assert not first_block_kernel_ok(build_net("ConvNetBN", 1, 4, (28, 28)), (28, 28))  # batch norm
-    assert not first_block_kernel_ok(build_net("ConvNet", 1, 4, (27, 27)), (27, 27))  # odd conv output
-    assert not first_block_kernel_ok(ConvNet(1, 4, width=40, image_size=(28, 28)), (28, 28))  # width % 16
+    assert not convnet_kernels_ok(build_net("ConvNetNN", 1, 4, (28, 28)), (28, 28))  # no norm
+    assert not convnet_kernels_ok(build_net("ConvNetMP", 1, 4, (28, 28)), (28, 28))  # max pooling
+    assert not convnet_kernels_ok(build_net("ConvNetAS", 1, 4, (28, 28)), (28, 28))  # sigmoid
+    assert not convnet_kernels_ok(build_net("ConvNetBN", 1, 4, (28, 28)), (28, 28))  # batch norm
+    assert not convnet_kernels_ok(build_net("ConvNet", 1, 4, (27, 27)), (27, 27))  # odd conv output
+    assert not convnet_kernels_ok(ConvNet(1, 4, width=40, image_size=(28, 28)), (28, 28))  # width % 16
+    assert convnet_kernels_ok(ConvNet(1, 4, (28, 28), depth=5), (28, 28))
 
 
-@pytest.mark.slow
-def test_fast_net_trains_through_the_kernel_like_the_module():
+def test_fast_net_trains_through_the_kernels_like_the_module():
     torch.manual_seed(2)
     net = build_net("ConvNetW32", 1, 4, (28, 28))
-    fast = FastNet(net, compile=True)
-    assert fast.kernel_first
+    fast = FastNet(net, compile=False)  # the kernel path needs no compiler
+    assert fast.kernels and not fast.compiled
     x, y = torch.randn(8, 1, 28, 28), torch.arange(4).repeat(2)
     ref = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
     got = torch.autograd.grad(F.cross_entropy(fast(x), y), list(net.parameters()))
     scale = max(float(r.abs().max()) for r in ref)  # conv biases cancel in the norm: ~0 in both, compare absolutely
     for g, r in zip(got, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5 * scale)
+    # functional parameters (DC's real side passes detached copies) go through the kernels too
+    other = {n: p.detach() * 1.5 for n, p in net.named_parameters()}
+    torch.testing.assert_close(fast.forward(x, other), torch.func.functional_call(net, other, (x,)), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_fast_net_kernels_under_bf16_autocast_match_the_module():
+    torch.manual_seed(5)
+    net = build_net("ConvNetW32", 1, 4, (28, 28))
+    fast = FastNet(net, compile=False)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(4).repeat(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_logits, ref_logits = fast(x), net(x)
+        got = torch.autograd.grad(F.cross_entropy(got_logits.float(), y), list(net.parameters()))
+        ref = torch.autograd.grad(F.cross_entropy(ref_logits.float(), y), list(net.parameters()))
+    assert got_logits.dtype == ref_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(got_logits.float(), ref_logits.float(), rtol=0.05, atol=0.05)
+    for g, r in zip(got, ref, strict=True):  # bf16 noise: compare the gradient directions
+        if r.dim() > 1:
+            assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.98
+
+
+def test_kernels_are_off_when_asked_or_for_image_gradients():
+    net = build_net("ConvNetW32", 1, 4, (28, 28))
+    assert not FastNet(net, kernels=False).kernels
+    fast = FastNet(net, compile=False)
+    x = torch.randn(2, 1, 28, 28)
+    assert fast._use_kernel(x)
+    assert not fast._use_kernel(x.requires_grad_(True))  # DM / DC synthetic side: the image needs a gradient
+    with torch.no_grad():
+        assert not fast._use_kernel(x.detach())
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not fast._use_kernel(x.detach())  # the kernels take float32 or bf16 maps only

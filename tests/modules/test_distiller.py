@@ -82,6 +82,21 @@ def test_fast_dev_run_classifier(fake_fashion_root):
     _trainer(fast_dev_run=True).fit(model, datamodule=dm)
 
 
+def test_classifier_trains_convnet3_through_the_cpu_kernels_with_the_module_loss():
+    from ptmdd_lightning.nets import cpu_kernels
+
+    torch.manual_seed(0)
+    model = Classifier(arch="ConvNetW32")
+    x = torch.randn(6, 1, 28, 28)
+    logits = model.train_forward(x)
+    assert model._aux["fast"].kernels == cpu_kernels.available()
+    torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
+    # any other net trains as the module itself
+    other = Classifier(arch="ConvNetBN")
+    torch.testing.assert_close(other.train_forward(x), other(x))
+    assert not other._aux["fast"].kernels
+
+
 def test_same_seed_same_synthetic_set(fake_fashion_root, monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     results = []
