@@ -414,6 +414,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def free_stem(out: Path, stem: str) -> str:
+    """``stem``, or ``stem-b``, ``stem-c``, ... : the first whose ``.json`` and ``.md`` do not exist in ``out`` (an
+    earlier run of the same day is never overwritten)."""
+    for suffix in [""] + [f"-{c}" for c in "bcdefghijklmnopqrstuvwxyz"]:
+        if not (out / f"{stem}{suffix}.json").exists() and not (out / f"{stem}{suffix}.md").exists():
+            return stem + suffix
+    raise SystemExit(f"bench: {out} already holds {stem} and 25 suffixed runs; pass another --out")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer iterations/epochs; DC outer iterations and the "
@@ -464,7 +473,7 @@ def main() -> None:
         result["loadavg"] = [load0, os.getloadavg()[0]]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{device}-{date}" + ("-quick" if args.quick else "")
+    stem = free_stem(out, f"{device}-{date}" + ("-quick" if args.quick else ""))
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     md = to_markdown(result)
     (out / f"{stem}.md").write_text(md)

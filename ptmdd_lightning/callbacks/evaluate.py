@@ -66,8 +66,9 @@ class SyntheticSetEvaluation(Callback):
         precision: ``"bf16"`` (autocast, AMX on CPU / tensor cores on GPU) or ``"32"``.
         mode: ``"auto"`` (models one after the other on CPU, where vmap measured slower; vmapped on CUDA), ``"vmap"``,
             ``"loop"``.
-        compile: ``torch.compile`` the evaluation net (measured ~1.4x faster bf16 ConvNet-3 steps on the 2-core CPU,
-            after a 25-60 s cold compilation; needs a C++ compiler on CPU).
+        compile: ``torch.compile`` the evaluation net (``EvalProtocol.compile``). On a CPU, ConvNet-3 trains
+            through ptmdd's CPU kernels with or without it (docs/speed.md: 4.5x faster than the fp32 baseline
+            by default); it helps other nets, after a 25-60 s cold compilation; needs a C++ compiler on CPU.
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).

@@ -92,11 +92,12 @@ class EvalProtocol:
             convolutions, so a bf16 training step takes ~0.9 s instead of ~0.29 s. Nets without such norms
             (e.g. ``ConvNetNN``, ``ResNet18BN``) may gain from it.
         compile: compile the net's training forward in the sequential mode: on a CPU a ConvNet runs as the
-            fused channels-last ``nets.fast.FastNet`` (the same function, compiled), any other net (and any
-            net on CUDA) as ``torch.compile(net)``. Measured on this 2-core CPU (5 ConvNet-3, IPC 10, DSA,
-            bf16; benchmarks/bench.py, docs/speed.md): see the evaluation rows there. Compilation costs
-            ~5-15 s with inductor's on-disk cache warm, 25-60 s cold: worth it for the 300/1000-epoch
-            protocol, not for short runs.
+            fused channels-last ``nets.fast.FastNet``, any other net (and any net on CUDA) as
+            ``torch.compile(net)``. On a CPU, ConvNet-3 trains through the CPU kernels with or without it
+            (``nets.fast``; the default, uncompiled path measured 4.5x faster than 5 sequential fp32 runs,
+            docs/speed.md), so it matters for other ConvNet variants and nets. Compilation costs ~5-15 s with
+            inductor's on-disk cache warm, 25-60 s cold: worth it for the 300/1000-epoch protocol, not for
+            short runs.
         test_batch_size: test images per forward, summed over the models tested at once (in vmapped
             testing each forward sees ``ceil(test_batch_size / num_models)`` images of every model).
         reset_momentum_at_decay: start a new momentum buffer when the lr decays, as the reference does (it

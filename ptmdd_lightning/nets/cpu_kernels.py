@@ -1,23 +1,31 @@
-"""A hand-written CPU kernel for the first block of a ConvNet (conv -> instance norm -> ReLU -> 2x2 average pool).
+"""Hand-written CPU kernels for the training path of ConvNet-3 (conv -> instance norm -> ReLU -> 2x2 average pool).
 
-Why: in a training step of ConvNet-3 on 28x28 images (Fashion-MNIST/MNIST) the first block's ``(N, 128, 32, 32)``
-maps are written, read and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool
-and their backward); measured on the 2-core CPU, 100 images, bf16, 2 threads: about 57 of the ~100 ms of a
-forward + backward (docs/speed.md). Its conv has few input channels (``k = C_in * 9 <= 64`` patch values per
-position), so with the instance-norm statistics folded into a per-image affine map (see
-:func:`ptmdd_lightning.nets.fast.convnet_features_cl`) the whole block is
+Why: in a training step of ConvNet-3 on 28x28 images (Fashion-MNIST/MNIST) the blocks' maps are written, read
+and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool and their backward);
+measured on the 2-core CPU, 100 images, bf16, 2 threads: about 57 of the ~100 ms of a forward + backward went to
+the first block alone (docs/speed.md, lever 12). Two kernels:
 
-    ``out[n, i, j, c] = 1/4 * sum_{a, b in {0, 1}} relu(B[n, c] + sum_k A[n, k, c] * cols[n, k, 2i + a, 2j + b])``
+* :func:`pooled_relu_affine`, the first block. Its conv has few input channels (``k = C_in * 9 <= 64`` patch
+  values per position), so with the instance-norm statistics folded into a per-image affine map (see
+  :func:`ptmdd_lightning.nets.fast.first_block_kernel`) the whole block is
 
-which this kernel computes in one pass per image, writing only the pooled map; its backward (``dA``, ``dB`` and,
-when asked, ``dcols``) is one pass as well. Everything else (the statistics, ``A`` and ``B`` from the weights,
-the chain rule to the weights and the image) is ordinary autograd.
+      ``out[n, i, j, c] = 1/4 * sum_{a, b in {0, 1}} relu(B[n, c] + sum_k A[n, k, c] * cols[n, 2i + a, 2j + b, k])``
 
-The kernel is C++ compiled once per machine with the system C++ compiler (the one ``torch.compile`` uses on the
-CPU; ``-O3 -march=native``), cached under ``$PTMDD_CACHE`` (default ``~/.cache/ptmdd``) by a hash of the source,
-the compiler flags and the CPU's feature flags, and loaded with ``ctypes``. Threads split the images; the result
-does not depend on the thread count (every image is computed by one thread, sums over images happen in torch).
-:func:`available` says whether it could be built; the callers fall back to the compiled tensor formulation.
+  computed in one pass per image, writing only the pooled map (float32 or bf16) and the ReLU mask (1 bit per
+  value); its backward (``dA``, ``dB`` and, when asked, ``dcols``) is one pass of ``k + 1`` multiply-adds per
+  value.
+* :func:`instance_norm_relu_pool`, every later block after its (oneDNN) convolution: the statistics, the
+  normalisation, ReLU and the pooling of channels-last float32/bf16 maps in one pass each way.
+
+Everything else (the statistics of the first block, ``A`` and ``B`` from the weights, the convolutions, the chain
+rule to the weights) is ordinary autograd.
+
+The kernels are C++ compiled once per machine with the system C++ compiler (the one ``torch.compile`` uses on
+the CPU; ``-O3 -march=native``), cached under ``$PTMDD_CACHE`` (default ``~/.cache/ptmdd``) by a hash of the
+source, the compiler flags and the CPU's feature flags, and loaded with ``ctypes``. Threads split the images; the
+result does not depend on the thread count (every image is computed by one thread, sums over images happen in
+torch). :func:`available` says whether they could be built (``PTMDD_CPU_KERNELS=0`` turns them off); the callers
+fall back to the compiled tensor formulation or the module.
 
 Pure torch + ctypes; never imports Lightning.
 """
@@ -421,8 +429,8 @@ def _library() -> ctypes.CDLL | None:
             _build(target)
         lib = ctypes.CDLL(str(target))
     except Exception as e:  # noqa: BLE001 - any build/load failure: the tensor formulation is used instead
-        warnings.warn(f"ptmdd: the CPU kernel for the ConvNet first block could not be built or loaded ({e}); using "
-                      "the compiled tensor formulation instead (slower).", stacklevel=3)
+        warnings.warn(f"ptmdd: the CPU kernels for ConvNet-3 could not be built or loaded ({e}); using the compiled "
+                      "tensor formulation or the module instead (slower).", stacklevel=3)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.ptmdd_pooled_relu_affine_fwd.argtypes = [ptr] * 5 + [i64] * 7
@@ -433,7 +441,7 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the kernel is built and loaded (builds it on the first call: ~2 s with g++)."""
+    """Whether the kernels are built and loaded (builds them on the first call: a few seconds with g++)."""
     return _library() is not None
 
 

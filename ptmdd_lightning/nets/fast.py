@@ -29,14 +29,21 @@ Two more pieces serve DC/DSA (gradient matching) and training:
   ``vmap(grad(...))`` of the fused formulation, so that ``torch.compile`` traces the gradient computation into
   a graph and differentiates that graph once (eager, this is a double backward through the module). Per DC
   matching step at IPC 10 (bf16, 2 threads, two runs): 0.88 and 0.78 s instead of 1.48 and 1.31 s.
-* :func:`first_block_kernel`: when the net's parameters are trained on images that need no gradient (the DC
-  inner loop and real side, evaluation training), the first block of ConvNet-3 runs through a hand-written CPU
-  kernel (:mod:`ptmdd_lightning.nets.cpu_kernels`) that never materialises its ``(N, 128, 32, 32)`` maps;
-  measured per 100-image bf16 training step (2 threads, same process, median of 12 rounds): 60 -> 45 ms.
+* the CPU kernel path (:func:`_kernel_features`): when the net's parameters are trained on images that need
+  no gradient (the DC/DSA inner loop and real side, evaluation training, PTM pretraining), ConvNet-3 runs
+  through hand-written CPU kernels (:mod:`ptmdd_lightning.nets.cpu_kernels`): the first block never
+  materialises its ``(N, 128, 32, 32)`` maps, and each later block's norm, ReLU and pooling is one pass each
+  way after oneDNN's channels-last convolution. Eager: it needs no ``torch.compile``, so it also serves short
+  runs and the default (uncompiled) evaluation. Measured per 100-image bf16 training step (2 threads, same
+  process, alternating rounds): 60 -> 45 ms with the first-block kernel (median of 12 rounds), then 98.5 ->
+  84.0 ms (median of 30 rounds, a slow phase of the machine) with the ReLU mask kept and the later blocks'
+  kernels (docs/speed.md, levers 12 and 14).
 
-The fast path is chosen automatically: on a CPU when ``torch.compile`` can build C++ kernels (a C++ compiler
-is found) it is used; on CUDA and for every other net the module itself runs (eager: cuDNN is fast there),
-unless ``compile=True`` is passed. Failures to compile fall back to the module with one warning.
+The path is chosen automatically: the kernel path where it applies and builds (``kernels``); otherwise, on a CPU
+when ``torch.compile`` can build C++ kernels (a C++ compiler is found), the compiled formulation; on CUDA and for
+every other net the module itself runs (eager: cuDNN is fast there), unless ``compile=True`` is passed. Failures
+to compile or to run the kernels fall back to the module with one warning. On the CPU a FastNet also asks glibc
+to keep freed memory (:func:`ptmdd_lightning.runtime.keep_freed_memory`).
 
 Pure torch; never imports Lightning.
 """
