@@ -82,10 +82,11 @@ __all__ = [
 
 #: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
 DEFAULT_CHUNK = 32
-#: images per chunk when the first block runs through the CPU kernel (no large temporaries left to bound;
-#: larger batches suit the convolutions: DC real side per class, 256 images, median 2.70 s in chunks of 32, 2.32 s
-#: in chunks of 128, 2 threads)
-KERNEL_CHUNK = 128
+#: images per chunk on the CPU kernel path (no large temporaries left to bound; larger batches suit the
+#: convolutions: DC real side per class, 256 images, 2 threads: median 2.70 s in chunks of 32, 2.32 s in chunks of
+#: 128 (session 3); all kernels and glibc keeping freed memory: 1.77 s in chunks of 128, 1.67 s in one chunk of 256,
+#: 6 alternating rounds)
+KERNEL_CHUNK = 256
 #: runs shorter than this many steps do not compile (the one-off compile, ~10-40 s on 2 cores, would not pay)
 MIN_COMPILE_STEPS = 20
 #: dynamo's default of 8 cached graphs per function is too few for (grad/no-grad) x (fp32/bf16) x shapes
