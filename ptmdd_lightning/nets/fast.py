@@ -315,7 +315,21 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     """The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
     ``(N, h, w, width)``: the first block by :func:`first_block_kernel`, each later block as a oneDNN conv on
     channels-last maps followed by :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool` (norm, ReLU and
-    pooling in one pass each way). Eager: nothing to compile."""
+    pooling in one pass each way). Eager: nothing to compile. The same function as ``ConvNet``'s feature blocks
+    (DC/DSA/DM ``networks.py``; tests/core/test_cpu_kernels.py).
+
+    Args:
+        x: ``(N, C, H, W)`` images that need no gradient; params: per block conv weight ``(width, C_in, 3, 3)``,
+            conv bias, norm weight and bias ``(width,)`` (:func:`_flat_params` order, classifier excluded);
+            paddings: the conv padding of each block; eps: the norm's epsilon.
+
+    Returns:
+        ``(N, h, w, width)`` bfloat16 under CPU bf16 autocast, else float32.
+
+    Raises:
+        ValueError / RuntimeError: from the kernels (shapes they do not take, kernels not built); callers check
+        :func:`convnet_kernels_ok` first.
+    """
     from ptmdd_lightning.nets.cpu_kernels import instance_norm_relu_pool
 
     h = first_block_kernel(x, *params[:4], paddings[0], eps)
