@@ -408,7 +408,7 @@ def _build(target: Path) -> None:
         raise RuntimeError("no C++ compiler on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "block1.cpp"
+        src = Path(tmp) / "convnet_kernels.cpp"
         src.write_text(_SOURCE)
         out = Path(tmp) / target.name
         proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, check=False)
@@ -423,7 +423,7 @@ def _library() -> ctypes.CDLL | None:
                                                                                                        "false", "no"):
         return None
     key = hashlib.sha256("\0".join([_SOURCE, " ".join(_FLAGS), _cpu_signature()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"ptmdd_block1_{key}.so"
+    target = _cache_dir() / f"ptmdd_convnet_kernels_{key}.so"
     try:
         if not target.exists():
             _build(target)

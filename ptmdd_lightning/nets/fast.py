@@ -242,10 +242,11 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
 
 
 def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
-    """Whether :func:`first_block_kernel` computes ``net``'s first block: a supported ConvNet with instance norm,
-    ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width that is a multiple of 16
-    and an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32 for CIFAR), and the
-    CPU kernel builds here."""
+    """Whether the CPU kernel path (:func:`_kernel_features`: :func:`first_block_kernel`, then oneDNN convs with
+    :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool`) computes ``net``'s features: a supported
+    ConvNet with instance norm, ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width
+    that is a multiple of 16, an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32
+    for CIFAR), conv outputs of at least 2x2 in every later block, and the CPU kernels build here."""
     if not convnet_supported(net) or net.norm != "instancenorm" or net.act != "relu" or net.pool != "avgpool":
         return False
     conv = _blocks(net)[0][0]  # type: ignore[arg-type]
