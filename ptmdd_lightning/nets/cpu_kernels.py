@@ -3,7 +3,7 @@
 Why: in a training step of ConvNet-3 on 28x28 images (Fashion-MNIST/MNIST) the blocks' maps are written, read
 and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool and their backward);
 measured on the 2-core CPU, 100 images, bf16, 2 threads: about 57 of the ~100 ms of a forward + backward went to
-the first block alone (docs/speed.md, lever 12). Two kernels:
+the first block alone (docs/speed.md, lever 12). Three kernels:
 
 * :func:`pooled_relu_affine`, the first block. Its conv has few input channels (``k = C_in * 9 <= 64`` patch
   values per position), so with the instance-norm statistics folded into a per-image affine map (see
@@ -16,16 +16,28 @@ the first block alone (docs/speed.md, lever 12). Two kernels:
   value.
 * :func:`instance_norm_relu_pool`, every later block after its (oneDNN) convolution: the statistics, the
   normalisation, ReLU and the pooling of channels-last float32/bf16 maps in one pass each way.
+* :func:`conv3x3_weight_grad`, the weight (and bias) gradient of the later blocks' 3x3 convolutions on bf16
+  channels-last maps, on the CPU's AMX tile units where it has them (:func:`amx_available`); oneDNN's own
+  weight gradient was the largest single cost of a training step. :func:`channels_last_conv3x3` is the convolution
+  that uses it (oneDNN's forward and input gradient).
 
-Everything else (the statistics of the first block, ``A`` and ``B`` from the weights, the convolutions, the chain
-rule to the weights) is ordinary autograd.
+Everything else (the statistics of the first block, ``A`` and ``B`` from the weights, the convolutions' forward
+and input gradient, the chain rule to the weights) is ordinary autograd.
 
 The kernels are C++ compiled once per machine with the system C++ compiler (the one ``torch.compile`` uses on
-the CPU; ``-O3 -march=native``), cached under ``$PTMDD_CACHE`` (default ``~/.cache/ptmdd``) by a hash of the
-source, the compiler flags and the CPU's feature flags, and loaded with ``ctypes``. Threads split the images; the
-result does not depend on the thread count (every image is computed by one thread, sums over images happen in
-torch). :func:`available` says whether they could be built (``PTMDD_CPU_KERNELS=0`` turns them off); the callers
-fall back to the compiled tensor formulation or the module.
+the CPU; ``-O3 -march=native -fopenmp``), cached under ``$PTMDD_CACHE`` (default ``~/.cache/ptmdd``) by a hash of
+the source, the compiler flags and the CPU's feature flags, and loaded with ``ctypes``. Threads split the images
+(the weight gradient: the positions); the result does not depend on the thread count except for the float32
+summation order of the weight gradient (every image is computed by one thread, sums over images happen in torch).
+
+The threads are OpenMP's: the library needs ``libgomp.so.1``, which the dynamic loader resolves to the copy torch
+has already loaded, so the kernels run on torch's own intra-op thread pool. Threads of their own (``std::thread``,
+the fallback when the compiler has no OpenMP) compete with torch's OpenMP workers, which keep spinning for a while
+after every parallel op: on the 2-core CPU a 100-image bf16 training step of ConvNet-3 took a median 51-72 ms with
+``std::thread`` and 32-34 ms with OpenMP (three process pairs; docs/speed.md, lever 17).
+
+:func:`available` says whether the kernels could be built (``PTMDD_CPU_KERNELS=0`` turns them off; ``PTMDD_AMX=0``
+only the AMX kernel); the callers fall back to the compiled tensor formulation, oneDNN or the module.
 
 Pure torch + ctypes; never imports Lightning.
 """
@@ -46,7 +58,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["InstanceNormReluPool", "PooledReluAffine", "available", "instance_norm_relu_pool", "pooled_relu_affine"]
+__all__ = [
+    "ChannelsLastConv3x3",
+    "InstanceNormReluPool",
+    "PooledReluAffine",
+    "amx_available",
+    "available",
+    "channels_last_conv3x3",
+    "conv3x3_weight_grad",
+    "instance_norm_relu_pool",
+    "pooled_relu_affine",
+]
 
 _SOURCE = r"""
 #include <cstdint>
@@ -55,8 +77,18 @@ _SOURCE = r"""
 #include <vector>
 #include <algorithm>
 #include <cmath>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <memory>
+#include <new>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && defined(__linux__)
+#define PTMDD_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 // 16 floats (one AVX-512 register; two AVX2 registers elsewhere): GCC/Clang vector extension
@@ -320,22 +352,224 @@ static void inrp_bwd_range(const T* __restrict z, const float* __restrict gamma,
     }
 }
 
+#if defined(PTMDD_AMX)
+// ---- conv3x3 (stride 1, zero padding 1) weight gradient on AMX (bf16 products, float32 sums) ----
+// dW[o, i, kh, kw] = sum_{n,h,w} go[n,h,w,o] * x[n, h+kh-1, w+kw-1, i], db[o] = sum_{n,h,w} go[n,h,w,o].
+// Positions m live on a flat grid of rows of R = W + 1 (one zero column shared by neighbouring rows) and H + 1 rows
+// per image (one zero row shared by neighbouring images) after one leading zero row: (n, h, w) is
+// m = R + n (H + 1) R + h R + w and tap k = (kh, kw) reads m + s_k, s_k = (kh - 1) R + (kw - 1). So every tap is one
+// matrix product over m: dW_k = sum_m G[m] X[m + s_k]^T, G = go and X = x on the grid (zero off the images).
+// AMX: A = G transposed (rows o, 32 consecutive m), B = X as bf16 pairs of consecutive m (rows (2p, 2p + 1), 16
+// channels i), C = 16 x 16 float32 tiles of dW_k. Writing s_k = q + r (q even, r in {0, 1}), dW_k = sum_m G[m - r]
+// X[m + q]: the odd part shifts G (a second copy, g1, shifted by one position) so every tile load is 64-byte
+// aligned. Threads split the m range into chunks of MC positions; per chunk G (transposed) and X (paired) are built
+// in L2-sized buffers and multiplied at once; every thread sums its own dW, added up at the end (a fixed order:
+// the result does not depend on timing, only on the thread count).
+alignas(64) static const uint8_t kTileCfg[64] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  // palette 1
+    64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0};  // tiles 0-7: 16 rows x 64 bytes (a constant: GCC
+                                                                 // may drop stores to a config built at run time)
+struct Free64 { void operator()(uint16_t* p) const { ::operator delete[](p, std::align_val_t(64)); } };
+static std::unique_ptr<uint16_t[], Free64> alloc64(int64_t n) {
+    return std::unique_ptr<uint16_t[], Free64>(new (std::align_val_t(64)) uint16_t[n]);
+}
+// r[0..31]: 32 x 32 16-bit values, transposed in place (stage b swaps bit b of the row and the column index)
+static inline void transpose32x32_16(__m512i* r) {
+    for (int b = 1; b < 32; b <<= 1) {
+        alignas(64) int16_t lo[32], hi[32];
+        for (int c = 0; c < 32; ++c) { lo[c] = (c & b) ? 32 + c - b : c; hi[c] = (c & b) ? 32 + c : c + b; }
+        const __m512i il = _mm512_load_si512(lo), ih = _mm512_load_si512(hi);
+        for (int i = 0; i < 32; ++i) {
+            if (i & b) continue;
+            const __m512i a = r[i], c = r[i | b];
+            r[i] = _mm512_permutex2var_epi16(a, il, c);
+            r[i | b] = _mm512_permutex2var_epi16(a, ih, c);
+        }
+    }
+}
+static inline __m512 bf16_to_f32(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static void wgrad_chunks(const uint16_t* x, const uint16_t* go, float* acc, float* dbt, int64_t c_a, int64_t c_b,
+                         int64_t N, int64_t H, int64_t W, int64_t Ci, int64_t Co, int64_t MC) {
+    const int64_t R = W + 1, PI = (H + 1) * R;
+    static const uint16_t zeros[1024] = {0};
+    auto src = [&](const uint16_t* base, int64_t C, int64_t m) -> const uint16_t* {
+        const int64_t q = m - R;
+        if (q < 0 || q >= N * PI) return zeros;
+        const int64_t n = q / PI, r = q % PI, h = r / R, w = r % R;
+        if (h >= H || w >= W) return zeros;
+        return base + ((n * H + h) * W + w) * C;
+    };
+    int64_t q2[9]; int rr[9];
+    for (int k = 0; k < 9; ++k) {
+        const int64_t s = (k / 3 - 1) * R + (k % 3 - 1);
+        rr[k] = (int)(s & 1);
+        q2[k] = s - rr[k];
+    }
+    const int64_t half = (R + 2 + 1) / 2 * 2, qlo = -half, qhi = half + 32;  // B rows read: m0 + q .. m0 + q + 32
+    const int64_t LD = MC + 32;  // row stride of the G chunks (not a multiple of 4 KiB: no cache-set conflicts)
+    const int64_t XR = MC + qhi - qlo;  // positions in the X chunk
+    auto g0 = alloc64(Co * LD), g1 = alloc64(Co * LD), xv = alloc64(XR * Ci);
+    const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                        37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23, 54,
+                                        22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    _tile_loadconfig(kTileCfg);
+    __m512i r[32];
+    for (int64_t ch = c_a; ch < c_b; ++ch) {
+        const int64_t c0 = ch * MC;
+        // g0[o][j] = G[c0 + j], g1[o][j] = G[c0 + j - 1]; db over this chunk's positions
+        for (int64_t j0 = 0; j0 < MC; j0 += 32) {
+            const uint16_t* gp[32];
+            for (int j = 0; j < 32; ++j) gp[j] = src(go, Co, c0 + j0 + j);
+            for (int64_t o0 = 0; o0 < Co; o0 += 32) {
+                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+                for (int j = 0; j < 32; ++j) {
+                    r[j] = _mm512_loadu_si512(gp[j] + o0);
+                    s0 = _mm512_add_ps(s0, bf16_to_f32(_mm512_castsi512_si256(r[j])));
+                    s1 = _mm512_add_ps(s1, bf16_to_f32(_mm512_extracti64x4_epi64(r[j], 1)));
+                }
+                _mm512_storeu_ps(dbt + o0, _mm512_add_ps(_mm512_loadu_ps(dbt + o0), s0));
+                _mm512_storeu_ps(dbt + o0 + 16, _mm512_add_ps(_mm512_loadu_ps(dbt + o0 + 16), s1));
+                transpose32x32_16(r);
+                for (int c = 0; c < 32; ++c) {
+                    _mm512_store_si512(g0.get() + (o0 + c) * LD + j0, r[c]);
+                    _mm512_storeu_si512(g1.get() + (o0 + c) * LD + j0 + 1, r[c]);
+                }
+            }
+        }
+        const uint16_t* gprev = src(go, Co, c0 - 1);
+        for (int64_t o = 0; o < Co; ++o) g1[o * LD] = gprev[o];
+        // xv[(p - qlo) Ci + 2 i + e] = X[c0 + p + e][i] for even p in [qlo, MC + qhi)
+        for (int64_t p = 0; p < XR; p += 2) {
+            const uint16_t* s0 = src(x, Ci, c0 + qlo + p);
+            const uint16_t* s1 = src(x, Ci, c0 + qlo + p + 1);
+            uint16_t* d = xv.get() + p * Ci;
+            for (int64_t i = 0; i < Ci; i += 32) {
+                const __m512i a = _mm512_loadu_si512(s0 + i), c = _mm512_loadu_si512(s1 + i);
+                _mm512_store_si512(d + 2 * i, _mm512_permutex2var_epi16(a, lo, c));
+                _mm512_store_si512(d + 2 * i + 32, _mm512_permutex2var_epi16(a, hi, c));
+            }
+        }
+        // 2 x 2 tiles of C (32 o x 32 i) per tap, A and B streamed over the chunk
+        for (int64_t ip = 0; ip < Ci; ip += 32)
+        for (int64_t op = 0; op < Co; op += 32)
+        for (int k = 0; k < 9; ++k) {
+            float* c00 = acc + (k * Co + op) * Ci + ip;
+            float* c10 = c00 + 16 * Ci;
+            _tile_loadd(0, c00, Ci * 4); _tile_loadd(1, c00 + 16, Ci * 4);
+            _tile_loadd(2, c10, Ci * 4); _tile_loadd(3, c10 + 16, Ci * 4);
+            const uint16_t* a = (rr[k] ? g1.get() : g0.get()) + op * LD;
+            const uint16_t* bp = xv.get() + (q2[k] - qlo) * Ci + 2 * ip;
+            for (int64_t m0 = 0; m0 < MC; m0 += 32) {
+                _tile_loadd(4, a + m0, LD * 2);
+                _tile_loadd(5, a + 16 * LD + m0, LD * 2);
+                _tile_loadd(6, bp + m0 * Ci, Ci * 4);
+                _tile_loadd(7, bp + m0 * Ci + 32, Ci * 4);
+                _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, c00, Ci * 4); _tile_stored(1, c00 + 16, Ci * 4);
+            _tile_stored(2, c10, Ci * 4); _tile_stored(3, c10 + 16, Ci * 4);
+        }
+    }
+    _tile_release();
+}
+#endif
+
 template <typename F>
 static void split(int64_t N, int64_t threads, F f) {
     threads = std::max<int64_t>(1, std::min<int64_t>(threads, N));
     if (threads == 1) { f(0, N); return; }
-    std::vector<std::thread> pool;
     const int64_t per = (N + threads - 1) / threads;
+#if defined(_OPENMP)
+    // the OpenMP runtime torch uses (same soname: the loader shares torch's libgomp), so these threads are torch's
+    // intra-op pool and never compete with its spinning workers
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t t = omp_get_thread_num();
+        const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
+        if (a < b) f(a, b);
+    }
+#else
+    std::vector<std::thread> pool;
     for (int64_t t = 1; t < threads; ++t) {
         const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
         if (a < b) pool.emplace_back(f, a, b);
     }
     f(0, std::min(N, per));
     for (auto& th : pool) th.join();
+#endif
+}
+
+// f(t, a, b) on thread t for the range [a, b) of [0, N)
+template <typename F>
+static void split_indexed(int64_t N, int64_t threads, F f) {
+    threads = std::max<int64_t>(1, std::min<int64_t>(threads, N));
+    const int64_t per = (N + threads - 1) / threads;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+    {
+        const int64_t t = omp_get_thread_num();
+        const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
+        if (a < b) f(t, a, b);
+    }
+#else
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < threads; ++t) {
+        const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
+        if (a < b) pool.emplace_back(f, t, a, b);
+    }
+    f(0, 0, std::min(N, per));
+    for (auto& th : pool) th.join();
+#endif
 }
 
 extern "C" {
-int ptmdd_abi_version() { return 3; }
+int ptmdd_abi_version() { return 4; }
+// 1 when this library has the AMX kernel, the CPU has AMX and Linux grants this process the AMX tile state
+int ptmdd_amx_ready() {
+#if defined(PTMDD_AMX)
+    static const int ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    return ok;
+#else
+    return 0;
+#endif
+}
+// x: (N, H, W, Ci) bf16, go: (N, H, W, Co) bf16; dw: (Co, Ci, 3, 3) float32, db: (Co,) float32 (written).
+// Ci, Co multiples of 32, at most 1024. Returns 0, or -1 (nothing written) when AMX is not usable.
+int ptmdd_conv3x3_wgrad_bf16(const uint16_t* x, const uint16_t* go, float* dw, float* db, int64_t N, int64_t H,
+                             int64_t W, int64_t Ci, int64_t Co, int64_t threads) {
+#if defined(PTMDD_AMX)
+    if (!ptmdd_amx_ready() || Ci % 32 || Co % 32 || Ci > 1024 || Co > 1024 || N < 1 || H < 1 || W < 1) return -1;
+    const int64_t MC = 512;
+    const int64_t nchunk = ((W + 1) + N * (H + 1) * (W + 1) + MC - 1) / MC;
+    const int64_t T = std::max<int64_t>(1, std::min(threads, nchunk));
+    std::vector<std::vector<float>> acc(T, std::vector<float>(9 * Co * Ci, 0.f)), dbt(T, std::vector<float>(Co, 0.f));
+    split_indexed(nchunk, T, [&](int64_t t, int64_t a, int64_t b) {
+        wgrad_chunks(x, go, acc[t].data(), dbt[t].data(), a, b, N, H, W, Ci, Co, MC);
+    });
+    split(Co, threads, [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) {
+            float s = 0.f;
+            for (int64_t t = 0; t < T; ++t) s += dbt[t][o];
+            db[o] = s;
+            for (int64_t i = 0; i < Ci; ++i)
+                for (int k = 0; k < 9; ++k) {
+                    float v = 0.f;
+                    for (int64_t t = 0; t < T; ++t) v += acc[t][(k * Co + o) * Ci + i];
+                    dw[(o * Ci + i) * 9 + k] = v;
+                }
+        }
+    });
+    return 0;
+#else
+    (void)x; (void)go; (void)dw; (void)db; (void)N; (void)H; (void)W; (void)Ci; (void)Co; (void)threads;
+    return -1;
+#endif
+}
 void ptmdd_in_relu_pool_fwd(const void* z, const float* gamma, const float* beta, void* out, float* mean, float* rstd,
                             int64_t N, int64_t H, int64_t W, int64_t C, float eps, int64_t bf16, int64_t threads) {
     split(N, threads, [=](int64_t a, int64_t b) {
@@ -382,7 +616,7 @@ void ptmdd_pooled_relu_affine_bwd(const float* cols, const float* A, const void*
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 
 
 def _cpu_signature() -> str:
@@ -412,6 +646,9 @@ def _build(target: Path) -> None:
         src.write_text(_SOURCE)
         out = Path(tmp) / target.name
         proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # no OpenMP for this compiler: std::thread instead (slower next to torch's pool)
+            flags = [f for f in _FLAGS if f != "-fopenmp"] + ["-fopenmp-simd"]
+            proc = subprocess.run([cxx, *flags, str(src), "-o", str(out)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{cxx} failed: {proc.stderr[-500:]}")
         os.replace(out, target)  # atomic: concurrent ranks/processes never load a half-written library
@@ -437,6 +674,8 @@ def _library() -> ctypes.CDLL | None:
     lib.ptmdd_pooled_relu_affine_bwd.argtypes = [ptr] * 7 + [i64] * 7
     lib.ptmdd_in_relu_pool_fwd.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_float, i64, i64]
     lib.ptmdd_in_relu_pool_bwd.argtypes = [ptr] * 9 + [i64] * 6
+    lib.ptmdd_amx_ready.argtypes = []
+    lib.ptmdd_conv3x3_wgrad_bf16.argtypes = [ptr] * 4 + [i64] * 6
     return lib
 
 
@@ -592,3 +831,114 @@ def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) 
     if _library() is None:
         raise RuntimeError("the ptmdd CPU kernel is not available (see the warning issued when building it)")
     return InstanceNormReluPool.apply(z, gamma, beta, eps)
+
+
+@functools.lru_cache(maxsize=1)
+def amx_available() -> bool:
+    """Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
+    AMX (``amx_tile``, ``amx_bf16``; Intel Sapphire Rapids and later) and Linux grants this process the AMX tile
+    state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off."""
+    lib = _library()
+    if lib is None or os.environ.get("PTMDD_AMX", "1").strip().lower() in ("0", "off", "false", "no"):
+        return False
+    return bool(lib.ptmdd_amx_ready())
+
+
+def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
+    """The weight and bias gradients of a 3x3 convolution (stride 1, zero padding 1) on channels-last bf16 maps, on
+    the CPU's AMX units: bf16 products summed in float32.
+
+    ``dw[o, i, kh, kw] = sum_{n, h, w} gout[n, h, w, o] * x[n, h + kh - 1, w + kw - 1, i]`` (zero outside the
+    image) and ``db[o] = sum_{n, h, w} gout[n, h, w, o]``: what ``torch.ops.aten.convolution_backward`` returns for
+    the weight and the bias of ``conv2d(x, w, b, padding=1)``, with float32 instead of bf16 sums.
+
+    Why: in a 100-image bf16 training step of ConvNet-3 (2-core Sapphire Rapids), oneDNN's weight gradients of the
+    two 128 -> 128 convolutions took about 17 of 38 ms; this kernel takes about 8 (docs/speed.md, lever 18).
+
+    Args:
+        x: ``(N, H, W, Ci)`` bfloat16 CPU maps (the conv input, channels last, contiguous).
+        gout: ``(N, H, W, Co)`` bfloat16 CPU maps (the gradient of the conv output). ``Ci`` and ``Co`` multiples
+            of 32, at most 1024.
+
+    Returns:
+        ``(dw, db)``: ``(Co, Ci, 3, 3)`` and ``(Co,)`` float32.
+
+    Raises:
+        ValueError: other shapes, dtypes or devices. RuntimeError: AMX is not :func:`amx_available`.
+    """
+    if (x.dim() != 4 or gout.dim() != 4 or x.shape[:3] != gout.shape[:3] or x.dtype != torch.bfloat16
+            or gout.dtype != torch.bfloat16 or x.device.type != "cpu" or gout.device.type != "cpu"
+            or x.shape[-1] % 32 or gout.shape[-1] % 32 or x.shape[-1] > 1024 or gout.shape[-1] > 1024
+            or min(x.shape) < 1):
+        raise ValueError(f"conv3x3_weight_grad needs bfloat16 CPU maps x (N, H, W, Ci) and gout (N, H, W, Co) with Ci "
+                         f"and Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype} {x.device}, "
+                         f"{tuple(gout.shape)} {gout.dtype} {gout.device}")
+    if not amx_available():
+        raise RuntimeError("conv3x3_weight_grad needs AMX (amx_available() is False); use "
+                           "torch.ops.aten.convolution_backward instead")
+    x, gout = x.contiguous(), gout.contiguous()
+    n, h, w, ci = x.shape
+    co = gout.shape[-1]
+    dw = torch.empty(co, ci, 3, 3, dtype=torch.float32)
+    db = torch.empty(co, dtype=torch.float32)
+    rc = _library().ptmdd_conv3x3_wgrad_bf16(x.data_ptr(), gout.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w, ci,
+                                             co, torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError("conv3x3_weight_grad: the AMX kernel refused the call (AMX not usable in this process)")
+    return dw, db
+
+
+class ChannelsLastConv3x3(torch.autograd.Function):
+    """``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
+    and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
+        wb = weight.detach().to(torch.bfloat16)
+        z = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), wb, bias.detach().to(torch.bfloat16), padding=1)
+        ctx.save_for_backward(x, wb)
+        ctx.param_dtypes = (weight.dtype, bias.dtype)
+        return z.permute(0, 2, 3, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, wb = ctx.saved_tensors
+        gout = gout.to(torch.bfloat16).contiguous()
+        gx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(
+                gout.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), wb, [wb.shape[0]], [1, 1], [1, 1], [1, 1], False,
+                [0, 0], 1, [True, False, False])[0].permute(0, 2, 3, 1)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = conv3x3_weight_grad(x, gout)
+            dw, db = dw.to(ctx.param_dtypes[0]), db.to(ctx.param_dtypes[1])
+        return gx, dw, db
+
+
+def channels_last_conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """A 3x3 convolution (stride 1, zero padding 1) of channels-last bf16 maps whose weight gradient runs on AMX.
+
+    The forward and the input gradient are oneDNN's (``torch.nn.functional.conv2d`` in bf16, as under bf16
+    autocast); the weight and bias gradients come from :func:`conv3x3_weight_grad` (bf16 products, float32 sums,
+    returned in the parameters' dtype). Used by ConvNet-3's later blocks on the CPU kernel path
+    (:func:`ptmdd_lightning.nets.fast._kernel_features`). Once differentiable (no double backward).
+
+    Args:
+        x: ``(N, H, W, Ci)`` bfloat16 CPU maps (contiguous channels last).
+        weight: ``(Co, Ci, 3, 3)`` (any float dtype; used in bf16); bias: ``(Co,)``.
+
+    Returns:
+        ``(N, H, W, Co)`` bfloat16, contiguous in that order (oneDNN writes the NCHW result channels last).
+
+    Raises:
+        ValueError: shapes or dtypes :func:`conv3x3_weight_grad` does not take. RuntimeError: no AMX.
+    """
+    if (x.dim() != 4 or weight.shape != (weight.shape[0], x.shape[-1], 3, 3) or bias.shape != (weight.shape[0],)
+            or x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.shape[-1] % 32 or weight.shape[0] % 32):
+        raise ValueError(f"channels_last_conv3x3 needs bfloat16 CPU maps (N, H, W, Ci), weight (Co, Ci, 3, 3) and bias "
+                         f"(Co,) with Ci, Co multiples of 32; got {tuple(x.shape)} {x.dtype}, {tuple(weight.shape)}, "
+                         f"{tuple(bias.shape)}")
+    if not amx_available():
+        raise RuntimeError("channels_last_conv3x3 needs AMX (amx_available() is False)")
+    return ChannelsLastConv3x3.apply(x, weight, bias)

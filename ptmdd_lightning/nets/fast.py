@@ -331,12 +331,16 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
         ValueError / RuntimeError: from the kernels (shapes they do not take, kernels not built); callers check
         :func:`convnet_kernels_ok` first.
     """
-    from ptmdd_lightning.nets.cpu_kernels import instance_norm_relu_pool
+    from ptmdd_lightning.nets.cpu_kernels import amx_available, channels_last_conv3x3, instance_norm_relu_pool
 
     h = first_block_kernel(x, *params[:4], paddings[0], eps)
     for b, pad in enumerate(paddings[1:], start=1):
         w, bias, gamma, beta = params[4 * b: 4 * b + 4]
-        z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
+        if (h.dtype == torch.bfloat16 and pad == 1 and w.shape[2:] == (3, 3) and w.shape[0] % 32 == 0
+                and w.shape[1] % 32 == 0 and amx_available()):
+            z = channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (cpu_kernels.conv3x3_weight_grad)
+        else:
+            z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
         h = instance_norm_relu_pool(z, gamma, beta, eps)
     return h
 

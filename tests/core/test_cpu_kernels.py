@@ -194,3 +194,106 @@ def test_kernels_are_off_when_asked_or_for_image_gradients():
         assert not fast._use_kernel(x.detach())
     with torch.autocast("cpu", dtype=torch.float16):
         assert not fast._use_kernel(x.detach())  # the kernels take float32 or bf16 maps only
+
+
+needs_amx = pytest.mark.skipif(not cpu_kernels.amx_available(), reason="the weight-gradient kernel needs AMX")
+
+
+def _conv_grads_f64(x, g):
+    """Weight and bias gradients of ``conv2d(x, w, b, padding=1)`` in float64 (x, g channels last)."""
+    co, ci = g.shape[-1], x.shape[-1]
+    _, dw, db = torch.ops.aten.convolution_backward(
+        g.permute(0, 3, 1, 2).double(), x.permute(0, 3, 1, 2).double(), torch.zeros(co, ci, 3, 3, dtype=torch.float64),
+        [co], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, True])
+    return dw, db
+
+
+@needs_amx
+@pytest.mark.parametrize("shape", [(5, 8, 8, 32, 64), (3, 7, 5, 64, 32), (1, 1, 1, 32, 32), (2, 3, 17, 96, 32)])
+def test_conv3x3_weight_grad_equals_the_float64_gradient(shape):
+    # even and odd maps, a single pixel (only the centre tap sees it), more chunks than threads (2 x 3 x 17 grid)
+    n, h, w, ci, co = shape
+    torch.manual_seed(0)
+    x, g = torch.randn(n, h, w, ci).bfloat16(), torch.randn(n, h, w, co).bfloat16()
+    dw, db = cpu_kernels.conv3x3_weight_grad(x, g)
+    want_w, want_b = _conv_grads_f64(x, g)
+    assert dw.shape == (co, ci, 3, 3) and dw.dtype == db.dtype == torch.float32
+    # bf16 inputs are exact in float32 products; only the float32 summation order differs
+    torch.testing.assert_close(dw.double(), want_w, rtol=1e-5, atol=1e-5 * float(want_w.abs().max()))
+    torch.testing.assert_close(db.double(), want_b, rtol=1e-5, atol=1e-5 * float(want_b.abs().max()))
+    if h == w == 1:
+        assert torch.count_nonzero(dw[:, :, [0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 2, 0, 2, 0, 1, 2]]) == 0
+
+
+def test_conv3x3_weight_grad_refuses_bad_input():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        cpu_kernels.conv3x3_weight_grad(torch.randn(1, 4, 4, 16).bfloat16(), torch.randn(1, 4, 4, 32).bfloat16())
+    with pytest.raises(ValueError, match="bfloat16"):
+        cpu_kernels.conv3x3_weight_grad(torch.randn(1, 4, 4, 32), torch.randn(1, 4, 4, 32))
+    with pytest.raises(ValueError, match="gout"):
+        cpu_kernels.conv3x3_weight_grad(torch.randn(1, 4, 4, 32).bfloat16(), torch.randn(1, 4, 5, 32).bfloat16())
+
+
+@needs_amx
+def test_channels_last_conv3x3_is_the_bf16_conv_with_float32_weight_gradients():
+    torch.manual_seed(1)
+    x = torch.randn(4, 6, 6, 32).bfloat16().requires_grad_(True)
+    w = torch.randn(64, 32, 3, 3, requires_grad=True)
+    b = torch.randn(64, requires_grad=True)
+    z = cpu_kernels.channels_last_conv3x3(x, w, b)
+    ref = F.conv2d(x.detach().permute(0, 3, 1, 2), w.detach().bfloat16(), b.detach().bfloat16(), padding=1)
+    assert z.shape == (4, 6, 6, 64) and z.dtype == torch.bfloat16 and z.is_contiguous()
+    assert torch.equal(z, ref.permute(0, 2, 3, 1))  # oneDNN's forward itself
+    g = torch.randn_like(z)
+    gx, gw, gb = torch.autograd.grad(z, (x, w, b), g)
+    want_x = torch.ops.aten.convolution_backward(
+        g.permute(0, 3, 1, 2), x.detach().permute(0, 3, 1, 2), w.detach().bfloat16(), [64], [1, 1], [1, 1], [1, 1],
+        False, [0, 0], 1, [True, False, False])[0]
+    assert torch.equal(gx, want_x.permute(0, 2, 3, 1))
+    want_w, want_b = _conv_grads_f64(x.detach(), g)
+    assert gw.dtype == torch.float32 and gb.dtype == torch.float32
+    torch.testing.assert_close(gw.double(), want_w, rtol=1e-5, atol=1e-5 * float(want_w.abs().max()))
+    torch.testing.assert_close(gb.double(), want_b, rtol=1e-5, atol=1e-5 * float(want_b.abs().max()))
+    # only the weights train (DC inner loop, evaluation): no input gradient is computed
+    (gw2,) = torch.autograd.grad(cpu_kernels.channels_last_conv3x3(x.detach(), w, b), (w,), g)
+    torch.testing.assert_close(gw2, gw)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        cpu_kernels.channels_last_conv3x3(torch.randn(1, 4, 4, 16).bfloat16(), torch.randn(32, 16, 3, 3),
+                                          torch.randn(32))
+
+
+@needs_amx
+def test_bf16_kernel_path_takes_the_amx_weight_gradient(monkeypatch):
+    # ConvNetW32 under bf16 autocast: its two later convolutions go through channels_last_conv3x3, and the
+    # gradients equal those of the path with oneDNN's weight gradient (PTMDD_AMX=0) to bf16 noise
+    torch.manual_seed(3)
+    net = build_net("ConvNetW32", 1, 4, (28, 28))
+    fast = FastNet(net, compile=False)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(4).repeat(2)
+    calls = []
+    real = cpu_kernels.channels_last_conv3x3
+    monkeypatch.setattr(cpu_kernels, "channels_last_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+
+    def grads():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.autograd.grad(F.cross_entropy(fast(x).float(), y), list(net.parameters()))
+
+    got = grads()
+    assert calls == [(8, 16, 16, 32), (8, 8, 8, 32)]
+    monkeypatch.setattr(cpu_kernels, "amx_available", lambda: False)
+    ref = grads()
+    assert len(calls) == 2
+    for g, r in zip(got, ref, strict=True):
+        if r.dim() > 1:
+            assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.99
+
+
+def test_amx_is_off_when_asked(monkeypatch):
+    cpu_kernels.amx_available.cache_clear()
+    monkeypatch.setenv("PTMDD_AMX", "0")
+    try:
+        assert not cpu_kernels.amx_available()
+        with pytest.raises(RuntimeError, match="AMX"):
+            cpu_kernels.conv3x3_weight_grad(torch.randn(1, 2, 2, 32).bfloat16(), torch.randn(1, 2, 2, 32).bfloat16())
+    finally:
+        cpu_kernels.amx_available.cache_clear()
