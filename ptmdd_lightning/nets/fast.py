@@ -451,11 +451,11 @@ class FastNet:
             self._eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
 
     def _use_kernel(self, x: Tensor) -> bool:
-        """The CPU kernel path: when training the net's parameters on images that need no gradient (DC/DSA inner
-        loop and real side, evaluation training), in float32 or under bf16 autocast. Not used for no-grad or
-        image-gradient calls (DM, the DC synthetic side), where the compiled tensor formulation measured faster
-        (docs/speed.md, levers 12 and 14)."""
-        return (self.kernels and torch.is_grad_enabled() and not x.requires_grad and x.device.type == "cpu"
+        """The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
+        net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
+        side, CCLoM's real features, test accuracy). Not for image-gradient calls (DM's and DC's synthetic side),
+        which stay on the compiled tensor formulation (docs/speed.md, levers 12, 14 and 19)."""
+        return (self.kernels and not x.requires_grad and x.device.type == "cpu"
                 and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
 
     def _chunks(self, x: Tensor, size: int) -> list[Tensor]:

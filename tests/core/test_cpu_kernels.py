@@ -183,15 +183,16 @@ def test_fast_net_kernels_under_bf16_autocast_match_the_module():
             assert F.cosine_similarity(g.flatten(), r.flatten(), dim=0) > 0.98
 
 
-def test_kernels_are_off_when_asked_or_for_image_gradients():
+def test_kernels_are_off_when_asked_or_for_image_gradients_and_on_without_grad():
     net = build_net("ConvNetW32", 1, 4, (28, 28))
     assert not FastNet(net, kernels=False).kernels
     fast = FastNet(net, compile=False)
     x = torch.randn(2, 1, 28, 28)
     assert fast._use_kernel(x)
     assert not fast._use_kernel(x.requires_grad_(True))  # DM / DC synthetic side: the image needs a gradient
-    with torch.no_grad():
-        assert not fast._use_kernel(x.detach())
+    with torch.no_grad():  # DM's real side, test accuracy: the kernels, without the ReLU masks
+        assert fast._use_kernel(x.detach())
+        torch.testing.assert_close(fast(x.detach()), net(x.detach()), rtol=1e-4, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.float16):
         assert not fast._use_kernel(x.detach())  # the kernels take float32 or bf16 maps only
 
