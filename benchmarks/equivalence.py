@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         md.append(f"| {r['set']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
                   f"{', '.join(f'{100 * a:.1f}' for a in r['accs'])} | {r['distil_seconds']:.0f} |")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"equivalence-{dev}-{result['date']}"
+    from bench import free_stem  # never overwrite an earlier run of the same day
+
+    stem = args.out / free_stem(args.out, f"equivalence-{dev}-{result['date']}")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

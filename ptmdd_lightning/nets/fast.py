@@ -29,15 +29,17 @@ Two more pieces serve DC/DSA (gradient matching) and training:
   ``vmap(grad(...))`` of the fused formulation, so that ``torch.compile`` traces the gradient computation into
   a graph and differentiates that graph once (eager, this is a double backward through the module). Per DC
   matching step at IPC 10 (bf16, 2 threads, two runs): 0.88 and 0.78 s instead of 1.48 and 1.31 s.
-* the CPU kernel path (:func:`_kernel_features`): when the net's parameters are trained on images that need
-  no gradient (the DC/DSA inner loop and real side, evaluation training, PTM pretraining), ConvNet-3 runs
-  through hand-written CPU kernels (:mod:`ptmdd_lightning.nets.cpu_kernels`): the first block never
-  materialises its ``(N, 128, 32, 32)`` maps, and each later block's norm, ReLU and pooling is one pass each
-  way after oneDNN's channels-last convolution. Eager: it needs no ``torch.compile``, so it also serves short
-  runs and the default (uncompiled) evaluation. Measured per 100-image bf16 training step (2 threads, same
-  process, alternating rounds): 60 -> 45 ms with the first-block kernel (median of 12 rounds), then 98.5 ->
-  84.0 ms (median of 30 rounds, a slow phase of the machine) with the ReLU mask kept and the later blocks'
-  kernels (docs/speed.md, levers 12 and 14).
+* the CPU kernel path (:func:`_kernel_features`): for images that need no gradient -- training the net's
+  parameters (the DC/DSA inner loop and real side, evaluation training, PTM pretraining) and no-grad forwards
+  (DM's real side) -- ConvNet-3 runs through hand-written CPU kernels (:mod:`ptmdd_lightning.nets.cpu_kernels`):
+  the first block never materialises its ``(N, 128, 32, 32)`` maps, each later block's norm, ReLU and pooling is
+  one pass each way after oneDNN's channels-last convolution, and under bf16 autocast on a CPU with AMX the
+  later convolutions' weight gradients run on AMX (:func:`~ptmdd_lightning.nets.cpu_kernels.channels_last_conv3x3`).
+  Eager: it needs no ``torch.compile``, so it also serves short runs and the default (uncompiled) evaluation.
+  Measured per 100-image bf16 training step (2 threads, same process, alternating rounds): 60 -> 45 ms with the
+  first-block kernel (median of 12 rounds), then 98.5 -> 84.0 ms (median of 30 rounds, a slow phase of the
+  machine) with the ReLU mask kept and the later blocks' kernels, then 51-72 -> 32-34 ms with the kernels on
+  torch's OpenMP threads, and 38 -> 30 ms with the AMX weight gradient (docs/speed.md, levers 12, 14, 17, 18).
 
 The path is chosen automatically: the kernel path where it applies and builds (``kernels``); otherwise, on a CPU
 when ``torch.compile`` can build C++ kernels (a C++ compiler is found), the compiled formulation; on CUDA and for
