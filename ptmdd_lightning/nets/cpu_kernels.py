@@ -479,37 +479,15 @@ static void wgrad_chunks(const uint16_t* x, const uint16_t* go, float* acc, floa
 }
 #endif
 
-template <typename F>
-static void split(int64_t N, int64_t threads, F f) {
-    threads = std::max<int64_t>(1, std::min<int64_t>(threads, N));
-    if (threads == 1) { f(0, N); return; }
-    const int64_t per = (N + threads - 1) / threads;
-#if defined(_OPENMP)
-    // the OpenMP runtime torch uses (same soname: the loader shares torch's libgomp), so these threads are torch's
-    // intra-op pool and never compete with its spinning workers
-#pragma omp parallel num_threads(threads)
-    {
-        const int64_t t = omp_get_thread_num();
-        const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
-        if (a < b) f(a, b);
-    }
-#else
-    std::vector<std::thread> pool;
-    for (int64_t t = 1; t < threads; ++t) {
-        const int64_t a = std::min(N, t * per), b = std::min(N, (t + 1) * per);
-        if (a < b) pool.emplace_back(f, a, b);
-    }
-    f(0, std::min(N, per));
-    for (auto& th : pool) th.join();
-#endif
-}
-
-// f(t, a, b) on thread t for the range [a, b) of [0, N)
+// f(t, a, b) on thread t for the range [a, b) of [0, N), t < threads
 template <typename F>
 static void split_indexed(int64_t N, int64_t threads, F f) {
     threads = std::max<int64_t>(1, std::min<int64_t>(threads, N));
     const int64_t per = (N + threads - 1) / threads;
+    if (threads == 1) { f(0, 0, N); return; }
 #if defined(_OPENMP)
+    // the OpenMP runtime torch uses (same soname: the loader shares torch's libgomp), so these threads are torch's
+    // intra-op pool and never compete with its spinning workers
 #pragma omp parallel num_threads(threads)
     {
         const int64_t t = omp_get_thread_num();
@@ -525,6 +503,11 @@ static void split_indexed(int64_t N, int64_t threads, F f) {
     f(0, 0, std::min(N, per));
     for (auto& th : pool) th.join();
 #endif
+}
+// f(a, b) for the ranges [a, b) that split [0, N) among the threads
+template <typename F>
+static void split(int64_t N, int64_t threads, F f) {
+    split_indexed(N, threads, [&f](int64_t, int64_t a, int64_t b) { f(a, b); });
 }
 
 extern "C" {
