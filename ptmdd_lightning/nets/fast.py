@@ -317,9 +317,11 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
 def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
     """The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
     ``(N, h, w, width)``: the first block by :func:`first_block_kernel`, each later block as a oneDNN conv on
-    channels-last maps followed by :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool` (norm, ReLU and
-    pooling in one pass each way). Eager: nothing to compile. The same function as ``ConvNet``'s feature blocks
-    (DC/DSA/DM ``networks.py``; tests/core/test_cpu_kernels.py).
+    channels-last maps (its weight gradient on AMX under bf16 autocast where the CPU has AMX:
+    :func:`ptmdd_lightning.nets.cpu_kernels.channels_last_conv3x3`) followed by
+    :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool` (norm, ReLU and pooling in one pass each
+    way). Eager: nothing to compile. The same function as ``ConvNet``'s feature blocks (DC/DSA/DM ``networks.py``;
+    tests/core/test_cpu_kernels.py).
 
     Args:
         x: ``(N, C, H, W)`` images that need no gradient; params: per block conv weight ``(width, C_in, 3, 3)``,
@@ -455,7 +457,7 @@ class FastNet:
     def _use_kernel(self, x: Tensor) -> bool:
         """The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
         net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
-        side, CCLoM's real features, test accuracy). Not for image-gradient calls (DM's and DC's synthetic side),
+        side). Not for image-gradient calls (DM's and DC's synthetic side),
         which stay on the compiled tensor formulation (docs/speed.md, levers 12, 14 and 19)."""
         return (self.kernels and not x.requires_grad and x.device.type == "cpu"
                 and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
