@@ -190,7 +190,7 @@ def test_kernels_are_off_when_asked_or_for_image_gradients_and_on_without_grad()
     x = torch.randn(2, 1, 28, 28)
     assert fast._use_kernel(x)
     assert not fast._use_kernel(x.requires_grad_(True))  # DM / DC synthetic side: the image needs a gradient
-    with torch.no_grad():  # DM's real side, test accuracy: the kernels, without the ReLU masks
+    with torch.no_grad():  # DM's real side: the kernels, without the ReLU masks
         assert fast._use_kernel(x.detach())
         torch.testing.assert_close(fast(x.detach()), net(x.detach()), rtol=1e-4, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.float16):
