@@ -65,6 +65,7 @@ __all__ = [
     "amx_available",
     "available",
     "channels_last_conv3x3",
+    "conv3x3_shapes_ok",
     "conv3x3_weight_grad",
     "instance_norm_relu_pool",
     "pooled_relu_affine",
@@ -871,6 +872,18 @@ def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
     return dw, db
 
 
+def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1) -> bool:
+    """Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
+    ``(Co, Ci, 3, 3)``, ``bias`` ``(Co,)``, ``padding`` 1, ``Ci`` and ``Co`` multiples of 32 and at most 1024 (what
+    :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`."""
+    if x.dim() != 4 or weight.dim() != 4 or min(x.shape) < 1:
+        return False
+    co, ci = weight.shape[0], x.shape[-1]
+    return (padding == 1 and x.dtype == torch.bfloat16 and x.device.type == "cpu"
+            and tuple(weight.shape) == (co, ci, 3, 3) and tuple(bias.shape) == (co,)
+            and ci % 32 == 0 and co % 32 == 0 and ci <= 1024 and co <= 1024)
+
+
 class ChannelsLastConv3x3(torch.autograd.Function):
     """``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
     and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`."""
@@ -917,11 +930,10 @@ def channels_last_conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     Raises:
         ValueError: shapes or dtypes :func:`conv3x3_weight_grad` does not take. RuntimeError: no AMX.
     """
-    if (x.dim() != 4 or weight.shape != (weight.shape[0], x.shape[-1], 3, 3) or bias.shape != (weight.shape[0],)
-            or x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.shape[-1] % 32 or weight.shape[0] % 32):
+    if not conv3x3_shapes_ok(x, weight, bias):
         raise ValueError(f"channels_last_conv3x3 needs bfloat16 CPU maps (N, H, W, Ci), weight (Co, Ci, 3, 3) and bias "
-                         f"(Co,) with Ci, Co multiples of 32; got {tuple(x.shape)} {x.dtype}, {tuple(weight.shape)}, "
-                         f"{tuple(bias.shape)}")
+                         f"(Co,) with Ci, Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype}, "
+                         f"{tuple(weight.shape)}, {tuple(bias.shape)}")
     if not amx_available():
         raise RuntimeError("channels_last_conv3x3 needs AMX (amx_available() is False)")
     return ChannelsLastConv3x3.apply(x, weight, bias)

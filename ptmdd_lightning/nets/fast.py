@@ -335,13 +335,17 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
         ValueError / RuntimeError: from the kernels (shapes they do not take, kernels not built); callers check
         :func:`convnet_kernels_ok` first.
     """
-    from ptmdd_lightning.nets.cpu_kernels import amx_available, channels_last_conv3x3, instance_norm_relu_pool
+    from ptmdd_lightning.nets.cpu_kernels import (
+        amx_available,
+        channels_last_conv3x3,
+        conv3x3_shapes_ok,
+        instance_norm_relu_pool,
+    )
 
     h = first_block_kernel(x, *params[:4], paddings[0], eps)
     for b, pad in enumerate(paddings[1:], start=1):
         w, bias, gamma, beta = params[4 * b: 4 * b + 4]
-        if (h.dtype == torch.bfloat16 and pad == 1 and w.shape[2:] == (3, 3) and w.shape[0] % 32 == 0
-                and w.shape[1] % 32 == 0 and amx_available()):
+        if conv3x3_shapes_ok(h, w, bias, pad) and amx_available():
             z = channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (cpu_kernels.conv3x3_weight_grad)
         else:
             z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
@@ -457,8 +461,8 @@ class FastNet:
     def _use_kernel(self, x: Tensor) -> bool:
         """The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
         net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
-        side). Not for image-gradient calls (DM's and DC's synthetic side),
-        which stay on the compiled tensor formulation (docs/speed.md, levers 12, 14 and 19)."""
+        side). Not for image-gradient calls (DM's and DC's synthetic side), which stay on the compiled tensor
+        formulation (docs/speed.md, levers 12, 14 and 19)."""
         return (self.kernels and not x.requires_grad and x.device.type == "cpu"
                 and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
 

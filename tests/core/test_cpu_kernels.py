@@ -266,6 +266,18 @@ def test_channels_last_conv3x3_is_the_bf16_conv_with_float32_weight_gradients():
                                           torch.randn(32))
 
 
+def test_conv3x3_shapes_ok_is_what_the_weight_gradient_takes():
+    x, w, b = torch.randn(2, 4, 4, 32).bfloat16(), torch.randn(64, 32, 3, 3), torch.randn(64)
+    assert cpu_kernels.conv3x3_shapes_ok(x, w, b)
+    assert not cpu_kernels.conv3x3_shapes_ok(x, w, b, padding=2)  # the kernel pads by 1
+    assert not cpu_kernels.conv3x3_shapes_ok(x.float(), w, b)  # bf16 maps only (the autocast path)
+    assert not cpu_kernels.conv3x3_shapes_ok(x, torch.randn(2048, 32, 3, 3), torch.randn(2048))  # Co > 1024
+    assert not cpu_kernels.conv3x3_shapes_ok(x, torch.randn(48, 32, 3, 3), torch.randn(48))  # Co not 32k
+    assert not cpu_kernels.conv3x3_shapes_ok(x, torch.randn(64, 32, 5, 5), b)  # 3x3 only
+    with pytest.raises(ValueError, match="at most 1024"):
+        cpu_kernels.channels_last_conv3x3(x, torch.randn(2048, 32, 3, 3), torch.randn(2048))
+
+
 @needs_amx
 def test_bf16_kernel_path_takes_the_amx_weight_gradient(monkeypatch):
     # ConvNetW32 under bf16 autocast: its two later convolutions go through channels_last_conv3x3, and the
