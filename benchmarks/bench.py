@@ -93,6 +93,10 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "amx_bf16": "amx_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else None,
     }
+    from ptmdd_lightning.machine import cpu_info
+
+    info["cpu_kind"] = cpu_info()["kind"]
+    info["isa"] = cpu_info()["isa"]
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -439,6 +443,9 @@ def main() -> None:
     if args.worker:
         spec = json.loads(args.worker)
         res = WORKERS[spec["kind"]](spec)
+        from ptmdd_lightning.machine import fast_paths_ran
+
+        res["fast_paths"] = fast_paths_ran()  # which speed paths this measurement ran (ptmdd side)
         print("RESULT " + json.dumps(res), flush=True)
         return
 

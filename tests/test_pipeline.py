@@ -42,6 +42,14 @@ def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_p
     assert {r["set"] for r in rows} == {"synthetic", "random_real"}
     assert all(r["n"] == 2 and 0.0 <= r["mean"] <= 1.0 for r in rows)
     assert "| ConvNet | synthetic |" in (run / "results.md").read_text()
+    # the machine and the code path on record (issue "Green on every machine")
+    from ptmdd_lightning.machine import cpu_info
+
+    machine = rows[0]["machine"]
+    assert machine["cpu"] == cpu_info() and machine["threads"] == torch.get_num_threads()
+    assert machine["torch"] == torch.__version__ and "distillation" in machine["precision"]
+    assert machine["fast_paths"] and set(machine["fast_paths"]) <= {"cpu_kernels", "amx", "compile", "eager"}
+    assert f"{machine['threads']} threads" in (run / "results.md").read_text()
 
     # the export round-trips into a TensorDataset, equal to the model's images, with its metadata
     blob = torch.load(run / "synthetic_set.pt", weights_only=False)

@@ -110,7 +110,10 @@ def _restore_seed_env(monkeypatch):
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    # The killed run must use the thread count of this (reference and resumed) process: results are bitwise
+    # only for the same thread count and CPU kind (docs/distributed.md, "Determinism"); with 1 thread here and 2
+    # in-process, AMD EPYC machines ended with different synthetic sets.
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     return env
 
 

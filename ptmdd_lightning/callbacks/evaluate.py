@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ptmdd_lightning.callbacks.export import log_synthetic_grid, run_dir
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import machine_record
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -30,11 +31,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(rows: list[dict[str, Any]], folder, stem: str = "results") -> None:
-    """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``folder`` (atomic replace)."""
+def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
+                  machine: dict[str, Any] | None = None) -> None:
+    """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``folder`` (atomic replace).
+
+    ``machine`` (:func:`ptmdd_lightning.machine.machine_record`: CPU model and ISA, threads, torch version,
+    precision, fast paths that ran) goes into every JSON row as ``"machine"``, into the CSV as the columns
+    ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, and under the Markdown table.
+    """
+    rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
     md = folder / f"{stem}.md"
     tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(format_table(rows) + "\n")
+    text = format_table(rows) + "\n"
+    if machine is not None:
+        text += (f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
+                 f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
+                 f"{', '.join(machine['fast_paths']) or 'none'}\n")
+    tmp.write_text(text)
     tmp.replace(md)
     js = folder / f"{stem}.json"
     tmp = js.with_suffix(".json.tmp")
@@ -42,11 +55,18 @@ def write_results(rows: list[dict[str, Any]], folder, stem: str = "results") -> 
     tmp.replace(js)
     cs = folder / f"{stem}.csv"
     tmp = cs.with_suffix(".csv.tmp")
+    fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
+    extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
     with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["step", "arch", "set", "mean", "std", "n", "accs", "seconds"])
+        writer = csv.DictWriter(fh, fieldnames=fields + extra, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])})
+            flat = {**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])}
+            if machine is not None:
+                flat.update(cpu=machine["cpu"]["model"], isa=" ".join(machine["cpu"]["isa"]),
+                            threads=machine["threads"], torch=machine["torch"], precision=machine["precision"],
+                            fast_paths=" ".join(machine["fast_paths"]))
+            writer.writerow(flat)
     tmp.replace(cs)
 
 
@@ -185,7 +205,8 @@ class SyntheticSetEvaluation(Callback):
             logger.log_metrics(metrics, step=step)
         log_synthetic_grid(trainer, pl_module)
         self.rows.extend(rows)
-        write_results(self.rows, run_dir(trainer))
+        precision = f"distillation {trainer.precision}, evaluation {self.protocol_kwargs['precision']}"
+        write_results(self.rows, run_dir(trainer), machine=machine_record(pl_module.device, precision))
         return rows
 
     def summary(self, pl_module: LightningModule, rows: list[dict[str, Any]]) -> str:

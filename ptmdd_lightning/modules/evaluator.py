@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import machine_record
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -340,7 +341,8 @@ class SyntheticSetEvaluator(LightningModule):
                     self.log(f"{stage}/{r['arch']}/gain", r["mean"] - base["mean"])
         if self.trainer.is_global_zero:
             folder = self._output_dir()
-            write_results(rows, folder, self.hparams.stem)
+            write_results(rows, folder, self.hparams.stem,
+                          machine=machine_record(self.device, f"evaluation {self._protocol().precision}"))
             blob = self.export_blob
             rank_zero_info(
                 f"\n[ptmdd] {self.hparams.path}: {blob['dataset']}, IPC {self.ipc}, "

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ptmdd_lightning.machine import record_fast_path
 from ptmdd_lightning.nets.convnet import ConvNet
 from ptmdd_lightning.runtime import keep_freed_memory
 
@@ -346,6 +347,7 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     for b, pad in enumerate(paddings[1:], start=1):
         w, bias, gamma, beta = params[4 * b: 4 * b + 4]
         if conv3x3_shapes_ok(h, w, bias, pad) and amx_available():
+            record_fast_path("amx")
             z = channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (cpu_kernels.conv3x3_weight_grad)
         else:
             z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
@@ -483,9 +485,11 @@ class FastNet:
                 flat = flat[:-2]
             try:
                 if kernel:
+                    record_fast_path("cpu_kernels")
                     fn = _convnet_embed_kernel if kind == "embed" else _convnet_forward_kernel
                     outs = [fn(p, flat, self._paddings, self._eps) for p in parts]
                 else:
+                    record_fast_path("compile")
                     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                         fn = _compiled(kind)
                         outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps)
@@ -493,6 +497,7 @@ class FastNet:
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler/kernel failure: fall back to the module
                 self._give_up(e, "the CPU kernels" if kernel else "torch.compile")
+        record_fast_path("eager")
         if params is not None:
             from torch.nn.utils.stateless import _reparametrize_module
 
@@ -541,11 +546,13 @@ class FastNet:
         grads = None
         if self.compiled:
             try:
+                record_fast_path("compile")
                 with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                     grads = _compiled("class_grads")(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: the eager formulation
                 self._give_up(e, "torch.compile")
         if grads is None:
+            record_fast_path("eager")
             grads = convnet_class_grads(*args)
         names = {id(p): n for n, p in net.named_parameters()}
         return {names[id(p)]: g for p, g in zip(params, grads, strict=True)}

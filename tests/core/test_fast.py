@@ -170,7 +170,12 @@ def test_dc_loss_with_a_fast_real_forward_equals_the_plain_one():
     fast = FastNet(net, compile=False, chunk=3)
     ref, g_ref, out, g_out = _dc_loss_plain_and_fast(net, 4, 4, 2, fast, synthetic_side=False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(g_out, g_ref, rtol=1e-4, atol=1e-6)
+    # fp32 rounding of the real side's gradients (another conv algorithm on the kernel path) is amplified by the
+    # cosine distances: on an AVX2-only AMD EPYC the image gradient differs by 1.6e-4 of its largest entry (1e-4
+    # norm-wise), on the AMX CPU by less than 1e-4. A wrong real side differs by O(1).
+    scale = g_ref.abs().max()
+    torch.testing.assert_close(g_out, g_ref, rtol=0, atol=float(1e-3 * scale))
+    assert float((g_out - g_ref).norm() / g_ref.norm()) < 1e-3
 
 
 @pytest.mark.slow
