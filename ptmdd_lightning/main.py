@@ -33,6 +33,7 @@ import ptmdd_lightning.callbacks  # noqa: F401
 import ptmdd_lightning.data  # noqa: F401
 import ptmdd_lightning.modules  # noqa: F401
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import check_archive, safe_load
 
 #: DataModule attributes linked into the model at instantiation (never repeated in YAML).
 LINKED = ("num_classes", "channels", "image_size", "mean", "std", "dataset_name", "class_names", "classes")
@@ -206,7 +207,7 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
 
     ``torch.save`` writes a zip archive: a truncated file lacks the zip's central directory, a corrupted one
     fails the CRC-32 of a member (``zipfile.testzip`` reads every member once, without unpickling). A non-zip
-    file (the legacy format) is test-loaded with ``torch.load``.
+    file (the legacy format) is test-loaded with ``torch.load(weights_only=True)`` (no pickle execution).
 
     Raises:
         PtmddError: missing, not a file, truncated or corrupted; the message names the file and the fix.
@@ -216,21 +217,10 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
            "run without --ckpt_path")
     if not path.is_file():
         raise PtmddError(f"checkpoint {path} does not exist; {fix}.")
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-            if bad is not None:
-                raise PtmddError(f"checkpoint {path} is corrupted (member {bad} fails its CRC check); {fix}.")
-            return
-        import torch
-
-        torch.load(path, map_location="cpu", weights_only=False)
-    except PtmddError:
-        raise
-    except Exception as err:  # noqa: BLE001 - zipfile/torch raise many types for a bad file
-        raise PtmddError(f"checkpoint {path} is truncated or corrupted ({type(err).__name__}: {err}); "
-                         f"{fix}.") from err
+    if zipfile.is_zipfile(path):
+        check_archive(path, "checkpoint", fix)
+        return
+    safe_load(path, "checkpoint", fix)  # the legacy (non-zip) format: test-loaded without pickle execution
 
 
 def main(args: ArgsType = None) -> PtmddCLI | None:

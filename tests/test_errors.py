@@ -119,10 +119,10 @@ def test_corrupted_ptm_checkpoint(tmp_path, capsys, fake_fashion_root, damage):
     path = write_ptm(_member(pool))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a checkpoint" * 64)
-    with pytest.raises(PtmddError, match="corrupted or truncated"):
+    with pytest.raises(PtmddError, match="truncated or corrupted"):
         load_ptm(path)
     err = _fails(capsys, _fit(tiny_config(tmp_path / "c.yaml", fake_fashion_root, ptm_pool=pool)))
-    assert f"PTM checkpoint {path} is corrupted or truncated" in err and "pretrain that member again" in err
+    assert f"PTM checkpoint {path} is truncated or corrupted" in err and "pretrain that member again" in err
 
 
 # ------------------------------------------------------------------------------------------ --ckpt_path

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import safe_load
 
 
 def clom(logits_syn: Tensor, syn_labels: Tensor) -> Tensor:
@@ -143,11 +144,8 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise PtmddError(f"PTM checkpoint {path} does not exist.")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise PtmddError(f"PTM checkpoint {path} is corrupted or truncated ({type(err).__name__}: {err}); delete it "
-                         "and pretrain that member again.") from err
+    # no pickle execution, CRC-checked (a shared pool is user-supplied input; ptmdd_lightning/fileio.py)
+    blob = safe_load(path, "PTM checkpoint", "delete it and pretrain that member again")
     needed = ("state_dict", "arch", "channels", "num_classes", "image_size", "mean", "std")
     if not isinstance(blob, dict) or any(k not in blob for k in needed):
         raise PtmddError(f"{path} is not a ptmdd PTM checkpoint (needs keys {needed}); pretrain it with a "

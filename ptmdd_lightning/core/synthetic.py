@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import plain, safe_load
 
 #: Keys of an exported synthetic-set file (see :meth:`SyntheticSet.export`).
 EXPORT_KEYS = ("images", "labels", "mean", "std", "dataset", "ipc", "num_classes", "class_names", "config")
@@ -93,7 +94,7 @@ class SyntheticSet(nn.Module):
             "ipc": self.ipc,
             "num_classes": self.num_classes,
             "class_names": list(class_names) if class_names is not None else None,
-            "config": config,
+            "config": plain(config),  # dicts only: a weights_only load refuses dataclasses
         }
 
 
@@ -124,11 +125,9 @@ def load_synthetic_set(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise PtmddError(f"synthetic set file {path} does not exist; point to the synthetic_set.pt of a distillation "
                          "run (lightning_logs/<run>/version_<n>/synthetic_set.pt).")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise PtmddError(f"synthetic set file {path} is corrupted or truncated ({type(err).__name__}: {err}); "
-                         "re-export it from the run's checkpoint or rerun the distillation.") from err
+    # no pickle execution, CRC-checked (a shared export is user-supplied input; ptmdd_lightning/fileio.py)
+    blob = safe_load(path, "synthetic set file",
+                     "re-export it from the run's checkpoint or rerun the distillation")
     missing = [k for k in ("images", "labels", "mean", "std", "dataset") if not isinstance(blob, dict) or k not in blob]
     if missing:
         raise PtmddError(f"{path} is not a ptmdd synthetic-set export (missing keys {missing}).")

@@ -107,7 +107,7 @@ def test_mismatched_and_corrupted_checkpoints(tmp_path):
     with pytest.raises(PtmddError, match=str(path).replace("\\", "\\\\")):
         load_ptm(path)
     path.write_bytes(path.read_bytes()[:100])  # truncated
-    with pytest.raises(PtmddError, match="corrupted or truncated"):
+    with pytest.raises(PtmddError, match="truncated or corrupted"):
         load_ptm(path)
 
 
