@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ptmdd_lightning.machine import trainer_precision
 from ptmdd_lightning.main import PtmddCLI, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,16 @@ def test_every_config_instantiates(config, tmp_path, monkeypatch):
     assert model.hparams.num_classes == data.num_classes  # linked, not duplicated
     assert tuple(model.hparams.image_size) == tuple(data.image_size)
     assert model.hparams.channels == data.channels
+    # no shipped config pins the precision: this machine's default (bf16 only on AMX/bf16 GPUs), in config.yaml
+    assert cli.trainer.precision == trainer_precision("cpu")
+    assert cli.config["trainer"]["precision"] == trainer_precision("cpu")
+
+
+def test_an_explicit_precision_is_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = PtmddCLI(subclass_mode_model=True, subclass_mode_data=True, seed_everything_default=0, run=False,
+                   args=["--config", str(REPO / "configs" / "quickstart.yaml"), "--trainer.precision", "bf16-true"])
+    assert cli.trainer.precision == "bf16-true"
 
 
 def test_user_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):

@@ -84,6 +84,7 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
         "seed_everything": SEED,
         "trainer": {
             "max_steps": STEPS, "enable_progress_bar": False, "enable_model_summary": False,
+            "precision": "32-true",  # the single-process recomputation below runs in fp32 on every CPU
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "logs", "name": "ddp"}},
             "callbacks": [

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import torch
 
 from ptmdd_lightning import machine
 from ptmdd_lightning.callbacks.evaluate import write_results
-from ptmdd_lightning.machine import cpu_info, machine_record, native_bf16_cpu, record_fast_path
+from ptmdd_lightning.core.evaluate import _autocast
+from ptmdd_lightning.machine import (
+    auto_precision,
+    cpu_info,
+    machine_record,
+    native_bf16_cpu,
+    record_fast_path,
+    trainer_precision,
+)
 
 ROW = {"step": 3, "arch": "ConvNet", "set": "synthetic", "mean": 0.5, "std": 0.1, "n": 2, "accs": [0.4, 0.6],
        "seconds": 1.0}
@@ -58,3 +72,54 @@ def test_write_results_puts_the_machine_into_json_csv_and_markdown(tmp_path):
     assert "precision bf16" in (tmp_path / "results.md").read_text()
     write_results([ROW], tmp_path / ".")  # without a record: the plain table, no machine key
     assert "machine" not in json.loads((tmp_path / "results.json").read_text())[0]
+
+
+def test_auto_precision_is_bf16_only_on_an_amx_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for kind, native in [("amx-bf16", True), ("avx512-bf16", False), ("avx512", False), ("avx2", False),
+                         ("other", False)]:
+        monkeypatch.setattr(machine, "cpu_info", lambda kind=kind: {"model": "x", "vendor": "", "isa": [],
+                                                                   "kind": kind})
+        assert auto_precision("cpu") == ("bf16" if native else "32")
+        assert auto_precision(None) == auto_precision("cpu")
+        expected = "bf16-mixed" if native else "32-true"
+        assert trainer_precision("cpu") == expected and trainer_precision("auto") == expected
+        assert trainer_precision(None) == expected
+        # the evaluation's "auto" autocasts exactly where bf16 is native
+        with _autocast(torch.device("cpu"), "auto"):
+            assert torch.is_autocast_enabled("cpu") == native
+    assert trainer_precision("mps") == "32-true"
+    assert auto_precision("meta") == "32"
+
+
+def test_auto_precision_on_a_gpu_follows_its_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert auto_precision("cuda:0") == ("bf16" if supported else "32")
+        assert trainer_precision("gpu") == ("bf16-mixed" if supported else "32-true")
+        assert trainer_precision("auto") == trainer_precision("cuda")
+
+
+def test_contention_warning_names_the_share_to_use(monkeypatch):
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    message = machine.contention_warning(threads=2, busy=1.0)
+    assert message is not None and "OMP_NUM_THREADS=1" in message and "1.0 of the 2 CPUs" in message
+    assert machine.contention_warning(threads=2, busy=0.3) is None  # the threads fit on the idle CPUs
+    assert machine.contention_warning(threads=1, busy=2.0) is None  # one thread cannot oversubscribe
+    assert machine.contention_warning(threads=2, busy=None) is None  # load unreadable: no guess
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert "OMP_NUM_THREADS=5" in machine.contention_warning(threads=8, busy=3.2)
+
+
+def test_busy_cpus_sees_a_busy_neighbour():
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat on this OS")
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = machine.busy_cpus(0.5)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    assert busy is not None and 0.7 <= busy <= len(os.sched_getaffinity(0))

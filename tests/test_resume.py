@@ -9,6 +9,7 @@ in-process, so the equality also shows that the CLI is deterministic across proc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,204 @@ def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeyp
     assert Path(resumed.trainer.log_dir).name == "version_1"
     assert resumed.trainer.global_step == 3
     assert sorted(p.name for p in (tmp_path / "logs" / "run").iterdir()) == ["version_0", "version_1"]
+
+
+class StallAtTrainEnd(Callback):
+    """Test helper: in ``on_train_end`` (listed before the evaluation: after the final checkpoint, before the
+    evaluation and the export) write ``marker`` and wait up to ``timeout`` s, to be killed there."""
+
+    def __init__(self, marker: str, timeout: float = 120.0) -> None:
+        self.marker = marker
+        self.timeout = timeout
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.marker).write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _evaluation(epochs: int) -> dict:
+    return {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+            "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "epochs": epochs, "baseline": False,
+                          "precision": "32"}}
+
+
+EXPORT = {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"}
+
+
+def test_a_run_killed_in_the_final_evaluation_window_resumes_to_its_results_and_export(
+        tmp_path, monkeypatch, fake_fashion_root):
+    """SIGKILL after the final checkpoint, before evaluation and export; ``--ckpt_path last`` (training already
+    complete, so Lightning skips the loop) still evaluates and exports."""
+    stall = {"class_path": "tests.test_resume.StallAtTrainEnd", "init_args": {"marker": str(tmp_path / "stalled")}}
+    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[stall, _evaluation(2), EXPORT])
+    code, output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    folder = tmp_path / "logs" / "run" / "version_0"
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == MAX_STEPS
+    assert not (folder / "results.json").exists() and not (folder / "synthetic_set.pt").exists()
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[_evaluation(2), EXPORT])
+    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert resumed.trainer.global_step == MAX_STEPS
+    rows = json.loads((folder / "results.json").read_text())
+    assert [(r["step"], r["set"]) for r in rows] == [(MAX_STEPS, "synthetic")]
+    export = torch.load(folder / "synthetic_set.pt", weights_only=True)
+    assert torch.equal(export["images"], _images(resumed)) and export["global_step"] == MAX_STEPS
+
+
+def test_sigterm_stops_the_final_evaluation_promptly_and_the_resume_finishes_it(
+        tmp_path, monkeypatch, fake_fashion_root):
+    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root,
+                         extra_callbacks=[_evaluation(1_000_000), EXPORT])  # hours, unless stopped
+    proc = _start(tmp_path, killed)
+    log = tmp_path / "run.log"
+    try:
+        deadline = time.monotonic() + 180
+        while "evaluating the synthetic set" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the evaluation never started"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the epochs
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 143, log.read_text()
+    assert stopped_after < 30 and "stopped by SIGTERM" in log.read_text()
+    folder = tmp_path / "logs" / "run" / "version_0"
+    assert not (folder / "synthetic_set.pt").exists()
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[_evaluation(2), EXPORT])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert json.loads((folder / "results.json").read_text())[0]["step"] == MAX_STEPS
+    assert (folder / "synthetic_set.pt").is_file()
+
+
+def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from ptmdd_lightning.callbacks import SyntheticSetEvaluation
+
+    callback = SyntheticSetEvaluation(archs=["ConvNetW32"], num_models=1, epochs=1)
+    saved: list[str] = []
+    trainer = SimpleNamespace(world_size=1, global_step=8, save_checkpoint=saved.append,
+                              checkpoint_callbacks=[SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))])
+    callback.on_exception(trainer, None, SIGTERMException())
+    assert saved == []  # nothing new since the last checkpoint
+    callback.rows.append({"step": 8, "arch": "ConvNetW32", "set": "synthetic", "mean": 0.5})
+    callback._unsaved = True
+    callback.on_exception(trainer, None, RuntimeError("not a SIGTERM"))
+    assert saved == []
+    callback.on_exception(trainer, None, SIGTERMException())
+    assert saved == [str(tmp_path / "last.ckpt")]
+    assert callback.state_dict()["rows"] == callback.rows and not callback._unsaved
+
+
+def test_last_resumes_only_a_run_with_the_same_seed_ipc_method_and_pool(tmp_path, monkeypatch, capsys,
+                                                                        fake_fashion_root):
+    """Run A stopped early, run B (another seed and IPC) finished later: ``last`` meant for A resumes A."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "a.yaml", fake_fashion_root, max_steps=4)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "2"])  # A: version_0, stopped at step 2
+    main(["fit", "--config", str(config), "--seed_everything", "5", "--model.init_args.ipc", "2"])  # B: version_1
+    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert Path(resumed.trainer.log_dir).name == "version_0" and resumed.trainer.global_step == 4
+    saved_b = yaml.safe_load((tmp_path / "logs" / "run" / "version_1" / "config.yaml").read_text())
+    assert saved_b["seed_everything"] == 5 and saved_b["model"]["init_args"]["ipc"] == 2  # B untouched
+
+    with pytest.raises(SystemExit) as exit_info:  # no run of seed 7: the candidates and their --ckpt_path
+        main(["fit", "--config", str(config), "--seed_everything", "7", "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no earlier run has this config's seed" in err and "seed_everything=7" in err
+    for version in ("version_0", "version_1"):
+        assert f"logs/run/{version}/checkpoints/last.ckpt" in err
+    assert "'seed_everything': 5" in err and "'ipc': 2" in err
+
+
+def test_a_second_run_never_writes_into_the_first_runs_folder(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
+    pinned = ["--trainer.logger.init_args.version", "0"]
+    first = main(["fit", "--config", str(config), *pinned])
+    folder = Path(first.trainer.log_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in [folder / "config.yaml", folder / "checkpoints" / "last.ckpt"]}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), *pinned, "--seed_everything", "9"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "already holds another run" in err and "--overwrite" in err
+    assert {p: (folder / ("checkpoints" if p == "last.ckpt" else "") / p).stat().st_mtime_ns
+            for p in before} == before  # nothing rewritten
+    again = main(["fit", "--config", str(config), *pinned, "--seed_everything", "9", "--overwrite"])
+    assert Path(again.trainer.log_dir) == folder
+    assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 9
+    assert yaml.safe_load((folder / "config.yaml").read_text())["overwrite"] is False  # a rerun asks again
+
+    # without a logger the run folder is the working directory: the same guard
+    no_logger = ["--trainer.logger", "false", "--trainer.callbacks", "[]"]
+    main(["fit", "--config", str(config), *no_logger])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), *no_logger])
+    assert "already holds another run (" in capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_version_folder(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2, ptm_pool=tmp_path / "empty_pool")
+    with pytest.raises(SystemExit) as exit_info:  # a PTM group whose members are missing (no PretrainPTMPool)
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "ptmdd: error:" in capsys.readouterr().err
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("logs/**/*"))
+    assert left in ([], ["logs/run"]), left
+
+
+def test_checkpoints_are_written_next_to_their_target_and_a_failed_save_keeps_the_old_one(
+        tmp_path, monkeypatch, fake_fashion_root):
+    from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
+    cli = main(["fit", "--config", str(config)])
+    io = cli.trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO)
+    last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    seen_tmp = []
+
+    def dying_save(obj, fh):  # a write that dies midway, after the temporary file exists
+        seen_tmp.append(Path(fh.name))
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"x": 1}, last)
+    assert seen_tmp[0].parent == last.parent  # same folder: the rename never crosses filesystems
+    assert last.read_bytes() == before and not seen_tmp[0].exists()
+
+
+def test_stray_temporaries_of_killed_saves_are_removed_at_the_next_start(tmp_path, monkeypatch, capsys,
+                                                                          fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
+    folder = Path(main(["fit", "--config", str(config)]).trainer.log_dir) / "checkpoints"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stray = folder / f".last.ckpt.tmp{dead.pid}"  # its writer is gone
+    live = folder / f".last.ckpt.tmp{os.getppid()}"  # a writer that still runs
+    stray.write_bytes(b"partial")
+    live.write_bytes(b"in progress")
+    main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    assert not stray.exists() and live.exists()

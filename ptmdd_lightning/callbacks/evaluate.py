@@ -14,12 +14,14 @@ import time
 from typing import Any, Literal
 
 import torch
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ptmdd_lightning.callbacks.export import log_synthetic_grid, run_dir
+from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid, run_dir
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.machine import machine_record
+from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.progress import EvaluationProgress
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -70,12 +72,16 @@ def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
     tmp.replace(cs)
 
 
-class SyntheticSetEvaluation(Callback):
+class SyntheticSetEvaluation(EndOfTrainingWork):
     """Evaluate the synthetic set every ``every_n_steps`` and at the end of training (global rank 0 only).
 
     Logs ``eval/<arch>/acc`` and ``eval/<arch>/acc_std`` (fractions in [0, 1]), the random-real baseline as
     ``eval/<arch>/baseline_acc`` and the gain ``eval/<arch>/gain``, adds the image grid to TensorBoard, writes
     ``results.{md,csv,json}`` to the run folder and prints a summary.
+
+    Interruptions: SIGTERM stops an evaluation after the epoch in progress; the rows finished so far go into
+    ``last.ckpt`` (:meth:`on_exception`), and a resumed run evaluates only what is missing, also when training
+    was already complete (:class:`~ptmdd_lightning.callbacks.export.EndOfTrainingWork`).
 
     Args:
         archs: evaluation architectures (cross-architecture generalisation), e.g. ``["ConvNet", "AlexNet"]``.
@@ -83,7 +89,9 @@ class SyntheticSetEvaluation(Callback):
         epochs: training epochs on the synthetic set (the papers use 1000; 300 for DC without augmentation).
         lr, momentum, weight_decay, batch_size, lr_decay_at: the protocol's SGD settings.
         dsa_strategy: augmentation during evaluation training (``"none"`` to turn it off).
-        precision: ``"bf16"`` (autocast, AMX on CPU / tensor cores on GPU) or ``"32"``.
+        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
+            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast, AMX on CPU / tensor cores on
+            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
         mode: ``"auto"`` (models one after the other on CPU, where vmap measured slower; vmapped on CUDA), ``"vmap"``,
             ``"loop"``.
         compile: ``torch.compile`` the evaluation net (``EvalProtocol.compile``). On a CPU, ConvNet-3 trains
@@ -99,7 +107,8 @@ class SyntheticSetEvaluation(Callback):
 
     def __init__(self, archs: list[str] | None = None, num_models: int = 5, epochs: int = 300, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, lr_decay_at: float = 0.5,
-                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate", precision: Literal["bf16", "32"] = "bf16",
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+                 precision: Literal["auto", "bf16", "32"] = "auto",
                  mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False, baseline: bool = True,
                  every_n_steps: int | None = None, seed: int = 0) -> None:
         archs = list(archs) if archs else ["ConvNet"]
@@ -117,12 +126,30 @@ class SyntheticSetEvaluation(Callback):
         self.seed = seed
         self.rows: list[dict[str, Any]] = []
         self._baseline_rows: dict[str, dict[str, Any]] = {}
+        self._unsaved = False  # rows evaluated since the last checkpoint
 
     def state_dict(self) -> dict[str, Any]:
         """The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
         run's ``results.*`` still list the evaluations made before the interruption."""
+        self._unsaved = False
         baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
         return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline}
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """After a SIGTERM during an evaluation, rewrite ``last.ckpt`` with the rows finished so far.
+
+        ``ModelCheckpoint(save_on_exception=True)`` writes nothing when it already saved this step (the final
+        step's checkpoint precedes the final evaluation), so the rows would be lost and evaluated again. Single
+        process only: under DDP the other ranks wait in a barrier and cannot join the collective save.
+        """
+        if not (isinstance(exception, SIGTERMException) and self._unsaved and trainer.world_size == 1):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "last_model_path", "")
+            if path:
+                trainer.save_checkpoint(path)
+                rank_zero_info(f"[ptmdd] SIGTERM during the evaluation: saved the {len(self.rows)} rows evaluated "
+                               f"so far with the step-{trainer.global_step} state in {path}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (checkpoints written before this state existed restore nothing)."""
@@ -142,7 +169,7 @@ class SyntheticSetEvaluation(Callback):
         if self.every_n_steps and step % self.every_n_steps == 0 and step != trainer.max_steps:
             self.evaluate(trainer, pl_module)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = self.evaluate(trainer, pl_module)
         if trainer.is_global_zero and rows:
             rank_zero_info(self.summary(pl_module, rows))
@@ -155,15 +182,19 @@ class SyntheticSetEvaluation(Callback):
         trainer.strategy.barrier("synthetic_set_evaluation")
         return rows
 
-    def _run(self, trainer: Trainer, arch: str, images, labels, pl_module, seed: int) -> tuple[torch.Tensor, float]:
+    def _run(self, trainer: Trainer, arch: str, which: str, images, labels, pl_module,
+             seed: int) -> tuple[torch.Tensor, float]:
         from ptmdd_lightning.core.evaluate import train_and_test
 
         dm = trainer.datamodule
         num_models = 1 if trainer.fast_dev_run else self.num_models
+        protocol = self._protocol(trainer)
+        rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs")
         start = time.perf_counter()
-        accs = train_and_test(arch, images, labels, dm.test_images, dm.test_labels, pl_module.hparams.num_classes,
-                              num_models, self._protocol(trainer), seed=seed, device=pl_module.device,
-                              mode=self.mode)
+        with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
+            accs = train_and_test(arch, images, labels, dm.test_images, dm.test_labels,
+                                  pl_module.hparams.num_classes, num_models, protocol, seed=seed,
+                                  device=pl_module.device, mode=self.mode, progress=progress)
         return accs, time.perf_counter() - start
 
     @staticmethod
@@ -184,8 +215,13 @@ class SyntheticSetEvaluation(Callback):
         rows = []
         metrics: dict[str, float] = {}
         for arch in self.archs:
-            accs, secs = self._run(trainer, arch, images, labels, pl_module, self.seed)
-            row = self._row(step, arch, "synthetic", accs, secs)
+            # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
+            row = next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, "synthetic")), None)
+            if row is None:
+                accs, secs = self._run(trainer, arch, "synthetic", images, labels, pl_module, self.seed)
+                row = self._row(step, arch, "synthetic", accs, secs)
+                self.rows.append(row)
+                self._unsaved = True
             rows.append(row)
             metrics[f"eval/{arch}/acc"] = row["mean"]
             metrics[f"eval/{arch}/acc_std"] = row["std"]
@@ -194,18 +230,25 @@ class SyntheticSetEvaluation(Callback):
                     gen = torch.Generator().manual_seed(self.seed + 1)
                     real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, pl_module.hparams.ipc,
                                                         pl_module.hparams.num_classes, gen)
-                    accs_b, secs_b = self._run(trainer, arch, real_x.to(pl_module.device),
+                    accs_b, secs_b = self._run(trainer, arch, "random_real", real_x.to(pl_module.device),
                                                real_y.to(pl_module.device), pl_module, self.seed)
                     self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
-                base = dict(self._baseline_rows[arch], step=step)
+                    self._unsaved = True
+                base = next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, "random_real")),
+                            None)
+                if base is None:
+                    base = dict(self._baseline_rows[arch], step=step)
+                    self.rows.append(base)
                 rows.append(base)
                 metrics[f"eval/{arch}/baseline_acc"] = base["mean"]
                 metrics[f"eval/{arch}/gain"] = row["mean"] - base["mean"]
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         log_synthetic_grid(trainer, pl_module)
-        self.rows.extend(rows)
-        precision = f"distillation {trainer.precision}, evaluation {self.protocol_kwargs['precision']}"
+        evaluation = self.protocol_kwargs["precision"]
+        if evaluation == "auto":
+            evaluation = auto_precision(pl_module.device)
+        precision = f"distillation {trainer.precision}, evaluation {evaluation}"
         write_results(self.rows, run_dir(trainer), machine=machine_record(pl_module.device, precision))
         return rows
 

@@ -28,6 +28,42 @@ def run_dir(trainer: Trainer) -> Path:
     return path
 
 
+def training_complete(trainer: Trainer) -> bool:
+    """Whether the trainer's step or epoch budget is spent (``max_steps``, else ``max_epochs``)."""
+    if trainer.max_steps is not None and trainer.max_steps >= 0:
+        return trainer.global_step >= trainer.max_steps
+    return trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs
+
+
+class EndOfTrainingWork(Callback):
+    """Base of the callbacks whose work runs at the end of training (evaluation, export).
+
+    Lightning calls ``on_train_end`` only when the fit loop ran: a run resumed (``--ckpt_path last``) from a
+    checkpoint written at the final step, e.g. one killed during the final evaluation, skips the loop, and the
+    evaluation and export would silently never happen. Here ``on_fit_end`` runs :meth:`end_of_training` when
+    training is complete but this fit did not run it yet. Subclasses implement :meth:`end_of_training`.
+    """
+
+    _ran_this_fit = False
+
+    def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._ran_this_fit = False
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._ran_this_fit = True
+        self.end_of_training(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._ran_this_fit and training_complete(trainer):
+            rank_zero_info(f"[ptmdd] training was already complete at step {trainer.global_step}: running the "
+                           f"missing end-of-training work of {type(self).__name__}")
+            self._ran_this_fit = True
+            self.end_of_training(trainer, pl_module)
+
+
 def synthetic_grid(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], ipc: int) -> Tensor:
     """A de-normalised image grid with one row per class.
 
@@ -57,7 +93,7 @@ def log_synthetic_grid(trainer: Trainer, pl_module: LightningModule) -> Tensor:
     return grid
 
 
-class SyntheticSetExport(Callback):
+class SyntheticSetExport(EndOfTrainingWork):
     """Write the synthetic set to the run folder at the end of training (and every ``every_n_steps``).
 
     Files (atomic writes), next to the ``config.yaml`` that LightningCLI saves:
@@ -67,6 +103,9 @@ class SyntheticSetExport(Callback):
           ds = torch.utils.data.TensorDataset(*(torch.load("synthetic_set.pt")[k] for k in ("images", "labels")))
 
     - ``synthetic_set.png``: the de-normalised grid, one row per class.
+
+    A run resumed from its final checkpoint (training complete, export missing) exports in ``on_fit_end``
+    (:class:`EndOfTrainingWork`).
 
     Args:
         every_n_steps: also export every N optimisation steps (``None``: only at the end).
@@ -82,7 +121,7 @@ class SyntheticSetExport(Callback):
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.export(trainer, pl_module)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.export(trainer, pl_module)
 
     def export(self, trainer: Trainer, pl_module: LightningModule) -> Path | None:

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ptmdd_lightning.core.guidance import PTMGroup, member_path, pool_key
 from ptmdd_lightning.core.synthetic import atomic_save
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.progress import PoolProgressBar, shows_progress
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,9 @@ class PretrainPTMPool(Callback):
             rank_zero_info(f"[ptmdd] fast_dev_run: pretraining the pool in {pl_module.hparams.pool_root}")
         need = self.missing(groups, pl_module.hparams.pool_root, target)
         if need and trainer.is_global_zero:
-            for (source, arch, seed), epochs in sorted(need.items()):
-                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs)
+            for k, ((source, arch, seed), epochs) in enumerate(sorted(need.items()), start=1):
+                label = f"PTM {k}/{len(need)} {source}/{arch}/seed{seed}"
+                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label)
         trainer.strategy.barrier("pretrain_ptm_pool")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -199,7 +201,7 @@ class PretrainPTMPool(Callback):
         return src.train_images, src.train_labels, src
 
     def _pretrain(self, trainer: Trainer, pool_root: str, source: str, target: str, arch: str, seed: int,
-                  epochs: list[int]) -> None:
+                  epochs: list[int], label: str = "PTM") -> None:
         from lightning.pytorch.utilities.seed import isolate_rng
         from torch.utils.data import DataLoader, TensorDataset
 
@@ -207,7 +209,7 @@ class PretrainPTMPool(Callback):
 
         images, labels, data = self._source_data(trainer, source, target)
         max_epochs = max(self.max_epochs or 0, max(epochs))
-        rank_zero_info(f"[ptmdd] pretraining PTM {source}/{arch}/seed{seed} for {max_epochs} epochs "
+        rank_zero_info(f"[ptmdd] pretraining {label} for {max_epochs} epochs "
                        f"(saving epochs {sorted(set(epochs))}) into {pool_root}")
         device = trainer.strategy.root_device
         with isolate_rng():
@@ -220,13 +222,14 @@ class PretrainPTMPool(Callback):
                                 generator=gen, drop_last=False)
             ckpt = PTMCheckpoint(epochs=sorted(set(epochs)), pool_root=pool_root, seed=seed, source=source)
             ckpt.data_info = data
+            bar = [PoolProgressBar(label)] if shows_progress(trainer) else []
             nested = Trainer(
                 accelerator="gpu" if device.type == "cuda" else "cpu",
                 devices=[device.index or 0] if device.type == "cuda" else 1,
                 precision=self.precision or trainer.precision,
-                max_epochs=max_epochs, callbacks=[ckpt], logger=False, enable_checkpointing=False,
+                max_epochs=max_epochs, callbacks=[ckpt, *bar], logger=False, enable_checkpointing=False,
                 limit_train_batches=1 if trainer.fast_dev_run else None, limit_val_batches=0,
-                enable_model_summary=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
             )
             nested.fit(model, train_dataloaders=loader)
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import auto_precision
 
 __all__ = [
     "EVAL_DSA_STRATEGY",
@@ -57,8 +58,11 @@ __all__ = [
 #: the DSA strategy of the reference evaluation (DSA/DM code ``--dsa_strategy`` default)
 EVAL_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
-_PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16"}
+_PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16", "auto": "auto"}
 _MODES = ("auto", "vmap", "loop")
+
+#: ``progress(done, total)``: model-epochs trained so far and in all (see :func:`train_models`)
+Progress = Callable[[int, int], None]
 
 #: an architecture: a ``build_net`` name or a zero-argument factory returning a fresh ``nn.Module``
 Arch = str | Callable[[], nn.Module]
@@ -84,7 +88,9 @@ class EvalProtocol:
         dsa_params: a ``ptmdd_lightning.core.augment.DSAParams``, or ``None`` for its defaults.
         precision: ``"32"`` (fp32) or ``"bf16"`` (bf16 autocast for the forward/backward of training and
             testing; parameters, gradients and the SGD update stay fp32). Lightning's spellings
-            ``"32-true"`` and ``"bf16-mixed"`` are accepted.
+            ``"32-true"`` and ``"bf16-mixed"`` are accepted. ``"auto"`` resolves on the device at run time with
+            :func:`ptmdd_lightning.machine.auto_precision`: bf16 on a GPU with bf16 and on a CPU with AMX-bf16,
+            fp32 elsewhere (where bf16 is no faster, or emulated and many times slower).
         channels_last: train and test in the channels_last memory format in the sequential mode (the
             vmapped mode lays out its grouped convolutions itself). Off by default: measured on the 2-core
             AMX CPU, ConvNet-3's instance norm (``GroupNorm(128, 128)``) is ~10x slower in channels_last
@@ -264,6 +270,8 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "auto":
+        precision = auto_precision(device)
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -332,6 +340,7 @@ def _train_loop(
     labels: Tensor,
     protocol: EvalProtocol,
     rngs: Sequence[_ModelRNG],
+    progress: Progress | None = None,
 ) -> None:
     """Train the models one after the other with ``torch.optim.SGD`` (the reference ``evaluate_synset``)."""
     device = images.device
@@ -359,6 +368,8 @@ def _train_loop(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            if progress is not None:
+                progress(i * protocol.epochs + ep + 1, len(models) * protocol.epochs)
         models[i] = model.to(memory_format=torch.contiguous_format)
 
 
@@ -430,6 +441,7 @@ def _train_vmap(
     labels: Tensor,
     protocol: EvalProtocol,
     rngs: Sequence[_ModelRNG],
+    progress: Progress | None = None,
 ) -> None:
     """Train all models at once: ``vmap(grad(loss))`` on stacked parameters and :func:`sgd_step_` by hand."""
     device = images.device
@@ -454,6 +466,8 @@ def _train_vmap(
             bufs = sgd_step_(
                 plist, [grads[k] for k in names], bufs, lr, protocol.momentum, protocol.weight_decay
             )
+        if progress is not None:
+            progress((ep + 1) * len(models), len(models) * protocol.epochs)
     with torch.no_grad():
         for m, model in enumerate(models):
             for name, p in model.named_parameters():
@@ -496,6 +510,7 @@ def train_models(
     seed: int = 0,
     device: torch.device | str | None = None,
     mode: str = "auto",
+    progress: Progress | None = None,
 ) -> list[nn.Module]:
     """Train ``num_models`` freshly initialised nets on ``(images, labels)`` with the evaluation protocol.
 
@@ -517,6 +532,9 @@ def train_models(
         mode: ``"vmap"`` (all models at once via ``torch.func``), ``"loop"`` (one after the other with
             ``torch.optim.SGD``) or ``"auto"`` (``"vmap"`` on CUDA when a trial step works, else
             ``"loop"``, the faster one on CPU).
+        progress: called as ``progress(done, total)`` after every training epoch, in model-epochs
+            (``total = num_models * protocol.epochs``; the loop counts one model's epoch, vmap all models'):
+            for a progress bar, or to stop early by raising (the exception propagates unchanged).
 
     Returns:
         the ``num_models`` trained nets (float32, contiguous format, on ``device``, in train mode).
@@ -541,9 +559,9 @@ def train_models(
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(global_seed)
         if chosen == "vmap":
-            _train_vmap(models, images, labels, protocol, rngs)
+            _train_vmap(models, images, labels, protocol, rngs, progress)
         else:
-            _train_loop(models, images, labels, protocol, rngs)
+            _train_loop(models, images, labels, protocol, rngs, progress)
     return models
 
 
@@ -572,7 +590,7 @@ def evaluate_models(
         models: trained nets mapping ``(b, C, H, W) -> (b, K)``; put in eval mode (left in it).
         test_images: ``(T, C, H, W)`` float normalized test images.
         test_labels: ``(T,)`` int64 labels.
-        precision: ``"32"`` or ``"bf16"`` (bf16 autocast).
+        precision: ``"32"``, ``"bf16"`` (bf16 autocast) or ``"auto"`` (see :class:`EvalProtocol`).
         batch_size: test images per forward summed over the models tested at once.
         device: where to test (default: the device of the first model's first parameter, else the images').
         mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (``"vmap"`` falls back to the loop when impossible).
@@ -647,6 +665,7 @@ def train_and_test(
     seed: int = 0,
     device: torch.device | str | None = None,
     mode: str = "auto",
+    progress: Progress | None = None,
 ) -> Tensor:
     """Evaluate a synthetic set: train ``num_models`` fresh nets on it, return their real test accuracies.
 
@@ -665,6 +684,7 @@ def train_and_test(
         seed: seed of inits, shuffles and DSA draws; results are deterministic given it.
         device: where to run (default: ``images.device``).
         mode: ``"auto"`` | ``"vmap"`` | ``"loop"`` (see :func:`train_models`).
+        progress: ``progress(done, total)`` after every training epoch (see :func:`train_models`).
 
     Returns:
         ``(num_models,)`` float64 CPU tensor of test accuracies in ``[0, 1]``.
@@ -684,7 +704,7 @@ def train_and_test(
             f"test images are {tuple(test_images.shape[1:])} but the synthetic images are "
             f"{tuple(images.shape[1:])}; evaluate on the test split of the dataset that was distilled."
         )
-    models = train_models(arch, images, labels, num_classes, num_models, protocol, seed, device, mode)
+    models = train_models(arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress)
     return evaluate_models(
         models,
         test_images,

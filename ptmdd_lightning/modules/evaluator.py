@@ -25,7 +25,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.machine import machine_record
+from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.progress import EvaluationProgress
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -127,7 +128,9 @@ class SyntheticSetEvaluator(LightningModule):
         lr, momentum, weight_decay, lr_decay_at, dsa_strategy: the protocol (see
             :class:`ptmdd_lightning.core.evaluate.EvalProtocol`).
         batch_train: the training batch size (the reference's ``batch_train``, 256).
-        precision: ``"bf16"`` (autocast: AMX on CPU, tensor cores on GPU) or ``"32"``.
+        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
+            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast: AMX on CPU, tensor cores on
+            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
         mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :func:`ptmdd_lightning.core.evaluate.train_models`).
         baseline: also evaluate a random real subset with the same IPC.
         eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn with
@@ -157,7 +160,7 @@ class SyntheticSetEvaluator(LightningModule):
         batch_train: int = 256,
         lr_decay_at: float = 0.5,
         dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
-        precision: Literal["bf16", "32"] = "bf16",
+        precision: Literal["auto", "bf16", "32"] = "auto",
         mode: Literal["auto", "vmap", "loop"] = "auto",
         baseline: bool = True,
         eval_seed: int = 0,
@@ -258,6 +261,11 @@ class SyntheticSetEvaluator(LightningModule):
             precision=hp.precision,
         )
 
+    def _eval_precision(self) -> str:
+        """The evaluation precision that runs here: ``"auto"`` resolved on this module's device."""
+        precision = self._protocol().precision
+        return auto_precision(self.device) if precision == "auto" else precision
+
     def _row(self, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
         from ptmdd_lightning.core.evaluate import summarize
 
@@ -310,9 +318,13 @@ class SyntheticSetEvaluator(LightningModule):
                 sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
             for arch in self.archs:
                 for which, x, y in sets:
+                    rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x "
+                                   f"{protocol.epochs} epochs")
                     start = time.perf_counter()
-                    accs = train_and_test(arch, x, y, test_x, test_y, k, num_models, protocol,
-                                          seed=int(hp.eval_seed), device=self.device, mode=hp.mode)
+                    with EvaluationProgress(f"eval {arch} {which}", num_models, self.trainer) as progress:
+                        accs = train_and_test(arch, x, y, test_x, test_y, k, num_models, protocol,
+                                              seed=int(hp.eval_seed), device=self.device, mode=hp.mode,
+                                              progress=progress)
                     rows.append(self._row(arch, which, accs, time.perf_counter() - start))
         return rows
 
@@ -342,7 +354,7 @@ class SyntheticSetEvaluator(LightningModule):
         if self.trainer.is_global_zero:
             folder = self._output_dir()
             write_results(rows, folder, self.hparams.stem,
-                          machine=machine_record(self.device, f"evaluation {self._protocol().precision}"))
+                          machine=machine_record(self.device, f"evaluation {self._eval_precision()}"))
             blob = self.export_blob
             rank_zero_info(
                 f"\n[ptmdd] {self.hparams.path}: {blob['dataset']}, IPC {self.ipc}, "

@@ -351,3 +351,24 @@ def test_summarize_uses_the_population_std():
     assert summarize([0.25]) == {"mean": 0.25, "std": 0.0, "n": 1}
     with pytest.raises(PtmddError):
         summarize([])
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_progress_counts_model_epochs_and_can_stop_the_training(mode):
+    x, y = bright_dark(12, seed=0)
+    p = EvalProtocol(epochs=3, batch_size=8, **NO_AUG)
+    calls: list[tuple[int, int]] = []
+    train_models(tiny_net, x, y, 2, 2, p, seed=0, mode=mode, progress=lambda done, total: calls.append((done, total)))
+    # loop: one call per model-epoch; vmap: one per epoch of all models at once
+    expected = [(d, 6) for d in range(1, 7)] if mode == "loop" else [(2, 6), (4, 6), (6, 6)]
+    assert calls == expected
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, total: int) -> None:
+        if done >= 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_and_test(tiny_net, x, y, x, y, 2, 2, p, seed=0, mode=mode, progress=stop)
