@@ -23,7 +23,7 @@ import sys
 import zipfile
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -52,6 +52,19 @@ LAST_CKPT = re.compile(r"last(-v\d+)?\.ckpt")
 SPECIAL_CKPT = ("best", "hpc")
 #: Exit status after SIGTERM (128 + 15, as a shell reports a process killed by SIGTERM).
 SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+class PtmddArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser whose errors print the error first and no usage screen (which buries it)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):  # raising is asked for
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        subcommand = parser.prog.split()[-1] if parser.prog else ""
+        prog = f"ptmdd {subcommand}" if subcommand in ("fit", "validate", "test", "predict") else "ptmdd"
+        sys.stderr.write(f"ptmdd: error: {message}\n(all options: {prog} --help)\n")
+        sys.exit(2)
 
 
 class PtmddCLI(LightningCLI):
@@ -364,14 +377,17 @@ def _as_list(value: Any) -> list:
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:
-    """Raise a :class:`PtmddError` unless ``path`` is a complete checkpoint file.
+    """Raise a :class:`PtmddError` unless ``path`` is a complete Lightning checkpoint file.
 
     ``torch.save`` writes a zip archive: a truncated file lacks the zip's central directory, a corrupted one
     fails the CRC-32 of a member (``zipfile.testzip`` reads every member once, without unpickling). A non-zip
-    file (the legacy format) is test-loaded with ``torch.load(weights_only=True)`` (no pickle execution).
+    file (the legacy format) is test-loaded with ``torch.load(weights_only=True)`` (no pickle execution). A file
+    of another kind, a synthetic-set export or a PTM pool member, is named as such (Lightning would fail with a
+    ``KeyError``).
 
     Raises:
-        PtmddError: missing, not a file, truncated or corrupted; the message names the file and the fix.
+        PtmddError: missing, not a file, truncated or corrupted, or not a training checkpoint; the message names
+            the file and the fix.
     """
     path = Path(path)
     fix = ("use an intact checkpoint (e.g. last.ckpt of the run folder, or --ckpt_path last), or start a new "
@@ -380,8 +396,23 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
         raise PtmddError(f"checkpoint {path} does not exist; {fix}.")
     if zipfile.is_zipfile(path):
         check_archive(path, "checkpoint", fix)
-        return
-    safe_load(path, "checkpoint", fix)  # the legacy (non-zip) format: test-loaded without pickle execution
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 -- objects a safe load refuses: Lightning's own load reports them
+            return
+    else:
+        blob = safe_load(path, "checkpoint", fix)  # the legacy (non-zip) format: loaded without pickle execution
+    if isinstance(blob, dict) and "pytorch-lightning_version" not in blob:
+        if {"images", "labels"} <= blob.keys():
+            kind = ("a synthetic-set export, not a training checkpoint; evaluate it with ptmdd test --config "
+                    "configs/evaluate.yaml --model.init_args.path " + str(path) + ", or resume its run from "
+                    "<run folder>/checkpoints/last.ckpt")
+        elif "state_dict" in blob and "arch" in blob:
+            kind = ("a PTM pool member, not a distillation checkpoint; a pool is given by model.init_args.ptms and "
+                    "pool_root, and a run resumes from <run folder>/checkpoints/last.ckpt")
+        else:
+            kind = f"not a Lightning checkpoint (no 'pytorch-lightning_version' key); {fix}"
+        raise PtmddError(f"--ckpt_path {path} is {kind}.")
 
 
 def main(args: ArgsType = None) -> PtmddCLI | None:
@@ -410,6 +441,7 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_callback=GuardedSaveConfig,
+            parser_class=PtmddArgumentParser,
             args=args,
         )
     except SIGTERMException:

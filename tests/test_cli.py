@@ -63,3 +63,15 @@ def test_user_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "ipc must be >= 1" in err and "Traceback" not in err
+
+
+def test_a_bad_option_value_prints_the_error_first_and_no_usage_screen(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.method", "dmx"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptmdd: error:") and "usage:" not in err
+    lines = err.splitlines()
+    assert len(lines) <= 15 and any("Got value: dmx" in line for line in lines)
+    assert "ptmdd fit --help" in lines[-1]

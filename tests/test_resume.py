@@ -412,3 +412,62 @@ def test_stray_temporaries_of_killed_saves_are_removed_at_the_next_start(tmp_pat
     live.write_bytes(b"in progress")
     main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
     assert not stray.exists() and live.exists()
+
+
+def test_the_command_printed_for_a_missing_pool_member_works_as_printed(tmp_path, monkeypatch, capsys,
+                                                                         fake_fashion_root):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    pool = tmp_path / "my_pool"  # not the default ptm_pool: the command must honour the config's pool_root
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2, ptm_pool=pool)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert "PTM pool member missing" in err
+    command = err.split("`")[1]
+    assert command.startswith("ptmdd fit ") and str(pool) in command
+    main(shlex.split(command)[1:])  # exactly as printed (the console script `ptmdd` is main)
+    assert (pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt").is_file()
+    cli = main(["fit", "--config", str(config)])  # the distillation now finds its member
+    assert cli.trainer.global_step == 2 and len(cli.model.pool.members) == 1
+
+
+def test_a_ptm_group_without_members_is_refused():
+    from ptmdd_lightning.core.guidance import PTMGroup
+    from ptmdd_lightning.errors import PtmddError
+
+    with pytest.raises(PtmddError, match=r"seeds: \[\] \(no member"):
+        PTMGroup(arch="ConvNetW32", seeds=[]).validate()
+    PTMGroup(arch="ConvNetW32", seeds=[3]).validate()  # a non-empty list is fine
+
+
+def test_ckpt_path_to_an_export_or_a_pool_member_says_what_the_file_is(tmp_path, monkeypatch, capsys,
+                                                                        fake_fashion_root, ptm_pool):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2, extra_callbacks=[EXPORT])
+    export = Path(main(["fit", "--config", str(config)]).trainer.log_dir) / "synthetic_set.pt"
+    member = ptm_pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt"
+    for path, said in [(export, "is a synthetic-set export, not a training checkpoint"),
+                       (member, "is a PTM pool member, not a distillation checkpoint")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", str(config), "--ckpt_path", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert said in err and "KeyError" not in err and "Traceback" not in err
+
+
+def test_a_diverging_run_stops_with_a_message_and_keeps_finite_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                          fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[EXPORT], lr_img=1e30)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "distillation diverged at step" in err and "Lower lr_img (now 1e+30)" in err
+    folder = tmp_path / "logs" / "run" / "version_0"
+    assert not (folder / "synthetic_set.pt").exists()
+    assert (folder / "checkpoints" / "last.ckpt").is_file()  # saved on the exception, before the bad update
+    for ckpt in (folder / "checkpoints").glob("*.ckpt"):
+        assert torch.isfinite(torch.load(ckpt, weights_only=False)["state_dict"]["synthetic.images"]).all(), ckpt

@@ -11,6 +11,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from ptmdd_lightning.core.synthetic import atomic_save
+from ptmdd_lightning.errors import PtmddError
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -130,6 +131,10 @@ class SyntheticSetExport(EndOfTrainingWork):
             return None
         folder = run_dir(trainer)
         blob = pl_module.export()
+        if not torch.isfinite(blob["images"]).all():
+            raise PtmddError(
+                f"the synthetic images hold non-finite values (NaN/inf) at step {trainer.global_step}; nothing "
+                "exported. The distillation diverged: lower lr_img or the PTM alpha and distil again.")
         config_file = folder / "config.yaml"
         if config_file.is_file():
             blob["config_yaml"] = config_file.read_text()

@@ -9,6 +9,7 @@ every iteration.
 from __future__ import annotations
 
 import random
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,11 +107,14 @@ class PTMGroup:
         return list(self.seeds) if self.seeds is not None else list(range(self.num_seeds))
 
     def validate(self) -> None:
-        """Raise :class:`PtmddError` for alpha < 0, N_m < 1, epoch < 0 or an unknown loss."""
+        """Raise :class:`PtmddError` for alpha < 0, N_m < 1, an empty ``seeds`` list, epoch < 0 or an unknown loss."""
         if self.alpha < 0:
             raise PtmddError(f"PTM alpha must be >= 0, got {self.alpha} for arch {self.arch}.")
         if self.seeds is None and self.num_seeds < 1:
             raise PtmddError(f"PTM num_seeds (N_m) must be >= 1, got {self.num_seeds} for arch {self.arch}.")
+        if self.seeds is not None and len(self.seeds) == 0:
+            raise PtmddError(f"PTM group {self.arch} has seeds: [] (no member, so no guidance); list the member "
+                             "seeds (e.g. seeds: [0, 1]), or drop seeds and set num_seeds (N_m).")
         if self.epoch < 0:
             raise PtmddError(f"PTM epoch must be >= 0, got {self.epoch} for arch {self.arch}.")
         if self.loss not in ("clom", "cclom"):
@@ -127,6 +131,38 @@ def pool_key(dataset: str, classes: list[int] | None = None) -> str:
 def member_path(pool_root: str | Path, source: str, arch: str, seed: int, epoch: int) -> Path:
     """Where a pool member lives: ``<pool_root>/<source>/<arch>/seed<seed>/epoch<epoch>.pt``."""
     return Path(pool_root) / source / arch / f"seed{seed}" / f"epoch{epoch}.pt"
+
+
+def pretrain_command(source: str, arch: str, seed: int, epoch: int, pool_root: str | Path,
+                     data_root: str | Path | None = None) -> str:
+    """The ``ptmdd fit`` command that pretrains one missing pool member into ``pool_root``.
+
+    It runs ``configs/pretrain/fashion_mnist.yaml`` (a :class:`~ptmdd_lightning.modules.Classifier` with a
+    ``PTMCheckpoint`` as its last callback) for ``epoch`` epochs with ``seed_everything = seed`` and the member's
+    dataset, class subset (``source`` ``"<dataset>-c5-6-7-8-9"``), data root and architecture. The config path is
+    written relative to the working directory when the repository's ``configs/`` is found (an editable install).
+
+    Returns:
+        one shell line.
+    """
+    name, _, cls = source.partition("-c")
+    config = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "fashion_mnist.yaml"
+    if config.is_file():
+        try:
+            config_arg = str(config.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            config_arg = str(config)
+    else:
+        config_arg = "configs/pretrain/fashion_mnist.yaml"
+    parts = ["ptmdd fit --config", shlex.quote(config_arg), "--data.init_args.dataset", name]
+    if cls:
+        parts += ["--data.init_args.classes", shlex.quote("[" + ", ".join(cls.split("-")) + "]")]
+    if data_root is not None:
+        parts += ["--data.init_args.root", shlex.quote(str(data_root))]
+    parts += ["--model.init_args.arch", arch, "--seed_everything", str(seed), "--trainer.max_epochs",
+              str(max(epoch, 1)), "--trainer.callbacks.init_args.epochs", shlex.quote(f"[{epoch}]"),
+              "--trainer.callbacks.init_args.pool_root", shlex.quote(str(pool_root))]
+    return " ".join(parts)
 
 
 def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
@@ -222,6 +258,7 @@ class PTMPool(nn.Module):
         num_classes: the target's K.
         mean, std: the target's normalisation.
         channels, image_size: the target's C and (H, W); members of the target's own pool must match them.
+        data_root: the data root, for the pretraining command of a missing member (``None``: the default root).
 
     Raises:
         PtmddError: a missing member (naming the folder and the pretraining command), a checkpoint of another
@@ -231,7 +268,7 @@ class PTMPool(nn.Module):
 
     def __init__(self, groups: list[PTMGroup], pool_root: str | Path, target: str, num_classes: int,
                  mean: tuple[float, ...], std: tuple[float, ...], channels: int | None = None,
-                 image_size: tuple[int, int] | None = None) -> None:
+                 image_size: tuple[int, int] | None = None, data_root: str | Path | None = None) -> None:
         super().__init__()
         from ptmdd_lightning.nets import canonical_net_name
 
@@ -242,11 +279,11 @@ class PTMPool(nn.Module):
             for seed in group.member_seeds():
                 path = member_path(pool_root, source, group.arch, seed, group.epoch)
                 if not path.is_file():
+                    command = pretrain_command(source, group.arch, seed, group.epoch, pool_root, data_root)
                     raise PtmddError(
                         f"PTM pool member missing: {path} (pool folder {Path(pool_root)}). Pretrain it with "
-                        f"`ptmdd fit --config configs/pretrain/{source}.yaml --model.init_args.arch {group.arch} "
-                        f"--seed_everything {seed} --trainer.max_epochs {max(group.epoch, 1)}`, or add the "
-                        "PretrainPTMPool callback to pretrain missing members automatically."
+                        f"`{command}`, or add the PretrainPTMPool callback to pretrain missing members "
+                        "automatically."
                     )
                 net, meta = load_ptm(path)
                 if canonical_net_name(str(meta["arch"])) != canonical_net_name(group.arch):

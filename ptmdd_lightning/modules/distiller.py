@@ -172,10 +172,12 @@ class Distiller(LightningModule):
             else:
                 self.synthetic.init_noise(gen)
         if self.ptm_groups and self._aux["pool"] is None:
+            dm = self.trainer.datamodule if self._trainer is not None else None
             target = pool_key(self.hparams.dataset_name, self.hparams.classes)
             self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
                                         tuple(self.hparams.mean), tuple(self.hparams.std),
-                                        channels=self.hparams.channels, image_size=tuple(self.hparams.image_size))
+                                        channels=self.hparams.channels, image_size=tuple(self.hparams.image_size),
+                                        data_root=getattr(dm, "root", None))
 
     @property
     def pool(self) -> PTMPool | None:
@@ -248,7 +250,27 @@ class Distiller(LightningModule):
             self.log(f"train/loss_{name}", value, prog_bar=True)
             loss = loss + value
         self.log("train/loss", loss)
+        if not torch.isfinite(loss):
+            self._stop_non_finite(f"the loss is {loss.item()}")
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before an update with a non-finite gradient of the synthetic images (they would turn NaN/inf)."""
+        grad = self.synthetic.images.grad
+        if grad is not None and not torch.isfinite(grad).all():
+            self._stop_non_finite("the gradient of the synthetic images is not finite")
+
+    def _stop_non_finite(self, what: str) -> None:
+        """Raise the :class:`PtmddError` of a diverged run, before the step that would write non-finite images.
+
+        The checkpoints written so far hold finite images; ``ModelCheckpoint(save_on_exception=True)`` saves the
+        current (finite) state once more.
+        """
+        alphas = ", ".join(f"{g.arch}: {g.alpha}" for g in self.ptm_groups) or "no PTM guidance"
+        raise PtmddError(
+            f"distillation diverged at step {self.global_step}: {what}. The synthetic images were not updated with "
+            f"it, and the checkpoints so far hold finite images. Lower lr_img (now {self.lr_img}) or the PTM alpha "
+            f"({alphas}), then start again (or resume with --ckpt_path last and the smaller value).")
 
     def _dm_loss(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
         """DM (Zhao & Bilen 2023, Eq. 4): class-wise embedding-mean matching on a fresh random net."""

@@ -81,10 +81,22 @@ def check_export(
             f"{classes}; set {fix}."
         )
     k = int(blob.get("num_classes") or int(labels.max()) + 1)
-    if k != num_classes or (labels.numel() and int(labels.max()) >= num_classes):
+    if k != num_classes:
         raise PtmddError(
             f"{path} has {k} classes but the DataModule has {num_classes}; evaluate it on the dataset "
             "and class subset it was distilled from."
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PtmddError(
+            f"{path} holds labels {int(labels.min())}..{int(labels.max())}, outside 0..{num_classes - 1}: labels "
+            "must be class indices in [0, num_classes), the order of the DataModule's classes (a class subset is "
+            "re-indexed from 0); re-export the synthetic set, or relabel it."
+        )
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise PtmddError(
+            f"{path} holds {bad} non-finite pixel values (NaN/inf) in its images: its distillation diverged. "
+            "Distil again with a lower lr_img or alpha; an evaluation of it would be meaningless."
         )
     c, h, w = (int(s) for s in images.shape[1:])
     if c != channels or (h, w) != tuple(image_size):

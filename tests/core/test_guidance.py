@@ -90,7 +90,9 @@ def test_pool_missing_member_names_folder_and_command(tmp_path):
     with pytest.raises(PtmddError) as err:
         PTMPool([PTMGroup(arch="ConvNetW32", num_seeds=1, epoch=1)], tmp_path, "toy", 3, (0.5,), (0.25,))
     assert str(member_path(tmp_path, "toy", "ConvNetW32", 0, 1)) in str(err.value)
-    assert "ptmdd fit --config configs/pretrain/" in str(err.value)
+    assert "configs/pretrain/fashion_mnist.yaml --data.init_args.dataset toy" in str(err.value)
+    assert f"--trainer.callbacks.init_args.epochs '[1]' --trainer.callbacks.init_args.pool_root {tmp_path}" in str(
+        err.value)
 
 
 def test_clom_refuses_ptms_with_another_class_count(tmp_path):

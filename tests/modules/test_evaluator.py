@@ -208,3 +208,23 @@ def test_missing_path_names_the_argument(tmp_path, monkeypatch, capsys, fake_fas
         main(["test", "--config", EVALUATE, "--data.init_args.root", str(fake_fashion_root)])
     assert exit_info.value.code == 2
     assert "--model.init_args.path" in capsys.readouterr().err
+
+
+def test_an_export_with_labels_outside_the_class_range_says_so():
+    blob = _export(torch.zeros(10, 1, 28, 28), 1)
+    blob["labels"] = blob["labels"] + 5  # 5..14, ten classes
+    with pytest.raises(PtmddError, match=r"holds labels 5\.\.14, outside 0\.\.9"):
+        check_export(blob, "syn.pt", **FMNIST)
+
+
+def test_an_export_holding_nan_is_refused(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    images = torch.zeros(10, 1, 28, 28)
+    images[3, 0, 4, 4] = float("nan")
+    path = atomic_save(_export(images, 1), tmp_path / "synthetic_set.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", EVALUATE, "--model.init_args.path", str(path), "--data.init_args.root",
+              str(fake_fashion_root)])
+    assert exit_info.value.code == 2
+    assert "1 non-finite pixel values" in capsys.readouterr().err
+    assert not list(tmp_path.glob("lightning_logs/evaluate/*/results.json"))
