@@ -33,6 +33,8 @@ SEED = 5
 STEPS = 2
 MODEL = {"ipc": 2, "method": "dm", "net_arch": "ConvNetW32", "ptm_sampling": "random"}
 GROUP = {"arch": "ConvNetW32", "alpha": 0.5, "num_seeds": 1, "epoch": 1, "loss": "clom"}
+#: a one-epoch recipe with batch 64, so that the tiny data gives the member several steps
+RECIPE = {"name": "ddp-test", "epochs": 1, "milestones": [], "batch_size": 64}
 
 
 class RankDump(Callback):
@@ -88,7 +90,7 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                        "init_args": {"save_dir": "logs", "name": "ddp"}},
             "callbacks": [
-                {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool", "init_args": {"batch_size": 64}},
+                {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
                 {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
                  "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "epochs": 1, "baseline": False,
                                "precision": "32"}},
@@ -100,7 +102,7 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
             ],
         },
         "model": {"class_path": "ptmdd_lightning.modules.Distiller",
-                  "init_args": {**MODEL, "pool_root": str(pool_root), "ptms": [GROUP]}},
+                  "init_args": {**MODEL, "pool_root": str(pool_root), "ptms": [GROUP], "ptm_recipe": RECIPE}},
         "data": {"class_path": "ptmdd_lightning.data.DistillDataModule",
                  "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4}},
     }
@@ -157,7 +159,7 @@ def _single_process_first_step(rank: int, data_root: Path, pool_root: Path) -> t
                                                                                         DistillDataModule]:
     model_cls, data_cls = _as_rank(rank)
     data = data_cls(dataset="fashion_mnist", root=str(data_root), batch_real=4)
-    model = model_cls(**MODEL, pool_root=str(pool_root), ptms=[PTMGroup(**GROUP)])
+    model = model_cls(**MODEL, pool_root=str(pool_root), ptms=[PTMGroup(**GROUP)], ptm_recipe=RECIPE)
     probe = _FirstStep()
     Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False,
@@ -227,7 +229,7 @@ def test_model_data_and_callbacks_pickle(ddp_run, fake_fashion_root):
 
     data = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
     data.setup("fit")
-    model = Distiller(**MODEL, pool_root=str(ddp_run["pool_root"]), ptms=[PTMGroup(**GROUP)])
+    model = Distiller(**MODEL, pool_root=str(ddp_run["pool_root"]), ptms=[PTMGroup(**GROUP)], ptm_recipe=RECIPE)
     model.setup("validate")  # loads the PTM pool (the fit-only part needs a trainer)
     assert model.pool is not None and len(model.pool) == 1
     callbacks = [PretrainPTMPool(), SyntheticSetEvaluation(archs=["ConvNetW32"]), SyntheticSetExport(),

@@ -186,7 +186,7 @@ def test_checkpoint_of_another_synthetic_set_shape():
     ([], {"ptms": [{**GROUP, "arch": "ResNet99"}]}, "unknown network 'ResNet99'"),
     (["--data.init_args.dataset", "imagenet_21k"], {}, "unknown dataset 'imagenet_21k'"),
     ([], {"ptms": [{**GROUP, "loss": "cclom"}], "cclom_batch_real": 0},
-     "cclom_batch_real must be >= 1 (CCLoM needs a real batch)"),
+     "cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch)"),
     ([], {"ptms": [{**GROUP, "source": "mnist"}]},
      "CLoM needs PTMs of the target label space (fashion_mnist)"),
 ], ids=["ipc", "batch_real", "alpha", "net_arch", "ptm_arch", "dataset", "cclom_batch_real",

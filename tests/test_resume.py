@@ -52,6 +52,7 @@ class Stall(Callback):
 def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_classes: int = 10,
               image_size: tuple[int, int] = (28, 28), seed: int = 0, **meta) -> Path:
     """A PTM checkpoint in the PTMCheckpoint format with randomly initialised weights (no training needed)."""
+    from ptmdd_lightning.core.guidance import PTMRecipe
     from ptmdd_lightning.nets import build_net
 
     torch.manual_seed(seed)
@@ -59,7 +60,7 @@ def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_class
     blob = {"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
             "image_size": tuple(image_size), "dataset": "fashion_mnist", "classes": None,
             "mean": (0.2861,) * channels, "std": (0.3530,) * channels, "epoch": 1, "seed": seed,
-            "val_acc": None}
+            "val_acc": None, "recipe": PTMRecipe().record()}
     blob.update(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, path)
@@ -471,3 +472,26 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_finite_checkpoints(tmp_p
     assert (folder / "checkpoints" / "last.ckpt").is_file()  # saved on the exception, before the bad update
     for ckpt in (folder / "checkpoints").glob("*.ckpt"):
         assert torch.isfinite(torch.load(ckpt, weights_only=False)["state_dict"]["synthetic.images"]).all(), ckpt
+
+
+def test_pool_members_record_their_recipe_and_a_pool_never_mixes_recipes(tmp_path, monkeypatch, capsys,
+                                                                          fake_fashion_root):
+    from ptmdd_lightning.core.guidance import PTMRecipe
+
+    monkeypatch.chdir(tmp_path)
+    pool = tmp_path / "pool"
+    pretrain = {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"}
+    scaled = {"name": "authors-scaled-3", "epochs": 3, "milestones": [1, 2]}
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=1, ptm_pool=pool, ptm_recipe=scaled,
+                         extra_callbacks=[pretrain])
+    main(["fit", "--config", str(config)])
+    member = torch.load(pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt", weights_only=True)
+    assert member["recipe"] == PTMRecipe(**scaled).record()
+    assert member["recipe"]["weight_decay"] == 0.005 and member["recipe"]["milestones"] == [1, 2]
+
+    other = tiny_config(tmp_path / "d.yaml", fake_fashion_root, max_steps=1, ptm_pool=pool)  # the authors' recipe
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(other)])
+    err = capsys.readouterr().err
+    assert "a pool never mixes recipes" in err
+    assert "'name': 'authors-scaled-3'" in err and "'name': 'authors'" in err  # names both

@@ -16,7 +16,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from ptmdd_lightning.core.guidance import PTMGroup, member_path, pool_key
+from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path, pool_key
 from ptmdd_lightning.core.synthetic import atomic_save
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.progress import PoolProgressBar, shows_progress
@@ -29,7 +29,9 @@ class PTMCheckpoint(Callback):
 
     Files: ``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt`` (written atomically) holding ``state_dict`` and the
     metadata a :class:`~ptmdd_lightning.core.guidance.PTMPool` validates: ``arch``, ``channels``, ``num_classes``,
-    ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed`` and the last ``val_acc``.
+    ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed``, the last ``val_acc`` and the
+    ``recipe`` it was trained with (:meth:`~ptmdd_lightning.core.guidance.PTMRecipe.record` of the Classifier's
+    ``recipe``; without one, its plain SGD settings under the name ``"custom"``).
     Epoch ``E`` means "after E completed training epochs"; ``0`` saves the initialisation.
 
     Args:
@@ -101,6 +103,21 @@ class PTMCheckpoint(Callback):
         if epoch in self.epochs:
             self._save(trainer, pl_module, epoch)
 
+    @staticmethod
+    def _recipe_record(trainer: Trainer, pl_module: LightningModule) -> dict:
+        """The recipe the member was trained with: the Classifier's ``recipe``, else its plain settings ("custom")."""
+        recipe = getattr(pl_module, "recipe", None)
+        if recipe is not None:
+            return recipe.record()
+        hp = pl_module.hparams
+        max_epochs = int(trainer.max_epochs) if trainer.max_epochs and trainer.max_epochs > 0 else None
+        at = hp.get("lr_decay_at")
+        milestones = [max(1, int(max_epochs * at))] if at is not None and max_epochs else []
+        loader = trainer.train_dataloader
+        return {"name": "custom", "optimizer": "SGD", "lr": float(hp.lr), "momentum": float(hp.momentum),
+                "weight_decay": float(hp.weight_decay), "batch_size": getattr(loader, "batch_size", None),
+                "epochs": max_epochs, "milestones": milestones, "gamma": 0.1, "augmentation": None}
+
     def _save(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         path = self.path(trainer, pl_module, epoch)
         if trainer.is_global_zero:
@@ -120,6 +137,7 @@ class PTMCheckpoint(Callback):
                 "epoch": epoch,
                 "seed": self._member_seed(),
                 "val_acc": float(val_acc) if val_acc is not None else None,
+                "recipe": self._recipe_record(trainer, pl_module),
             }
             atomic_save(blob, path)
             rank_zero_info(f"[ptmdd] saved PTM {path}")
@@ -137,20 +155,17 @@ class PretrainPTMPool(Callback):
     dataset) are loaded with :class:`~ptmdd_lightning.data.RealDataModule` from the target's ``root`` (for the same
     dataset) or ``roots[dataset]``.
 
+    The recipe is the pool's (the Distiller's ``ptm_recipe``, default the authors': SGD lr 0.01, momentum 0.9,
+    weight decay 5e-3, batch 256, lr x 0.1 at epochs 50 and 100 of 150, no augmentation). A member of epoch ``E``
+    is trained for the ``E`` epochs it needs of that schedule, one run per ``(source, arch, seed)`` saving every
+    epoch the pool asks for, and records the recipe.
+
     Args:
-        max_epochs: train each member this long (at least the largest epoch asked for); ``None`` = that epoch.
-        batch_size: pretraining batch size.
-        lr, momentum, weight_decay: SGD settings of :class:`~ptmdd_lightning.modules.Classifier`.
         precision: Lightning precision of the pretraining; ``None`` = the distillation trainer's.
         roots: data roots of other source datasets, e.g. ``{"mnist": "/data"}``.
     """
 
-    def __init__(self, max_epochs: int | None = None, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, precision: str | None = None,
-                 roots: dict[str, str] | None = None) -> None:
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+    def __init__(self, precision: str | None = None, roots: dict[str, str] | None = None) -> None:
         self.precision = precision
         self.roots = roots or {}
 
@@ -177,9 +192,11 @@ class PretrainPTMPool(Callback):
             rank_zero_info(f"[ptmdd] fast_dev_run: pretraining the pool in {pl_module.hparams.pool_root}")
         need = self.missing(groups, pl_module.hparams.pool_root, target)
         if need and trainer.is_global_zero:
+            recipe = getattr(pl_module, "ptm_recipe", None) or PTMRecipe()
             for k, ((source, arch, seed), epochs) in enumerate(sorted(need.items()), start=1):
-                label = f"PTM {k}/{len(need)} {source}/{arch}/seed{seed}"
-                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label)
+                label = f"PTM {k}/{len(need)} {source}/{arch}/seed{seed} ({recipe.name})"
+                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label,
+                               recipe)
         trainer.strategy.barrier("pretrain_ptm_pool")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -201,24 +218,24 @@ class PretrainPTMPool(Callback):
         return src.train_images, src.train_labels, src
 
     def _pretrain(self, trainer: Trainer, pool_root: str, source: str, target: str, arch: str, seed: int,
-                  epochs: list[int], label: str = "PTM") -> None:
+                  epochs: list[int], label: str = "PTM", recipe: PTMRecipe | None = None) -> None:
         from lightning.pytorch.utilities.seed import isolate_rng
         from torch.utils.data import DataLoader, TensorDataset
 
         from ptmdd_lightning.modules.classifier import Classifier
 
         images, labels, data = self._source_data(trainer, source, target)
-        max_epochs = max(self.max_epochs or 0, max(epochs))
+        recipe = recipe or PTMRecipe()
+        max_epochs = max(epochs)
         rank_zero_info(f"[ptmdd] pretraining {label} for {max_epochs} epochs "
                        f"(saving epochs {sorted(set(epochs))}) into {pool_root}")
         device = trainer.strategy.root_device
         with isolate_rng():
             torch.manual_seed(seed)
             model = Classifier(arch=arch, num_classes=int(data.num_classes), channels=int(images.shape[1]),
-                               image_size=tuple(images.shape[-2:]), lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+                               image_size=tuple(images.shape[-2:]), recipe=recipe)
             gen = torch.Generator().manual_seed(seed)
-            loader = DataLoader(TensorDataset(images, labels), batch_size=self.batch_size, shuffle=True,
+            loader = DataLoader(TensorDataset(images, labels), batch_size=recipe.batch_size, shuffle=True,
                                 generator=gen, drop_last=False)
             ckpt = PTMCheckpoint(epochs=sorted(set(epochs)), pool_root=pool_root, seed=seed, source=source)
             ckpt.data_info = data

@@ -8,9 +8,11 @@ every iteration.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -121,6 +123,89 @@ class PTMGroup:
             raise PtmddError(f"PTM loss must be 'clom' or 'cclom', got {self.loss!r}.")
 
 
+#: the authors' CLoM weight alpha (DDInterpreter 1c96cb3, "docs/weight of clom.png"): (method, dataset, IPC) -> alpha
+AUTHORS_CLOM_ALPHA: dict[tuple[str, str, int], float] = {
+    ("dc", "fashion_mnist", 10): 100.0, ("dc", "fashion_mnist", 50): 100.0,
+    ("dc", "cifar10", 10): 1000.0, ("dc", "cifar10", 50): 5000.0,
+    ("dc", "cifar100", 10): 10000.0, ("dc", "cifar100", 50): 1000.0,
+    ("dsa", "fashion_mnist", 10): 100.0, ("dsa", "fashion_mnist", 50): 100.0,
+    ("dsa", "cifar10", 10): 5000.0, ("dsa", "cifar10", 50): 1000.0,
+    ("dsa", "cifar100", 10): 10000.0, ("dsa", "cifar100", 50): 10.0,
+    ("dm", "fashion_mnist", 10): 100.0, ("dm", "fashion_mnist", 50): 100.0,
+    ("dm", "cifar10", 10): 2000.0, ("dm", "cifar10", 50): 1000.0,
+    ("dm", "cifar100", 10): 500.0, ("dm", "cifar100", 50): 1.0,
+}
+#: the authors' per-architecture alpha of a model pool on CIFAR-10 at IPC 50 (DDInterpreter 1c96cb3,
+#: "docs/weight of clom with a model pool (C10-50).png"): (method, arch) -> alpha
+AUTHORS_POOL_ALPHA_CIFAR10_IPC50: dict[tuple[str, str], float] = {
+    ("dc", "ConvNet"): 5000.0, ("dc", "VGG11"): 5000.0, ("dc", "ResNet18"): 5000.0, ("dc", "AlexNet"): 100.0,
+    ("dsa", "ConvNet"): 1000.0, ("dsa", "VGG11"): 1000.0, ("dsa", "ResNet18"): 1000.0, ("dsa", "AlexNet"): 2000.0,
+    ("dm", "ConvNet"): 1000.0, ("dm", "VGG11"): 1000.0, ("dm", "ResNet18"): 1000.0, ("dm", "AlexNet"): 1000.0,
+}
+
+
+@dataclass
+class PTMRecipe:
+    """How every member of a PTM pool is pretrained; one recipe per pool, recorded in every member file.
+
+    The default is the authors' (DDInterpreter 19a4767 ``train_original_models.py``): SGD with lr 0.01, momentum
+    0.9, weight decay 5e-3, batch 256, 150 epochs with the lr multiplied by 0.1 at epochs 50 and 100
+    (``MultiStepLR`` stepped once per epoch), no augmentation, a checkpoint every epoch; the guidance loads epoch
+    ``E`` of that one run. A member of epoch ``E`` is therefore the state after ``E`` epochs of the 150-epoch
+    schedule; ptmdd trains only the ``E`` epochs it needs (the schedule depends on the epoch, not on the run's
+    length). :meth:`scaled` gives the named, proportionally shortened variant for CPUs.
+
+    Args:
+        name: the recipe's name, recorded and compared (``"authors"``, ``"authors-scaled-30"``, your own).
+        epochs: the schedule's length (a group's ``epoch`` must be <= it).
+        milestones: epochs after which the lr is multiplied by ``gamma`` (strictly increasing, in ``[1, epochs]``).
+        gamma: the lr factor at each milestone.
+        lr, momentum, weight_decay: SGD settings.
+        batch_size: pretraining batch size.
+
+    Raises:
+        PtmddError: (:meth:`validate`) a value out of range.
+    """
+
+    name: str = "authors"
+    epochs: int = 150
+    milestones: list[int] = field(default_factory=lambda: [50, 100])
+    gamma: float = 0.1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    batch_size: int = 256
+
+    @classmethod
+    def scaled(cls, epochs: int) -> PTMRecipe:
+        """The authors' recipe shortened to ``epochs``: same optimizer and weight decay, milestones at 1/3 and 2/3
+        (e.g. 30 epochs, decays after 10 and 20), named ``"authors-scaled-<epochs>"``."""
+        return cls(name=f"authors-scaled-{epochs}", epochs=epochs, milestones=[epochs // 3, 2 * epochs // 3])
+
+    def validate(self) -> None:
+        """Raise :class:`PtmddError` for a value out of range."""
+        ms = [int(m) for m in self.milestones]
+        increasing = all(b > a for a, b in zip(ms, ms[1:], strict=False))
+        if self.epochs < 1 or not increasing or any(not 1 <= m <= self.epochs for m in ms):
+            raise PtmddError(f"PTM recipe {self.name!r}: epochs must be >= 1 and milestones strictly increasing in "
+                             f"[1, epochs]; got epochs={self.epochs}, milestones={self.milestones}.")
+        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.batch_size < 1 or \
+                not 0 < self.gamma <= 1:
+            raise PtmddError(f"PTM recipe {self.name!r}: needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, "
+                             f"batch_size >= 1, 0 < gamma <= 1; got {self.record()}.")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (0-based) training epoch ``epoch``: ``lr * gamma ** #milestones <= epoch``."""
+        return self.lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+    def record(self) -> dict:
+        """The plain dict stored in member files (``optimizer`` and ``augmentation`` spelt out)."""
+        return {"name": self.name, "optimizer": "SGD", "lr": float(self.lr), "momentum": float(self.momentum),
+                "weight_decay": float(self.weight_decay), "batch_size": int(self.batch_size),
+                "epochs": int(self.epochs), "milestones": [int(m) for m in self.milestones],
+                "gamma": float(self.gamma), "augmentation": None}
+
+
 def pool_key(dataset: str, classes: list[int] | None = None) -> str:
     """The pool folder name of a training set: ``"fashion_mnist"``, or ``"fashion_mnist-c0-1-2-3-4"`` for a subset."""
     if not classes:
@@ -134,13 +219,14 @@ def member_path(pool_root: str | Path, source: str, arch: str, seed: int, epoch:
 
 
 def pretrain_command(source: str, arch: str, seed: int, epoch: int, pool_root: str | Path,
-                     data_root: str | Path | None = None) -> str:
+                     data_root: str | Path | None = None, recipe: PTMRecipe | None = None) -> str:
     """The ``ptmdd fit`` command that pretrains one missing pool member into ``pool_root``.
 
     It runs ``configs/pretrain/fashion_mnist.yaml`` (a :class:`~ptmdd_lightning.modules.Classifier` with a
-    ``PTMCheckpoint`` as its last callback) for ``epoch`` epochs with ``seed_everything = seed`` and the member's
-    dataset, class subset (``source`` ``"<dataset>-c5-6-7-8-9"``), data root and architecture. The config path is
-    written relative to the working directory when the repository's ``configs/`` is found (an editable install).
+    ``PTMCheckpoint`` as its last callback) for ``epoch`` epochs of ``recipe`` (default: the authors')
+    with ``seed_everything = seed`` and the member's dataset, class subset (``source``
+    ``"<dataset>-c5-6-7-8-9"``), data root and architecture. The config path is written relative to the working
+    directory when the repository's ``configs/`` is found (an editable install).
 
     Returns:
         one shell line.
@@ -159,6 +245,10 @@ def pretrain_command(source: str, arch: str, seed: int, epoch: int, pool_root: s
         parts += ["--data.init_args.classes", shlex.quote("[" + ", ".join(cls.split("-")) + "]")]
     if data_root is not None:
         parts += ["--data.init_args.root", shlex.quote(str(data_root))]
+    recipe = recipe if recipe is not None else PTMRecipe()
+    if recipe.record() != PTMRecipe().record():
+        parts += ["--model.init_args.recipe", shlex.quote(json.dumps(dataclasses.asdict(recipe)))]
+    parts += ["--data.init_args.batch_size", str(recipe.batch_size)]
     parts += ["--model.init_args.arch", arch, "--seed_everything", str(seed), "--trainer.max_epochs",
               str(max(epoch, 1)), "--trainer.callbacks.init_args.epochs", shlex.quote(f"[{epoch}]"),
               "--trainer.callbacks.init_args.pool_root", shlex.quote(str(pool_root))]
@@ -259,33 +349,51 @@ class PTMPool(nn.Module):
         mean, std: the target's normalisation.
         channels, image_size: the target's C and (H, W); members of the target's own pool must match them.
         data_root: the data root, for the pretraining command of a missing member (``None``: the default root).
+        recipe: the pool's :class:`PTMRecipe` (``None``: the authors'); every member must record the same one.
 
     Raises:
-        PtmddError: a missing member (naming the folder and the pretraining command), a checkpoint of another
+        PtmddError: a missing member (naming the folder and the pretraining command), a member of another
+            recipe or of none recorded (naming both), a group epoch beyond the recipe's, a checkpoint of another
             architecture than its group, of another channel count or image size than the target's own data, whose
             class count does not fit CLoM, or a corrupted file.
     """
 
     def __init__(self, groups: list[PTMGroup], pool_root: str | Path, target: str, num_classes: int,
                  mean: tuple[float, ...], std: tuple[float, ...], channels: int | None = None,
-                 image_size: tuple[int, int] | None = None, data_root: str | Path | None = None) -> None:
+                 image_size: tuple[int, int] | None = None, data_root: str | Path | None = None,
+                 recipe: PTMRecipe | None = None) -> None:
         super().__init__()
         from ptmdd_lightning.nets import canonical_net_name
 
+        recipe = recipe if recipe is not None else PTMRecipe()
+        recipe.validate()
+        wanted = recipe.record()
+        self.recipe = wanted
         self.members = nn.ModuleList()
         for group in groups:
             group.validate()
+            if group.epoch > recipe.epochs:
+                raise PtmddError(f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the {recipe.epochs} "
+                                 f"epochs of recipe {recipe.name!r}; lower the epoch or use a longer recipe.")
             source = group.source or target
             for seed in group.member_seeds():
                 path = member_path(pool_root, source, group.arch, seed, group.epoch)
                 if not path.is_file():
-                    command = pretrain_command(source, group.arch, seed, group.epoch, pool_root, data_root)
+                    command = pretrain_command(source, group.arch, seed, group.epoch, pool_root, data_root, recipe)
                     raise PtmddError(
                         f"PTM pool member missing: {path} (pool folder {Path(pool_root)}). Pretrain it with "
                         f"`{command}`, or add the PretrainPTMPool callback to pretrain missing members "
                         "automatically."
                     )
                 net, meta = load_ptm(path)
+                got = meta.get("recipe")
+                if got != wanted:
+                    what = ("records no recipe (pretrained before ptmdd recorded recipes, or by hand)" if got is None
+                            else f"was pretrained with recipe {got}")
+                    raise PtmddError(
+                        f"PTM checkpoint {path} {what}, but this pool uses recipe {wanted}; a pool never mixes "
+                        "recipes. Use another pool_root for this recipe (PretrainPTMPool pretrains its members), "
+                        "set ptm_recipe to the members' recipe, or delete the file and pretrain that member again.")
                 if canonical_net_name(str(meta["arch"])) != canonical_net_name(group.arch):
                     raise PtmddError(f"PTM checkpoint {path} holds a {meta['arch']}, but its pool group asks for "
                                      f"{group.arch}; delete the file and pretrain that member again.")

@@ -8,6 +8,7 @@ from lightning import LightningModule
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from ptmdd_lightning.core.guidance import PTMRecipe
 from ptmdd_lightning.errors import PtmddError
 
 
@@ -26,6 +27,10 @@ class Classifier(LightningModule):
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
         lr_decay_at: fraction of ``trainer.max_epochs`` at which lr is multiplied by 0.1 (``None``: constant lr).
+        recipe: a PTM pretraining recipe (:class:`~ptmdd_lightning.core.guidance.PTMRecipe`, e.g. the authors':
+            lr 0.01, momentum 0.9, weight decay 5e-3, lr x 0.1 at epochs 50 and 100 of 150); when given, its
+            lr, momentum, weight decay and milestones replace ``lr``, ``momentum``, ``weight_decay`` and
+            ``lr_decay_at``, and :class:`~ptmdd_lightning.callbacks.PTMCheckpoint` records it in the member files.
 
     Batches: ``(images (B, C, H, W) float32 normalised, labels (B,) int64)``.
 
@@ -37,13 +42,19 @@ class Classifier(LightningModule):
                  image_size: tuple[int, int] = (28, 28), mean: tuple[float, ...] = (0.2861,),
                  std: tuple[float, ...] = (0.3530,), dataset_name: str = "fashion_mnist",
                  class_names: list[str] | None = None, classes: list[int] | None = None, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5) -> None:
+                 momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5,
+                 recipe: PTMRecipe | None = None) -> None:
         super().__init__()
         from ptmdd_lightning.nets import build_net
 
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise PtmddError(f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
                              f"momentum={momentum}, weight_decay={weight_decay}.")
+        if isinstance(recipe, dict):
+            recipe = PTMRecipe(**recipe)
+        if recipe is not None:
+            recipe.validate()
+        self.recipe = recipe
         self.save_hyperparameters()
         self.net = build_net(arch, channels, num_classes, tuple(image_size))
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -86,6 +97,11 @@ class Classifier(LightningModule):
         self.log("test/acc", self.test_acc)
 
     def configure_optimizers(self):
+        if self.recipe is not None:  # DDInterpreter 19a4767 train_original_models.py: SGD + MultiStepLR per epoch
+            r = self.recipe
+            opt = torch.optim.SGD(self.net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(r.milestones), gamma=r.gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         opt = torch.optim.SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
                               weight_decay=self.hparams.weight_decay)
         max_epochs = self.trainer.max_epochs if self.trainer is not None else None

@@ -18,7 +18,8 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, cclom, clom, pool_key
+from ptmdd_lightning.core.augment import dsa_augment, siamese_augment
+from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.errors import PtmddError
 
@@ -76,8 +77,20 @@ class Distiller(LightningModule):
         ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weight
             alpha/|pool|).
         pool_root: the pool folder.
-        cclom_batch_real: real images per class for CCLoM (>= 1).
-        guidance_view: ``"augmented"`` (PTMs see the DSA view of the synthetic images) or ``"raw"``.
+        ptm_recipe: how the pool's members are pretrained (:class:`PTMRecipe`; ``None``: the authors' 150-epoch
+            recipe). One recipe per pool: members of another recipe are refused (use another ``pool_root``).
+        cclom_real: where CCLoM's real batch comes from. ``"uniform"`` (default, the authors'): ``cclom_batch_size``
+            images drawn uniformly with replacement from the whole training set, independently of the base
+            objective's batch (DDInterpreter 19a4767 ``utils_clom/CLoM.py``, ``CCLoM.__get_images_randomly``:
+            ``np.random.randint(0, len, size=B)``). ``"batch"`` (ptmdd's earlier default): the first
+            ``cclom_batch_real`` images per class of the step's class-balanced real batch.
+        cclom_batch_size: B of ``cclom_real: uniform`` (>= 1); the authors' README command uses 8196.
+        cclom_batch_real: real images per class of ``cclom_real: batch`` (>= 1, <= data.batch_real).
+        guidance_view: what the PTMs see. ``"raw"`` (default, the authors': ``our_loss.calculate_loss(image_syn,
+            label_syn)`` on the un-augmented images, DDInterpreter 19a4767 ``methods/DC_DSA_DM/main_DM.py`` line 248
+            and ``main.py``) or ``"augmented"`` (the step's DSA view of the synthetic images; CCLoM's real images
+            are then augmented too: the siamese view of the step's batch for ``cclom_real: batch``, their own DSA
+            draw for ``uniform``, so that real and synthetic features always come from the same view).
         channels_last: run the nets in channels_last. Off by default: on the 2-core AMX CPU, ConvNet-3's instance
             norm in channels_last + bf16 made a DM step about 2x slower (see docs/DESIGN.md).
 
@@ -111,8 +124,11 @@ class Distiller(LightningModule):
         ptms: list[PTMGroup] | None = None,
         ptm_sampling: Literal["random", "all"] = "random",
         pool_root: str = "ptm_pool",
+        ptm_recipe: PTMRecipe | None = None,
+        cclom_real: Literal["uniform", "batch"] = "uniform",
+        cclom_batch_size: int = 8196,
         cclom_batch_real: int = 32,
-        guidance_view: Literal["augmented", "raw"] = "augmented",
+        guidance_view: Literal["augmented", "raw"] = "raw",
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -125,14 +141,27 @@ class Distiller(LightningModule):
             raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
         if ptm_sampling not in ("random", "all"):
             raise PtmddError(f"unknown ptm_sampling {ptm_sampling!r}; choose 'random' or 'all'.")
-        if cclom_batch_real < 1:
-            raise PtmddError(f"cclom_batch_real must be >= 1 (CCLoM needs a real batch), got {cclom_batch_real}.")
+        if cclom_batch_real < 1 or cclom_batch_size < 1:
+            raise PtmddError(f"cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch), got "
+                             f"{cclom_batch_real} and {cclom_batch_size}.")
+        if cclom_real not in ("uniform", "batch"):
+            raise PtmddError(f"unknown cclom_real {cclom_real!r}; choose 'uniform' (the authors') or 'batch'.")
+        if guidance_view not in ("raw", "augmented"):
+            raise PtmddError(f"unknown guidance_view {guidance_view!r}; choose 'raw' (the authors') or 'augmented'.")
         if batch_train < 1 or lr_net <= 0 or (lr_img is not None and lr_img <= 0):
             raise PtmddError("batch_train must be >= 1 and lr_net, lr_img > 0.")
         ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
+        if isinstance(ptm_recipe, dict):
+            ptm_recipe = PTMRecipe(**ptm_recipe)
+        self.ptm_recipe = ptm_recipe if ptm_recipe is not None else PTMRecipe()
+        self.ptm_recipe.validate()
         target = pool_key(dataset_name, classes)
         for group in ptms:
             group.validate()
+            if group.epoch > self.ptm_recipe.epochs:
+                raise PtmddError(f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the "
+                                 f"{self.ptm_recipe.epochs} epochs of ptm_recipe {self.ptm_recipe.name!r}; lower "
+                                 "the epoch or use a longer recipe.")
             build_net(group.arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
             if group.loss == "clom" and group.source not in (None, target):
                 raise PtmddError(
@@ -177,7 +206,7 @@ class Distiller(LightningModule):
             self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
                                         tuple(self.hparams.mean), tuple(self.hparams.std),
                                         channels=self.hparams.channels, image_size=tuple(self.hparams.image_size),
-                                        data_root=getattr(dm, "root", None))
+                                        data_root=getattr(dm, "root", None), recipe=self.ptm_recipe)
 
     @property
     def pool(self) -> PTMPool | None:
@@ -228,8 +257,6 @@ class Distiller(LightningModule):
         return random.Random(seed)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        from ptmdd_lightning.core.augment import siamese_augment
-
         real, real_labels = batch
         rng = self._step_rng()
         syn, syn_labels = self.synthetic.images, self.synthetic.labels
@@ -245,8 +272,9 @@ class Distiller(LightningModule):
             base = self._dc_loss(real, real_v, real_labels, syn_v, syn_labels)
         self.log(f"train/loss_{self.hparams.method}", base, prog_bar=True)
         loss = base
-        for name, value in self._guidance(real, real_labels, syn_v if self.hparams.guidance_view == "augmented"
-                                          else self._view(syn), syn_labels, rng).items():
+        augmented = self.hparams.guidance_view == "augmented"
+        for name, value in self._guidance(real_v if augmented else self._view(real), real_labels,
+                                          syn_v if augmented else self._view(syn), syn_labels, rng).items():
             self.log(f"train/loss_{name}", value, prog_bar=True)
             loss = loss + value
         self.log("train/loss", loss)
@@ -325,17 +353,37 @@ class Distiller(LightningModule):
             if member.loss == "clom":
                 value = clom(member.net(member.adapt(syn)), syn_labels)
             else:
-                k, n = self.hparams.num_classes, self.hparams.cclom_batch_real
-                per_class = real.view(k, -1, *real.shape[1:])
-                if per_class.shape[1] < n:
-                    raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
-                real_sub = per_class[:, :n].flatten(0, 1)
+                real_c, labels_c = self._cclom_real(real, real_labels, rng)
                 with torch.no_grad():
-                    feat_real = member.net.embed(self._view(member.adapt(real_sub)))
-                value = cclom(feat_real, real_labels.view(k, -1)[:, :n].flatten(), member.net.embed(member.adapt(syn)),
-                              syn_labels)
+                    feat_real = member.net.embed(self._view(member.adapt(real_c)))
+                value = cclom(feat_real, labels_c, member.net.embed(member.adapt(syn)), syn_labels)
             terms[member.loss] = terms.get(member.loss, 0.0) + weight * value
         return terms
+
+    def _cclom_real(self, real: Tensor, real_labels: Tensor, rng: random.Random) -> tuple[Tensor, Tensor]:
+        """CCLoM's real batch ``((B, C, H, W), (B,))`` in the guidance view (see ``cclom_real``).
+
+        ``real``/``real_labels``: the step's class-balanced batch ``(K * batch_real, ...)``, already in the guidance
+        view. ``uniform`` draws its indices from a generator seeded by the step's ``rng`` (reproducible, resumable).
+        """
+        hp = self.hparams
+        if hp.cclom_real == "batch":
+            k, n = hp.num_classes, hp.cclom_batch_real
+            per_class = real.view(k, -1, *real.shape[1:])
+            if per_class.shape[1] < n:
+                raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
+            return per_class[:, :n].flatten(0, 1), real_labels.view(k, -1)[:, :n].flatten()
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or getattr(dm, "train_images", None) is None:
+            raise PtmddError("cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
+                             "use cclom_real: batch without one.")
+        gen = torch.Generator().manual_seed(rng.getrandbits(63))
+        idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
+        images = dm.train_images.index_select(0, idx).to(self.device, non_blocking=True)
+        labels = dm.train_labels.index_select(0, idx).to(self.device, non_blocking=True)
+        if hp.guidance_view == "augmented" and self.dsa_strategy is not None:
+            images = dsa_augment(images, self.dsa_strategy, siamese=False, generator=gen)
+        return self._view(images), labels
 
     # ------------------------------------------------------------------ DC inner loop
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -347,8 +395,6 @@ class Distiller(LightningModule):
         self._train_net_on_synthetic()
 
     def _train_net_on_synthetic(self) -> None:
-        from ptmdd_lightning.core.augment import dsa_augment
-
         net, opt = self._aux["net"], self._aux["net_opt"]
         images = self.synthetic.images.detach()
         labels = self.synthetic.labels

@@ -6,7 +6,16 @@ import random
 import pytest
 import torch
 
-from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, cclom, clom, load_ptm, member_path, pool_key
+from ptmdd_lightning.core.guidance import (
+    PTMGroup,
+    PTMPool,
+    PTMRecipe,
+    cclom,
+    clom,
+    load_ptm,
+    member_path,
+    pool_key,
+)
 from ptmdd_lightning.errors import PtmddError
 
 
@@ -61,14 +70,16 @@ def test_pool_key_and_layout(tmp_path):
     assert member_path(tmp_path, "mnist", "ConvNet", 3, 5) == tmp_path / "mnist" / "ConvNet" / "seed3" / "epoch5.pt"
 
 
-def _write_member(root, source="toy", arch="ConvNetW32", seed=0, epoch=1, num_classes=3, channels=1, size=(8, 8)):
+def _write_member(root, source="toy", arch="ConvNetW32", seed=0, epoch=1, num_classes=3, channels=1, size=(8, 8),
+                  recipe=None):
     from ptmdd_lightning.nets import build_net
 
     net = build_net(arch, channels, num_classes, size)
     path = member_path(root, source, arch, seed, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
-                "image_size": size, "mean": (0.5,), "std": (0.25,), "epoch": epoch, "seed": seed}, path)
+                "image_size": size, "mean": (0.5,), "std": (0.25,), "epoch": epoch, "seed": seed,
+                "recipe": (recipe or PTMRecipe()).record()}, path)
     return path, net
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning import Callback, Trainer
 
-from ptmdd_lightning.core.guidance import PTMGroup, member_path
+from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path
 from ptmdd_lightning.data import DistillDataModule, RealDataModule
 from ptmdd_lightning.modules import Classifier, Distiller
 
@@ -26,7 +26,7 @@ def pool_root(tmp_path, fake_fashion_root):
     for seed in (0, 1):
         torch.manual_seed(seed)
         data = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=64)
-        model = Classifier(arch="ConvNetW32", num_classes=10, channels=1, image_size=(28, 28))
+        model = Classifier(arch="ConvNetW32", num_classes=10, channels=1, image_size=(28, 28), recipe=PTMRecipe())
         _trainer(max_epochs=1, limit_val_batches=0,
                  callbacks=[PTMCheckpoint(epochs=[1], pool_root=str(root), seed=seed)]).fit(model, data)
     return root
