@@ -1,4 +1,4 @@
-"""The shell scripts parse (bash -n), and the GPU check refuses to run without its output folder."""
+"""The shell scripts parse (bash -n); the GPU check and the reproduction campaign refuse bad arguments."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def test_gpu_check_needs_an_output_folder():
     script = next(p for p in SCRIPTS if p.name == "gpu_check.sh")
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "usage: bash scripts/gpu_check.sh OUTDIR" in proc.stderr
+
+
+def test_the_reproduction_campaign_refuses_runs_of_another_commit(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "reproduce.sh")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "usage: bash scripts/reproduce.sh OUTDIR" in proc.stderr
+    (tmp_path / "commit.txt").write_text("0" * 40 + "\n")
+    proc = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "holds runs of commit 0000" in proc.stderr
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "new"), "no_such_row"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "no row no_such_row" in proc.stderr
