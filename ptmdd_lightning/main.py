@@ -110,12 +110,10 @@ class PtmddCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Resolve an unset ``trainer.precision`` to this machine's default (:func:`trainer_precision`).
 
-        On the CPU, also warn (with the fix) when other processes already keep busy the cores torch's threads
-        will use (:func:`~ptmdd_lightning.machine.contention_warning`).
-
         ``bf16-mixed`` on a GPU with bf16 and on a CPU with AMX-bf16, ``32-true`` elsewhere (without AMX bf16 is
         no faster on a CPU, or emulated and many times slower). The resolved value is what ``config.yaml``
-        records.
+        records. On the CPU, also warn (with the fix) when other processes already keep busy the cores torch's
+        threads will use (:func:`~ptmdd_lightning.machine.contention_warning`).
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.get("trainer")
