@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from ptmdd_lightning import machine
-from ptmdd_lightning.callbacks.evaluate import write_results
 from ptmdd_lightning.core.evaluate import _autocast
 from ptmdd_lightning.machine import (
     auto_precision,
@@ -24,6 +23,7 @@ from ptmdd_lightning.machine import (
     record_fast_path,
     trainer_precision,
 )
+from ptmdd_lightning.reporting import write_results
 
 ROW = {"step": 3, "arch": "ConvNet", "set": "synthetic", "mean": 0.5, "std": 0.1, "n": 2, "accs": [0.4, 0.6],
        "seconds": 1.0}

@@ -12,21 +12,7 @@ from torchvision.utils import make_grid, save_image
 
 from ptmdd_lightning.core.synthetic import atomic_save
 from ptmdd_lightning.errors import PtmddError
-
-
-def run_dir(trainer: Trainer) -> Path:
-    """The run's versioned log folder (``lightning_logs/<name>/version_<n>``), created if needed.
-
-    Built from the logger without ``trainer.log_dir``, which is a collective call under DDP: the callbacks call this
-    on global rank 0 alone.
-    """
-    logger = trainer.logger
-    folder = None
-    if logger is not None:
-        folder = getattr(logger, "log_dir", None) or logger.save_dir
-    path = Path(folder or trainer.default_root_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+from ptmdd_lightning.reporting import run_dir
 
 
 def training_complete(trainer: Trainer) -> bool:

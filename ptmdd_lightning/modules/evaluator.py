@@ -27,6 +27,7 @@ from torch import Tensor
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
+from ptmdd_lightning.reporting import format_table, run_dir, write_results
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -341,8 +342,6 @@ class SyntheticSetEvaluator(LightningModule):
         return rows
 
     def _output_dir(self) -> Path:
-        from ptmdd_lightning.callbacks.export import run_dir
-
         if self.hparams.output_dir:
             folder = Path(self.hparams.output_dir)
             folder.mkdir(parents=True, exist_ok=True)
@@ -350,8 +349,6 @@ class SyntheticSetEvaluator(LightningModule):
         return run_dir(self.trainer)
 
     def _evaluate_and_log(self, stage: str) -> None:
-        from ptmdd_lightning.callbacks.evaluate import format_table, write_results
-
         rows = self.evaluate() if self.trainer.is_global_zero else None
         rows = self.trainer.strategy.broadcast(rows, src=0)
         self.rows = rows
