@@ -495,3 +495,14 @@ def test_pool_members_record_their_recipe_and_a_pool_never_mixes_recipes(tmp_pat
     err = capsys.readouterr().err
     assert "a pool never mixes recipes" in err
     assert "'name': 'authors-scaled-3'" in err and "'name': 'authors'" in err  # names both
+
+
+def test_an_old_pretrain_pool_setting_names_the_new_key(tmp_path, monkeypatch, capsys, fake_fashion_root):
+    monkeypatch.chdir(tmp_path)
+    old = {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool", "init_args": {"batch_size": 64}}
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=1, extra_callbacks=[old])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "PretrainPTMPool no longer takes batch_size" in err and "model.init_args.ptm_recipe" in err

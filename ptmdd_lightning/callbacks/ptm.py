@@ -163,9 +163,24 @@ class PretrainPTMPool(Callback):
     Args:
         precision: Lightning precision of the pretraining; ``None`` = the distillation trainer's.
         roots: data roots of other source datasets, e.g. ``{"mnist": "/data"}``.
+        max_epochs, batch_size, lr, momentum, weight_decay: removed (the recipe is the pool's); accepted only to
+            refuse them with a message that names ``model.init_args.ptm_recipe``.
+
+    Raises:
+        PtmddError: one of the removed arguments is set.
     """
 
-    def __init__(self, precision: str | None = None, roots: dict[str, str] | None = None) -> None:
+    def __init__(self, precision: str | None = None, roots: dict[str, str] | None = None,
+                 max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                 momentum: float | None = None, weight_decay: float | None = None) -> None:
+        removed = {k: v for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                                         weight_decay=weight_decay).items() if v is not None}
+        if removed:
+            raise PtmddError(
+                f"PretrainPTMPool no longer takes {', '.join(removed)}: a pool's members share one recipe, "
+                "model.init_args.ptm_recipe (default: the authors', SGD lr 0.01, momentum 0.9, weight decay 5e-3, "
+                "batch 256, 150 epochs, lr x0.1 after 50 and 100), e.g. ptm_recipe: {name: mine, epochs: 30, "
+                "milestones: [10, 20], batch_size: 64}. Remove these keys from the callback.")
         self.precision = precision
         self.roots = roots or {}
 
