@@ -56,21 +56,23 @@ def test_an_explicit_precision_is_kept(tmp_path, monkeypatch):
     assert cli.trainer.precision == "bf16-true"
 
 
+def _quickstart_fails(capsys, *extra: str) -> str:
+    """Run ``ptmdd fit`` on the quickstart config with ``extra`` arguments; assert exit 2; return stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), *extra])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_user_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.ipc", "0"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    err = _quickstart_fails(capsys, "--model.init_args.ipc", "0")
     assert "ipc must be >= 1" in err and "Traceback" not in err
 
 
 def test_a_bad_option_value_prints_the_error_first_and_no_usage_screen(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.method", "dmx"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    err = _quickstart_fails(capsys, "--model.init_args.method", "dmx")
     assert err.startswith("ptmdd: error:") and "usage:" not in err
     lines = err.splitlines()
     assert len(lines) <= 15 and any("Got value: dmx" in line for line in lines)

@@ -148,6 +148,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                                   device=pl_module.device, mode=self.mode, progress=progress)
         return accs, time.perf_counter() - start
 
+    def _row_at(self, step: int, arch: str, which: str) -> dict[str, Any] | None:
+        """The row of ``(step, arch, set)`` evaluated already (kept in the state across a resume), if any."""
+        return next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, which)), None)
+
     @staticmethod
     def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
         from ptmdd_lightning.core.evaluate import summarize
@@ -167,7 +171,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         metrics: dict[str, float] = {}
         for arch in self.archs:
             # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
-            row = next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, "synthetic")), None)
+            row = self._row_at(step, arch, "synthetic")
             if row is None:
                 accs, secs = self._run(trainer, arch, "synthetic", images, labels, pl_module, self.seed)
                 row = self._row(step, arch, "synthetic", accs, secs)
@@ -185,8 +189,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                                                real_y.to(pl_module.device), pl_module, self.seed)
                     self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
                     self._unsaved = True
-                base = next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, "random_real")),
-                            None)
+                base = self._row_at(step, arch, "random_real")
                 if base is None:
                     base = dict(self._baseline_rows[arch], step=step)
                     self.rows.append(base)
