@@ -176,7 +176,7 @@ def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
     """Run the Distiller for ``steps`` steps in a Trainer (bf16-mixed) and return the step timer.
 
     The Trainer is told to run 100k steps (a long run, so the Distiller picks its long-run settings, e.g.
-    ``torch.compile``; see ``nets/fast.py``) and the timer stops it after ``steps`` steps; the end of training
+    ``torch.compile``; backends/cpu) and the timer stops it after ``steps`` steps; the end of training
     closes the last measured step (so it includes the DC inner loop that follows a step).
     """
     import lightning as L
@@ -442,10 +442,15 @@ def main() -> None:
 
     if args.worker:
         spec = json.loads(args.worker)
+        if spec["impl"] == "ptmdd":  # ptmdd as the shipped CPU configs run it (keep_freed_memory: true)
+            from ptmdd_lightning.nets.forward import keep_freed_memory
+
+            keep_freed_memory()
         res = WORKERS[spec["kind"]](spec)
-        from ptmdd_lightning.machine import fast_paths_ran
+        from ptmdd_lightning.machine import backend_record, fast_paths_ran
 
         res["fast_paths"] = fast_paths_ran()  # which speed paths this measurement ran (ptmdd side)
+        res["backend"] = backend_record()
         print("RESULT " + json.dumps(res), flush=True)
         return
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> None:
     import bench
 
+    from ptmdd_lightning.backends.cpu.fastnet import FastNet
     from ptmdd_lightning.core.objectives import dc_loss
     from ptmdd_lightning.nets import build_net
-    from ptmdd_lightning.nets.fast import FastNet
 
     dm = bench._load_data(256)
     real, real_labels = next(iter(dm.train_dataloader()))

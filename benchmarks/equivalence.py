@@ -1,7 +1,7 @@
 """Accuracy equivalence: DM + CLoM through ptmdd's fast path vs the per-class fp32 baseline, same settings.
 
 Issue "Speed", acceptance point 4: the fast path (batched classes, bf16 autocast, the compiled channels-last
-ConvNet of ``nets/fast.py``) must not change what the distillation learns. This script distils real
+ConvNet of ``backends/cpu/fastnet.py``) must not change what the distillation learns. This script distils real
 Fashion-MNIST twice with the same settings and evaluates both synthetic sets under one protocol:
 
 * **fast**: the Lightning ``Distiller`` in a ``Trainer`` (``precision="bf16-mixed"``, what a user runs);
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    from ptmdd_lightning.backends.cpu.fastnet import can_compile
     from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
     from ptmdd_lightning.data import DistillDataModule
-    from ptmdd_lightning.nets.fast import can_compile
 
     dm = DistillDataModule(dataset="fashion_mnist", batch_real=args.batch_real, seed=args.seed)
     dm.setup("fit")

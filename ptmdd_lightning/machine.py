@@ -13,6 +13,7 @@ import functools
 import os
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,10 +23,13 @@ __all__ = [
     "busy_cpus",
     "contention_warning",
     "cpu_info",
+    "backend_record",
     "fast_paths_ran",
     "machine_record",
     "native_bf16_cpu",
+    "record_backend_request",
     "record_fast_path",
+    "register_backend_status",
     "trainer_precision",
 ]
 
@@ -41,12 +45,35 @@ def record_fast_path(name: str) -> None:
 
 
 def fast_paths_ran() -> list[str]:
-    """The speed paths of :mod:`ptmdd_lightning.nets.fast` that ran in this process so far, sorted.
+    """The speed paths that ran in this process so far through :func:`ptmdd_lightning.nets.forward.net_forward`,
+    sorted: ``"cpu_kernels"``, ``"amx"`` (the AMX weight gradient), ``"compile"``, ``"eager"`` (the module itself).
 
-    ``"eager"`` means the module itself (no kernel, no compile) ran for a ConvNet call through ``FastNet``;
-    nets that never go through ``FastNet`` (other architectures, the PTMs) always run eagerly and are not counted.
+    Nets that never go through ``net_forward`` (the PTMs' guidance forwards) always run eagerly and are not counted.
     """
     return sorted(_PATHS_RAN)
+
+
+_BACKENDS_ASKED: set[str] = set()
+_BACKEND_STATUS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def record_backend_request(name: str) -> None:
+    """Note that a net was asked for through backend ``name`` (``"auto"``, ``"eager"``, ...) in this process."""
+    _BACKENDS_ASKED.add(name)
+
+
+def register_backend_status(name: str, status: Callable[[], dict[str, Any]]) -> None:
+    """Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
+    ``name``. Called by the backend when it is first used; ``status`` must not raise."""
+    _BACKEND_STATUS[name] = status
+
+
+def backend_record() -> dict[str, Any]:
+    """``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
+    paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
+    built, why not, whether AMX runs)."""
+    return {"requested": sorted(_BACKENDS_ASKED), "ran": fast_paths_ran(),
+            **{name: status() for name, status in sorted(_BACKEND_STATUS.items())}}
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,7 +236,8 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
     Returns:
         a JSON-ready dict: ``cpu`` (:func:`cpu_info`), ``threads`` (``torch.get_num_threads()``),
         ``omp_num_threads`` (the environment variable or ``None``), ``torch``, ``device``, ``gpu`` (CUDA device
-        name or ``None``), ``precision``, ``fast_paths`` (:func:`fast_paths_ran`) and the ``PTMDD_*`` overrides set.
+        name or ``None``), ``precision``, ``fast_paths`` (:func:`fast_paths_ran`), ``backend``
+        (:func:`backend_record`) and the ``PTMDD_*`` overrides set.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gpu = None
@@ -224,5 +252,6 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
         "gpu": gpu,
         "precision": None if precision is None else str(precision),
         "fast_paths": fast_paths_ran(),
+        "backend": backend_record(),
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PTMDD_") and k != "PTMDD_DATA"},
     }

@@ -42,6 +42,7 @@ from ptmdd_lightning.core.synthetic import remove_stray_temporaries
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import check_archive, safe_load
 from ptmdd_lightning.machine import contention_warning, trainer_precision
+from ptmdd_lightning.nets.forward import keep_freed_memory
 
 #: DataModule attributes linked into the model at instantiation (never repeated in YAML).
 LINKED = ("num_classes", "channels", "image_size", "mean", "std", "dataset_name", "class_names", "classes")
@@ -82,6 +83,10 @@ class PtmddCLI(LightningCLI):
             help="Write into a run folder that already holds another run's config.yaml, checkpoints or results "
                  "(a pinned --trainer.logger.init_args.version, or --trainer.logger false). Off: such a run stops "
                  "before writing anything.")
+        parser.add_argument(
+            "--keep_freed_memory", action=ActionYesNo, default=False,
+            help="Opt in to glibc keeping freed memory for reuse (mallopt; process-wide): faster CPU steps, a larger "
+                 "resident heap (docs/speed.md, lever 15). Recorded in results.json (machine.backend.cpu).")
         for name in LINKED:
             parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name),
                                   apply_on="instantiate")
@@ -112,10 +117,13 @@ class PtmddCLI(LightningCLI):
 
         ``bf16-mixed`` on a GPU with bf16 and on a CPU with AMX-bf16, ``32-true`` elsewhere (without AMX bf16 is
         no faster on a CPU, or emulated and many times slower). The resolved value is what ``config.yaml``
-        records. On the CPU, also warn (with the fix) when other processes already keep busy the cores torch's
-        threads will use (:func:`~ptmdd_lightning.machine.contention_warning`).
+        records. Apply ``--keep_freed_memory`` when asked. On the CPU, also warn (with the fix) when other
+        processes already keep busy the cores torch's threads will use
+        (:func:`~ptmdd_lightning.machine.contention_warning`).
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("keep_freed_memory"):
+            keep_freed_memory()
         trainer = config.get("trainer")
         if trainer is not None and trainer.get("precision") is None:
             trainer["precision"] = trainer_precision(trainer.get("accelerator"))

@@ -70,6 +70,7 @@ from typing import Any
 import yaml
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.main import main as ptmdd_main
 
 __all__ = [
     "Axis",
@@ -514,8 +515,6 @@ def run_dir_of(out: Path, point: Point, seed: int) -> Path:
 
 def _run_inprocess(args: list[str]) -> tuple[bool, str]:
     import gc
-
-    from ptmdd_lightning.main import main as ptmdd_main
 
     try:
         cli = ptmdd_main(args)

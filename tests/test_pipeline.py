@@ -54,6 +54,11 @@ def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_p
     assert machine["precision"] == (f"distillation {trainer_precision('cpu')}, "
                                     f"evaluation {auto_precision('cpu')}")
     assert machine["fast_paths"] and set(machine["fast_paths"]) <= {"cpu_kernels", "amx", "compile", "eager"}
+    # the backend asked for and its state (kernels built or why not, AMX, compile, allocator) on record
+    backend = machine["backend"]
+    assert "auto" in backend["requested"] and backend["ran"] == machine["fast_paths"]  # (process-wide record)
+    assert set(backend["cpu"]) == {"kernels", "kernels_reason", "amx", "compile_possible", "keep_freed_memory"}
+    assert (backend["cpu"]["kernels"] is True) == ("cpu_kernels" in backend["ran"])
     assert f"{machine['threads']} threads" in (run / "results.md").read_text()
 
     # the export round-trips into a TensorDataset, equal to the model's images, with its metadata

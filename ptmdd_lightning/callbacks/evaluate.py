@@ -17,8 +17,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.nets.forward import BackendName
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import format_table, run_dir, write_results
 
@@ -48,6 +50,8 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         compile: ``torch.compile`` the evaluation net (``EvalProtocol.compile``). On a CPU, ConvNet-3 trains
             through ptmdd's CPU kernels with or without it (docs/speed.md: 4.5x faster than the fp32 baseline
             by default); it helps other nets, after a 25-60 s cold compilation; needs a C++ compiler on CPU.
+        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
+            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).
@@ -60,8 +64,9 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                  momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, lr_decay_at: float = 0.5,
                  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
                  precision: Literal["auto", "bf16", "32"] = "auto",
-                 mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False, baseline: bool = True,
-                 every_n_steps: int | None = None, seed: int = 0) -> None:
+                 mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False,
+                 backend: BackendName = "auto", baseline: bool = True, every_n_steps: int | None = None,
+                 seed: int = 0) -> None:
         archs = list(archs) if archs else ["ConvNet"]
         if num_models < 1 or epochs < 1:
             raise PtmddError(f"evaluation needs num_models >= 1 and epochs >= 1, got {num_models} and {epochs}.")
@@ -70,7 +75,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.epochs = epochs
         self.protocol_kwargs = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                     batch_size=batch_size, lr_decay_at=lr_decay_at, dsa_strategy=dsa_strategy,
-                                    precision=precision, compile=compile)
+                                    precision=precision, compile=compile, backend=backend)
         self.mode = mode
         self.baseline = baseline
         self.every_n_steps = every_n_steps
@@ -108,8 +113,6 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
 
     def _protocol(self, trainer: Trainer):
-        from ptmdd_lightning.core.evaluate import EvalProtocol
-
         kwargs = dict(self.protocol_kwargs)
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
             kwargs["epochs"] = 1
@@ -135,8 +138,6 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     def _run(self, trainer: Trainer, arch: str, which: str, images, labels, pl_module,
              seed: int) -> tuple[torch.Tensor, float]:
-        from ptmdd_lightning.core.evaluate import train_and_test
-
         dm = trainer.datamodule
         num_models = 1 if trainer.fast_dev_run else self.num_models
         protocol = self._protocol(trainer)
@@ -154,15 +155,11 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     @staticmethod
     def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
-        from ptmdd_lightning.core.evaluate import summarize
-
         s = summarize(accs)
         return {"step": step, "arch": arch, "set": which, "mean": float(s["mean"]), "std": float(s["std"]),
                 "n": int(s["n"]), "accs": [float(a) for a in accs], "seconds": round(seconds, 2)}
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
-        from ptmdd_lightning.core.evaluate import random_real_subset
-
         dm = trainer.datamodule
         step = trainer.global_step
         images = pl_module.synthetic.images.detach().float()

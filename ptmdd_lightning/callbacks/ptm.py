@@ -18,7 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path, pool_key
 from ptmdd_lightning.core.synthetic import atomic_save
+from ptmdd_lightning.data import RealDataModule
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.progress import PoolProgressBar, shows_progress
 
 log = logging.getLogger(__name__)
@@ -219,8 +221,6 @@ class PretrainPTMPool(Callback):
         _remove_throwaway(self)
 
     def _source_data(self, trainer: Trainer, source: str, target: str):
-        from ptmdd_lightning.data import RealDataModule
-
         dm = trainer.datamodule
         if source == target:
             return dm.train_images, dm.train_labels, dm
@@ -236,8 +236,6 @@ class PretrainPTMPool(Callback):
                   epochs: list[int], label: str = "PTM", recipe: PTMRecipe | None = None) -> None:
         from lightning.pytorch.utilities.seed import isolate_rng
         from torch.utils.data import DataLoader, TensorDataset
-
-        from ptmdd_lightning.modules.classifier import Classifier
 
         images, labels, data = self._source_data(trainer, source, target)
         recipe = recipe or PTMRecipe()

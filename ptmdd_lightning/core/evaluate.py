@@ -40,8 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ptmdd_lightning.core.augment import DSAParams, dsa_augment
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision
+from ptmdd_lightning.nets import build_net
+from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backend
 
 __all__ = [
     "EVAL_DSA_STRATEGY",
@@ -98,9 +101,9 @@ class EvalProtocol:
             convolutions, so a bf16 training step takes ~0.9 s instead of ~0.29 s. Nets without such norms
             (e.g. ``ConvNetNN``, ``ResNet18BN``) may gain from it.
         compile: compile the net's training forward in the sequential mode: on a CPU a ConvNet runs as the
-            fused channels-last ``nets.fast.FastNet``, any other net (and any net on CUDA) as
+            fused channels-last formulation of the CPU backend, any other net (and any net on CUDA) as
             ``torch.compile(net)``. On a CPU, ConvNet-3 trains through the CPU kernels with or without it
-            (``nets.fast``; the default, uncompiled path measured 4.5x faster than 5 sequential fp32 runs,
+            (``backend: auto``; the default, uncompiled path measured 4.5x faster than 5 sequential fp32 runs,
             docs/speed.md), so it matters for other ConvNet variants and nets. Compilation costs ~5-15 s with
             inductor's on-disk cache warm, 25-60 s cold: worth it for the 300/1000-epoch protocol, not for
             short runs.
@@ -108,6 +111,9 @@ class EvalProtocol:
             testing each forward sees ``ceil(test_batch_size / num_models)`` images of every model).
         reset_momentum_at_decay: start a new momentum buffer when the lr decays, as the reference does (it
             builds a new ``torch.optim.SGD`` at the decay epoch).
+        backend: how the evaluation nets train in the sequential mode (:mod:`ptmdd_lightning.nets.forward`):
+            ``"auto"`` (ptmdd's CPU kernels for ConvNet-3 on a CPU), ``"eager"`` (the module), ``"cpu_kernels"``,
+            ``"compile"``. ``PTMDD_BACKEND`` overrides it.
 
     Raises:
         PtmddError: a value out of range (``__post_init__``), naming the field and the allowed range.
@@ -126,6 +132,7 @@ class EvalProtocol:
     compile: bool = False
     test_batch_size: int = 2000
     reset_momentum_at_decay: bool = True
+    backend: BackendName = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -161,6 +168,7 @@ class EvalProtocol:
                 f"EvalProtocol.dsa_strategy must be a string like {EVAL_DSA_STRATEGY!r} or None, "
                 f"got {self.dsa_strategy!r}."
             )
+        resolve_backend(self.backend)  # an unknown name: one error naming the choices
 
     @property
     def augments(self) -> bool:
@@ -250,8 +258,6 @@ def _check_data(images: Tensor, labels: Tensor, num_classes: int | None, what: s
 def _resolve_builder(arch: Arch, channels: int, num_classes: int, image_size: tuple[int, int]) -> Callable:
     """A zero-argument factory of fresh nets for ``arch`` (a ``build_net`` name or a factory)."""
     if isinstance(arch, str):
-        from ptmdd_lightning.nets import build_net  # lazy: nets/ is optional for this module
-
         return lambda: build_net(arch, channels, num_classes, image_size)
     if callable(arch):
         return arch
@@ -304,7 +310,6 @@ def _augment(x: Tensor, protocol: EvalProtocol, rng: _ModelRNG) -> Tensor:
     non-siamese, one op per call, every image its own parameters). ``x``: ``(b, C, H, W)``."""
     if not protocol.augments:
         return x
-    from ptmdd_lightning.core.augment import DSAParams, dsa_augment  # lazy: optional for this module
 
     params = protocol.dsa_params if protocol.dsa_params is not None else DSAParams()
     return dsa_augment(
@@ -347,7 +352,7 @@ def _train_loop(
     fmt = torch.channels_last if protocol.channels_last else torch.contiguous_format
     for i, (model, rng) in enumerate(zip(models, rngs, strict=True)):
         model.to(memory_format=fmt).train()
-        forward = _compiled_forward(model, device) if protocol.compile else _kernel_forward(model, device)
+        forward = _training_forward(model, device, protocol)
         opt, opt_lr = None, None
         for ep in range(protocol.epochs):
             lr = lr_for_epoch(protocol, ep)
@@ -373,28 +378,23 @@ def _train_loop(
         models[i] = model.to(memory_format=torch.contiguous_format)
 
 
-def _kernel_forward(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
-    """``model``'s forward for training: on a CPU, ConvNet-3 runs through the hand-written CPU kernels
-    (:class:`ptmdd_lightning.nets.fast.FastNet` without compiling: the same function, nothing to compile; measured
-    in docs/speed.md, lever 14); any other net, or where the kernels do not build, is the module itself."""
-    from ptmdd_lightning.nets.fast import FastNet
+def _training_forward(model: nn.Module, device: torch.device, protocol: EvalProtocol) -> Callable[[Tensor], Tensor]:
+    """``model``'s forward for training, through ``protocol.backend``
+    (:func:`ptmdd_lightning.nets.forward.net_forward`).
 
+    With ``auto`` on a CPU, ConvNet-3 trains through ptmdd's C++ kernels (the same function, nothing to compile;
+    docs/speed.md, lever 14) and, with ``protocol.compile``, other ConvNets through the compiled channels-last
+    formulation (measured 131 ms instead of 349 ms of CPU per bf16 training step of ConvNet-3 on 100 images, 1
+    thread). A net the backend does not take is the module itself, or ``torch.compile(model)`` with
+    ``protocol.compile`` (also on CUDA).
+    """
     if device.type == "cpu":
-        fast = FastNet(model, compile=False)
-        if fast.kernels:
+        fast = net_forward(model, protocol.backend, compile=protocol.compile)
+        if fast.kernels or (protocol.compile and fast.compiled):
             return fast
+    if protocol.compile and resolve_backend(protocol.backend) != "eager":
+        return torch.compile(model)
     return model
-
-
-def _compiled_forward(model: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
-    """``model``'s forward, compiled: on a CPU, a ConvNet runs as the fused channels-last
-    :class:`ptmdd_lightning.nets.fast.FastNet` (the same function; measured 131 ms instead of 349 ms of CPU per
-    bf16 training step of ConvNet-3 on 100 images, 1 thread), any other net as ``torch.compile(model)``."""
-    from ptmdd_lightning.nets.fast import FastNet, can_compile, convnet_supported
-
-    if device.type == "cpu" and convnet_supported(model) and can_compile():
-        return FastNet(model, compile=True)
-    return torch.compile(model)
 
 
 def _stack(models: Sequence[nn.Module]) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor]]:

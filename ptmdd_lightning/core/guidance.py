@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
+from ptmdd_lightning.nets import build_net, canonical_net_name
 
 
 def clom(logits_syn: Tensor, syn_labels: Tensor) -> Tensor:
@@ -265,8 +266,6 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     Raises:
         PtmddError: if the file is missing, truncated/corrupted, or its weights do not fit its declared architecture.
     """
-    from ptmdd_lightning.nets import build_net
-
     path = Path(path)
     if not path.is_file():
         raise PtmddError(f"PTM checkpoint {path} does not exist.")
@@ -363,7 +362,6 @@ class PTMPool(nn.Module):
                  image_size: tuple[int, int] | None = None, data_root: str | Path | None = None,
                  recipe: PTMRecipe | None = None) -> None:
         super().__init__()
-        from ptmdd_lightning.nets import canonical_net_name
 
         recipe = recipe if recipe is not None else PTMRecipe()
         recipe.validate()

@@ -54,7 +54,7 @@ DC_LOOPS: dict[int, tuple[int, int]] = {
     50: (50, 10),
 }
 #: ``forward(x, params) -> logits``: the net's forward with its parameters replaced by ``params`` (``name ->
-#: tensor``), e.g. :meth:`ptmdd_lightning.nets.fast.FastNet.forward`; must equal ``functional_call(net, ...)``.
+#: tensor``), e.g. :meth:`ptmdd_lightning.nets.forward.NetForward.forward`; must equal ``functional_call(net, ...)``.
 Forward = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 #: ``class_grads(x, y, num_classes) -> {name: (K, *shape)} | None``: per-class CE gradients of (at least) every
 #: parameter with 2+ dimensions, differentiable w.r.t. ``x``; see :func:`dc_loss`.
@@ -473,12 +473,12 @@ def dc_loss(
             ``vmap`` and loops over classes on the real side (the faster choice measured on CPU).
         forward: optional faster forward for the real side's per-class loop, ``forward(x, params) ->
             logits`` equal to ``functional_call(net, (params, buffers), (x,))`` (e.g. the compiled
-            :meth:`ptmdd_lightning.nets.fast.FastNet.forward`); ``None`` uses ``functional_call``. It is not
+            :meth:`ptmdd_lightning.nets.forward.NetForward.forward`); ``None`` uses ``functional_call``. It is not
             used for the synthetic side, which needs a double backward (see ``syn_class_grads``).
         syn_class_grads: optional faster synthetic side: ``syn_class_grads(syn, syn_labels, K)`` returns the
             per-class gradients ``{name: (K, *shape)}`` of EVERY parameter of ``net`` (differentiable w.r.t.
             ``syn``, as :func:`dc_class_gradients` with ``create_graph=True``), or ``None`` to fall back (e.g.
-            :meth:`ptmdd_lightning.nets.fast.FastNet.class_grads`, compiled on the CPU).
+            :meth:`ptmdd_lightning.nets.forward.NetForward.class_grads`, compiled on the CPU).
 
     Returns:
         scalar float32 tensor.

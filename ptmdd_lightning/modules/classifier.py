@@ -10,6 +10,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ptmdd_lightning.core.guidance import PTMRecipe
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import machine_record
+from ptmdd_lightning.nets import build_net
+from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backend
 
 
 class Classifier(LightningModule):
@@ -31,11 +34,14 @@ class Classifier(LightningModule):
             lr 0.01, momentum 0.9, weight decay 5e-3, lr x 0.1 at epochs 50 and 100 of 150); when given, its
             lr, momentum, weight decay and milestones replace ``lr``, ``momentum``, ``weight_decay`` and
             ``lr_decay_at``, and :class:`~ptmdd_lightning.callbacks.PTMCheckpoint` records it in the member files.
+        backend: how the net trains (:mod:`ptmdd_lightning.nets.forward`; ``"auto"``: ConvNet-3 through ptmdd's
+            CPU kernels on a CPU, never compiled; ``"eager"``: the module). ``PTMDD_BACKEND`` overrides it.
 
     Batches: ``(images (B, C, H, W) float32 normalised, labels (B,) int64)``.
 
     Raises:
-        PtmddError: bad hyper-parameters (lr <= 0, momentum outside [0, 1), weight_decay < 0) or an unknown arch.
+        PtmddError: bad hyper-parameters (lr <= 0, momentum outside [0, 1), weight_decay < 0), an unknown arch or
+            backend.
     """
 
     def __init__(self, arch: str = "ConvNet", num_classes: int = 10, channels: int = 1,
@@ -43,10 +49,9 @@ class Classifier(LightningModule):
                  std: tuple[float, ...] = (0.3530,), dataset_name: str = "fashion_mnist",
                  class_names: list[str] | None = None, classes: list[int] | None = None, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5,
-                 recipe: PTMRecipe | None = None) -> None:
+                 recipe: PTMRecipe | None = None, backend: BackendName = "auto") -> None:
         super().__init__()
-        from ptmdd_lightning.nets import build_net
-
+        resolve_backend(backend)  # an unknown name fails here, before anything runs
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise PtmddError(f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
                              f"momentum={momentum}, weight_decay={weight_decay}.")
@@ -62,14 +67,12 @@ class Classifier(LightningModule):
         self._aux: dict = {}  # plain objects (the fast training view), never saved
 
     def train_forward(self, x: Tensor) -> Tensor:
-        """The training forward: on a CPU, ConvNet-3 runs through the hand-written CPU kernels
-        (:class:`ptmdd_lightning.nets.fast.FastNet`, the same function; docs/speed.md, lever 14), any other net
-        (or device) is the module itself. Logits ``(N, K)``."""
-        from ptmdd_lightning.nets.fast import FastNet
-
+        """The training forward through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`,
+        never compiled here): with ``auto`` on a CPU, ConvNet-3 runs through ptmdd's C++ kernels (the same function;
+        docs/speed.md, lever 14), any other net (or device) is the module itself. Logits ``(N, K)``."""
         fast = self._aux.get("fast")
         if fast is None or fast.net is not self.net or next(self.net.parameters()).device != x.device:
-            fast = FastNet(self.net, compile=False)
+            fast = net_forward(self.net, self.hparams.get("backend", "auto"), compile=False)
             self._aux["fast"] = fast
         return fast(x) if fast.kernels else self.net(x)
 
@@ -95,6 +98,12 @@ class Classifier(LightningModule):
         x, y = batch
         self.test_acc(self(x), y)
         self.log("test/acc", self.test_acc)
+
+    def on_train_end(self) -> None:
+        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) in the
+        run's ``hparams.yaml``."""
+        if self.logger is not None:
+            self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
 
     def configure_optimizers(self):
         if self.recipe is not None:  # DDInterpreter 19a4767 train_original_models.py: SGD + MultiStepLR per epoch

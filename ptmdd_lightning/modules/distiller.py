@@ -20,8 +20,12 @@ from torch import Tensor, nn
 
 from ptmdd_lightning.core.augment import dsa_augment, siamese_augment
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
+from ptmdd_lightning.core.objectives import dc_loss, dc_outer_inner, dm_loss
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import machine_record
+from ptmdd_lightning.nets import build_net, reinit_
+from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 
 #: The DSA paper's default strategy; digit datasets drop ``flip`` (a flipped digit is another digit).
 DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -93,6 +97,10 @@ class Distiller(LightningModule):
             draw for ``uniform``, so that real and synthetic features always come from the same view).
         channels_last: run the nets in channels_last. Off by default: on the 2-core AMX CPU, ConvNet-3's instance
             norm in channels_last + bf16 made a DM step about 2x slower (see docs/DESIGN.md).
+        backend: how the distillation nets run (:mod:`ptmdd_lightning.nets.forward`): ``"auto"`` (default: on a
+            CPU, ConvNet-3 through ptmdd's C++ kernels and a compiled formulation where they apply; the module
+            elsewhere), ``"eager"`` (the module itself: the reference), ``"cpu_kernels"``, ``"compile"``.
+            ``PTMDD_BACKEND`` overrides it; ``results.json`` records what ran (``machine.backend``).
 
     Raises:
         PtmddError: bad settings (ipc < 1, unknown method, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at
@@ -130,13 +138,13 @@ class Distiller(LightningModule):
         cclom_batch_real: int = 32,
         guidance_view: Literal["augmented", "raw"] = "raw",
         channels_last: bool = False,
+        backend: BackendName = "auto",
     ) -> None:
         super().__init__()
-        from ptmdd_lightning.core.objectives import dc_outer_inner
-        from ptmdd_lightning.nets import build_net
 
         if method not in ("dm", "dc", "dsa"):
             raise PtmddError(f"unknown method {method!r}; choose one of 'dm', 'dc', 'dsa'.")
+        resolve_backend(backend)  # an unknown name fails here, before anything runs
         if init not in ("real", "noise"):
             raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
         if ptm_sampling not in ("random", "all"):
@@ -222,8 +230,6 @@ class Distiller(LightningModule):
 
     def _fresh_net(self, seed: int, trainable: bool) -> nn.Module:
         """The base objective's net, re-initialised in place from ``seed`` (as DC/DM sample a new net)."""
-        from ptmdd_lightning.nets import build_net, reinit_
-
         net = self._aux["net"]
         if net is None:
             hp = self.hparams
@@ -237,15 +243,18 @@ class Distiller(LightningModule):
         self._fast(net)
         return net
 
-    def _fast(self, net: nn.Module):
-        """The fast view of ``net`` (nets/fast.py: compiled channels-last ConvNet on CPU, the module elsewhere)."""
-        from ptmdd_lightning.nets.fast import cached_fast_net
-
-        trainer = self._trainer
-        steps = None
-        if trainer is not None:
-            steps = 1 if trainer.fast_dev_run else (trainer.max_steps if trainer.max_steps > 0 else None)
-        return cached_fast_net(self._aux, net, steps)
+    def _fast(self, net: nn.Module) -> NetForward:
+        """The forward of ``net`` through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`),
+        kept while ``net`` is the same object (it is re-initialised in place)."""
+        fast = self._aux.get("fast")
+        if fast is None or fast.net is not net:
+            trainer = self._trainer
+            steps = None
+            if trainer is not None:
+                steps = 1 if trainer.fast_dev_run else (trainer.max_steps if trainer.max_steps > 0 else None)
+            fast = net_forward(net, self.hparams.get("backend", "auto"), total_steps=steps)
+            self._aux["fast"] = fast
+        return fast
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.synthetic.images], lr=self.lr_img, momentum=self.hparams.momentum_img)
@@ -302,10 +311,8 @@ class Distiller(LightningModule):
 
     def _dm_loss(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
         """DM (Zhao & Bilen 2023, Eq. 4): class-wise embedding-mean matching on a fresh random net."""
-        from ptmdd_lightning.core.objectives import dm_loss
-
         net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
-        fast = self._fast(net)  # same function as net.embed, faster (nets/fast.py)
+        fast = self._fast(net)  # same function as net.embed, faster (the backend; nets/forward.py)
         with torch.no_grad():
             emb_real = fast.embed(real)
         emb_syn = fast.embed(syn)
@@ -313,8 +320,6 @@ class Distiller(LightningModule):
 
     def _dc_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
         """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net."""
-        from ptmdd_lightning.core.objectives import dc_loss
-
         net_index, outer_step = divmod(self.global_step, self.outer_loop)
         if self._aux["net_index"] != net_index or self._aux["net"] is None:
             # a new random net every outer loop; rank-independent so DDP ranks train the same net
@@ -331,7 +336,7 @@ class Distiller(LightningModule):
             for m in net.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        # Real side: one compiled forward/backward per class (nets/fast.py). Synthetic side (per-class gradients that
+        # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
         # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
         # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).
         fast = self._fast(net)
@@ -403,7 +408,7 @@ class Distiller(LightningModule):
         torch.manual_seed(mix_seed(self._seed, self.global_step, 0x1B))
         ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
         net.train()
-        fast = self._fast(net)  # net's forward, faster (nets/fast.py)
+        fast = self._fast(net)  # net's forward, faster (the backend; nets/forward.py)
         with ctx:
             for _ in range(self.inner_loop):
                 order = torch.randperm(images.shape[0], generator=gen).to(images.device)
@@ -471,7 +476,6 @@ class Distiller(LightningModule):
         state = checkpoint.get("dc_net")
         if state is None or self.hparams.method == "dm":
             return
-        from ptmdd_lightning.nets import build_net
 
         hp = self.hparams
         net = build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size))
@@ -507,6 +511,12 @@ class Distiller(LightningModule):
             if rng_cuda is not None and self.device.type == "cuda":
                 torch.cuda.set_rng_state(rng_cuda, self.device)
             self._train_net_on_synthetic()
+
+    def on_train_end(self) -> None:
+        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`, with
+        ``backend``) in the run's ``hparams.yaml``, beside the config's ``backend``."""
+        if self.logger is not None:
+            self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict[str, Any]:

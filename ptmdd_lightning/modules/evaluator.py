@@ -24,8 +24,12 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
+from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.nets import build_net
+from ptmdd_lightning.nets.forward import BackendName
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import format_table, run_dir, write_results
 
@@ -145,6 +149,8 @@ class SyntheticSetEvaluator(LightningModule):
             :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast: AMX on CPU, tensor cores on
             GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
         mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :func:`ptmdd_lightning.core.evaluate.train_models`).
+        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
+            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
         baseline: also evaluate a random real subset with the same IPC.
         eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn with
             ``eval_seed + 1``, as the callback does with its ``seed``, so both give the same numbers). Named
@@ -175,6 +181,7 @@ class SyntheticSetEvaluator(LightningModule):
         dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
         precision: Literal["auto", "bf16", "32"] = "auto",
         mode: Literal["auto", "vmap", "loop"] = "auto",
+        backend: BackendName = "auto",
         baseline: bool = True,
         eval_seed: int = 0,
         output_dir: str | None = None,
@@ -189,7 +196,6 @@ class SyntheticSetEvaluator(LightningModule):
         classes: list[int] | None = None,
     ) -> None:
         super().__init__()
-        from ptmdd_lightning.nets import build_net
 
         archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
         if not archs:
@@ -208,8 +214,6 @@ class SyntheticSetEvaluator(LightningModule):
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
         """Load the export (once) and check it against the DataModule's metadata."""
-        from ptmdd_lightning.core.synthetic import load_synthetic_set
-
         if self.export_blob is not None:
             return
         hp = self.hparams
@@ -260,8 +264,6 @@ class SyntheticSetEvaluator(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _protocol(self):
-        from ptmdd_lightning.core.evaluate import EvalProtocol
-
         hp = self.hparams
         return EvalProtocol(
             epochs=1 if self.trainer.fast_dev_run else int(hp.epochs),
@@ -272,6 +274,7 @@ class SyntheticSetEvaluator(LightningModule):
             lr_decay_at=hp.lr_decay_at,
             dsa_strategy=hp.dsa_strategy,
             precision=hp.precision,
+            backend=hp.get("backend", "auto"),
         )
 
     def _eval_precision(self) -> str:
@@ -280,8 +283,6 @@ class SyntheticSetEvaluator(LightningModule):
         return auto_precision(self.device) if precision == "auto" else precision
 
     def _row(self, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
-        from ptmdd_lightning.core.evaluate import summarize
-
         s = summarize(accs)
         step = int(self.export_blob.get("global_step", 0) or 0)
         return {
@@ -305,8 +306,6 @@ class SyntheticSetEvaluator(LightningModule):
             set (``synthetic`` then ``random_real``); accuracies are fractions in ``[0, 1]``, ``std`` the
             population std.
         """
-        from ptmdd_lightning.core.evaluate import random_real_subset, train_and_test
-
         dm = self.trainer.datamodule
         if dm is None or getattr(dm, "test_images", None) is None:
             raise PtmddError(

@@ -83,7 +83,7 @@ def test_fast_dev_run_classifier(fake_fashion_root):
 
 
 def test_classifier_trains_convnet3_through_the_cpu_kernels_with_the_module_loss():
-    from ptmdd_lightning.nets import cpu_kernels
+    from ptmdd_lightning.backends.cpu import kernels as cpu_kernels
 
     torch.manual_seed(0)
     model = Classifier(arch="ConvNetW32")

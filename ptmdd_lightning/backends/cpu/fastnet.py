@@ -1,4 +1,4 @@
-"""Fast forward passes of the DD nets: ConvNet in channels-last with fused norm/activation/pooling, compiled.
+"""The CPU backend's fast ConvNet: channels-last with fused norm/activation/pooling, compiled, or the C++ kernels.
 
 Where the time goes (measured on a 2-core Sapphire Rapids CPU, ConvNet-3 on 1x28x28, bf16 autocast, 256 images,
 one thread): the reference layer order conv -> ``GroupNorm(C, C)`` -> ReLU -> ``AvgPool2d`` in NCHW spends ~2/3
@@ -31,21 +31,20 @@ Two more pieces serve DC/DSA (gradient matching) and training:
   matching step at IPC 10 (bf16, 2 threads, two runs): 0.88 and 0.78 s instead of 1.48 and 1.31 s.
 * the CPU kernel path (:func:`_kernel_features`): for images that need no gradient -- training the net's
   parameters (the DC/DSA inner loop and real side, evaluation training, PTM pretraining) and no-grad forwards
-  (DM's real side) -- ConvNet-3 runs through hand-written CPU kernels (:mod:`ptmdd_lightning.nets.cpu_kernels`):
+  (DM's real side) -- ConvNet-3 runs through hand-written CPU kernels (:mod:`ptmdd_lightning.backends.cpu.kernels`):
   the first block never materialises its ``(N, 128, 32, 32)`` maps, each later block's norm, ReLU and pooling is
   one pass each way after oneDNN's channels-last convolution, and under bf16 autocast on a CPU with AMX the
-  later convolutions' weight gradients run on AMX (:func:`~ptmdd_lightning.nets.cpu_kernels.channels_last_conv3x3`).
+  later convolutions' weight gradients run on AMX (:func:`~ptmdd_lightning.backends.cpu.kernels.channels_last_conv3x3`).
   Eager: it needs no ``torch.compile``, so it also serves short runs and the default (uncompiled) evaluation.
   Measured per 100-image bf16 training step (2 threads, same process, alternating rounds): 60 -> 45 ms with the
   first-block kernel (median of 12 rounds), then 98.5 -> 84.0 ms (median of 30 rounds, a slow phase of the
   machine) with the ReLU mask kept and the later blocks' kernels, then 51-72 -> 32-34 ms with the kernels on
   torch's OpenMP threads, and 38 -> 30 ms with the AMX weight gradient (docs/speed.md, levers 12, 14, 17, 18).
 
-The path is chosen automatically: the kernel path where it applies and builds (``kernels``); otherwise, on a CPU
-when ``torch.compile`` can build C++ kernels (a C++ compiler is found), the compiled formulation; on CUDA and for
-every other net the module itself runs (eager: cuDNN is fast there), unless ``compile=True`` is passed. Failures
-to compile or to run the kernels fall back to the module with one warning. On the CPU a FastNet also asks glibc
-to keep freed memory (:func:`ptmdd_lightning.runtime.keep_freed_memory`).
+The path is chosen by the run's ``backend`` (:mod:`ptmdd_lightning.nets.forward`; ``auto``: the kernel path where
+it applies and builds; otherwise, on a CPU when ``torch.compile`` can build C++ kernels (a C++ compiler is found),
+the compiled formulation; on CUDA and for every other net the module itself, eager: cuDNN is fast there). Failures
+to compile or to run the kernels fall back to the module with one warning.
 
 Pure torch; never imports Lightning.
 """
@@ -53,7 +52,6 @@ Pure torch; never imports Lightning.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 import sys
@@ -64,9 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ptmdd_lightning.backends.cpu import kernels as cpu_kernels
 from ptmdd_lightning.machine import record_fast_path
 from ptmdd_lightning.nets.convnet import ConvNet
-from ptmdd_lightning.runtime import keep_freed_memory
+from ptmdd_lightning.nets.forward import DEFAULT_CHUNK, EagerForward
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -74,7 +73,6 @@ __all__ = [
     "MIN_COMPILE_STEPS",
     "FastNet",
     "can_compile",
-    "cached_fast_net",
     "compile_choice",
     "convnet_class_grads",
     "convnet_features_cl",
@@ -83,8 +81,6 @@ __all__ = [
     "convnet_kernels_ok",
 ]
 
-#: images per chunk of a CPU forward (keeps the first block's maps, forward and backward, in a few MiB)
-DEFAULT_CHUNK = 32
 #: images per chunk on the CPU kernel path (no large temporaries left to bound; larger batches suit the
 #: convolutions: DC real side per class, 256 images, 2 threads: median 2.70 s in chunks of 32, 2.32 s in chunks of
 #: 128 (session 3); all kernels and glibc keeping freed memory: 1.77 s in chunks of 128, 1.67 s in one chunk of 256,
@@ -246,7 +242,7 @@ def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
 
 def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     """Whether the CPU kernel path (:func:`_kernel_features`: :func:`first_block_kernel`, then oneDNN convs with
-    :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool`) computes ``net``'s features: a supported
+    :func:`ptmdd_lightning.backends.cpu.kernels.instance_norm_relu_pool`) computes ``net``'s features: a supported
     ConvNet with instance norm, ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width
     that is a multiple of 16, an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32
     for CIFAR), conv outputs of at least 2x2 in every later block, and the CPU kernels build here."""
@@ -262,8 +258,6 @@ def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
         if min(sizes) < 2:  # every later block's norm/pool kernel needs maps of at least 2x2
             return False
         sizes = [s // 2 for s in sizes]
-    from ptmdd_lightning.nets import cpu_kernels
-
     return cpu_kernels.available()
 
 
@@ -280,10 +274,10 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
     and the instance-norm statistics of every image follow from the patches' mean ``m`` and covariance ``S``
     (``k x k``): ``mean(z) = W m + b``, ``var(z) = diag(W S W^T)``. So the normalised, affine map is
     ``A^T (c_p - m) + beta`` with ``A = (W * s)^T``, ``s = gamma / sqrt(var + eps)`` (the conv bias cancels, as in
-    the module), and :func:`ptmdd_lightning.nets.cpu_kernels.pooled_relu_affine` computes
+    the module), and :func:`ptmdd_lightning.backends.cpu.kernels.pooled_relu_affine` computes
     ReLU and the pooling of it in one pass, without materialising the ``(N, width, ho, wo)`` maps. The small
     per-image algebra runs in float32 with autocast off; autograd carries the gradients to ``W``, ``b``,
-    ``gamma``, ``beta`` and ``x``. Same function as the module's block (tests/core/test_cpu_kernels.py).
+    ``gamma``, ``beta`` and ``x``. Same function as the module's block (tests/backends/cpu/test_kernels.py).
 
     Args:
         x: ``(N, C_in, H, W)`` images (float32; other float dtypes are cast).
@@ -293,8 +287,6 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
         ``(N, ho / 2, wo / 2, width)`` channels last: bfloat16 under CPU bfloat16 autocast (what the next conv
         would cast it to), else float32.
     """
-    from ptmdd_lightning.nets.cpu_kernels import pooled_relu_affine
-
     out_dtype = torch.bfloat16 if _autocast_bf16() else torch.float32
     with torch.autocast(device_type="cpu", enabled=False):
         cols = F.unfold(x.float(), 3, padding=pad).transpose(1, 2)  # (N, P, k): a position's k values contiguous
@@ -312,17 +304,17 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
         # z - mean(z) = W (c - m): the kernel runs on the centred patches (no cancellation in float32); the conv
         # bias cancels exactly (value and gradient 0), kept in the graph so that autograd sees every parameter
         b = beta.float() + s * (bf - bf)  # (N, width)
-        return pooled_relu_affine(cc.view(n, ho, wo, k), a, b, out_dtype)
+        return cpu_kernels.pooled_relu_affine(cc.view(n, ho, wo, k), a, b, out_dtype)
 
 
 def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
     """The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
     ``(N, h, w, width)``: the first block by :func:`first_block_kernel`, each later block as a oneDNN conv on
     channels-last maps (its weight gradient on AMX under bf16 autocast where the CPU has AMX:
-    :func:`ptmdd_lightning.nets.cpu_kernels.channels_last_conv3x3`) followed by
-    :func:`ptmdd_lightning.nets.cpu_kernels.instance_norm_relu_pool` (norm, ReLU and pooling in one pass each
+    :func:`ptmdd_lightning.backends.cpu.kernels.channels_last_conv3x3`) followed by
+    :func:`ptmdd_lightning.backends.cpu.kernels.instance_norm_relu_pool` (norm, ReLU and pooling in one pass each
     way). Eager: nothing to compile. The same function as ``ConvNet``'s feature blocks (DC/DSA/DM ``networks.py``;
-    tests/core/test_cpu_kernels.py).
+    tests/backends/cpu/test_kernels.py).
 
     Args:
         x: ``(N, C, H, W)`` images that need no gradient; params: per block conv weight ``(width, C_in, 3, 3)``,
@@ -336,22 +328,15 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
         ValueError / RuntimeError: from the kernels (shapes they do not take, kernels not built); callers check
         :func:`convnet_kernels_ok` first.
     """
-    from ptmdd_lightning.nets.cpu_kernels import (
-        amx_available,
-        channels_last_conv3x3,
-        conv3x3_shapes_ok,
-        instance_norm_relu_pool,
-    )
-
     h = first_block_kernel(x, *params[:4], paddings[0], eps)
     for b, pad in enumerate(paddings[1:], start=1):
         w, bias, gamma, beta = params[4 * b: 4 * b + 4]
-        if conv3x3_shapes_ok(h, w, bias, pad) and amx_available():
+        if cpu_kernels.conv3x3_shapes_ok(h, w, bias, pad) and cpu_kernels.amx_available():
             record_fast_path("amx")
-            z = channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (cpu_kernels.conv3x3_weight_grad)
+            z = cpu_kernels.channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (conv3x3_weight_grad)
         else:
             z = F.conv2d(h.permute(0, 3, 1, 2), w, bias, padding=pad).permute(0, 2, 3, 1)
-        h = instance_norm_relu_pool(z, gamma, beta, eps)
+        h = cpu_kernels.instance_norm_relu_pool(z, gamma, beta, eps)
     return h
 
 
@@ -408,7 +393,7 @@ def _compiled(fn_name: str) -> Callable:
 _WARNED: set[str] = set()
 
 
-class FastNet:
+class FastNet(EagerForward):
     """A fast view of a net: ``embed(x)`` and ``forward(x)`` compute what ``net.embed``/``net(x)`` compute.
 
     Three paths, chosen per call, all reading the net's current parameters (so re-initialising the net in place
@@ -417,7 +402,7 @@ class FastNet:
 
     * the CPU kernels (``kernels``): ConvNet-3 (:func:`convnet_kernels_ok`) trained on images that need no gradient
       (DC/DSA inner loop and real side, evaluation training) runs through :func:`_kernel_features` -- the
-      hand-written kernels of :mod:`ptmdd_lightning.nets.cpu_kernels` around oneDNN's convolutions, eager, nothing
+      hand-written kernels of :mod:`ptmdd_lightning.backends.cpu.kernels` around oneDNN's convolutions, eager, nothing
       to compile;
     * the compiled channels-last formulation (``compile``, :func:`convnet_features_cl`) for a supported
       :class:`ConvNet` (:func:`convnet_supported`) otherwise;
@@ -441,17 +426,13 @@ class FastNet:
 
     def __init__(self, net: nn.Module, compile: bool | None = None, chunk: int | None = None,
                  kernels: bool | None = None) -> None:
-        self.net = net
+        super().__init__(net, chunk)
         dev = next(net.parameters()).device
-        if dev.type == "cpu":
-            keep_freed_memory()  # no page faults for the next step's tensors (ptmdd_lightning/runtime.py)
         supported = convnet_supported(net)
         if compile is None:
             compile = supported and dev.type == "cpu" and can_compile()
         self.compiled = bool(compile) and supported
-        self.chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
-        self._bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        # ConvNet-3 through the hand-written CPU kernels (nets/cpu_kernels.py) where they apply
+        # ConvNet-3 through the hand-written CPU kernels (backends/cpu/kernels.py) where they apply
         self.kernels = kernels is not False and dev.type == "cpu" and convnet_kernels_ok(
             net, tuple(getattr(net, "image_size", (0, 0))))
         if self.compiled or self.kernels:
@@ -468,18 +449,10 @@ class FastNet:
         return (self.kernels and not x.requires_grad and x.device.type == "cpu"
                 and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
 
-    def _chunks(self, x: Tensor, size: int) -> list[Tensor]:
-        n = x.shape[0]
-        if size <= 0 or n <= size or x.device.type != "cpu" or any(m.training for m in self._bns):
-            return [x]  # (BatchNorm in training mode normalises over the batch: never split it)
-        k = math.ceil(n / size)
-        size = math.ceil(n / k)  # equal chunks: at most two distinct shapes to compile
-        return list(x.split(size))
-
     def _run(self, kind: str, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         kernel = self._use_kernel(x)
-        parts = self._chunks(x, KERNEL_CHUNK if kernel and self.chunk > 0 else self.chunk)
         if kernel or self.compiled:
+            parts = self.chunks(x, KERNEL_CHUNK if kernel and self.chunk > 0 else self.chunk)
             flat = _flat_params(self.net, params)  # type: ignore[arg-type]
             if kind == "embed":
                 flat = flat[:-2]
@@ -497,17 +470,7 @@ class FastNet:
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler/kernel failure: fall back to the module
                 self._give_up(e, "the CPU kernels" if kernel else "torch.compile")
-        record_fast_path("eager")
-        if params is not None:
-            from torch.nn.utils.stateless import _reparametrize_module
-
-            with _reparametrize_module(self.net, {**dict(self.net.named_buffers()), **dict(params)}):
-                f = self.net.embed if kind == "embed" else self.net
-                outs = [f(p) for p in parts]
-        else:
-            f = self.net.embed if kind == "embed" else self.net
-            outs = [f(p) for p in parts]
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return self.run_module(kind, x, params)
 
     def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``; with ``params`` (``name -> tensor``, the names of
@@ -567,13 +530,3 @@ class FastNet:
                           f"{str(error)[:300]}); using the eager module instead.", stacklevel=4)
 
     __call__ = forward
-
-
-def cached_fast_net(cache: dict, net: nn.Module, total_steps: int | None = None) -> FastNet:
-    """The :class:`FastNet` of ``net`` kept in ``cache["fast"]`` (made anew when ``net`` changed), with
-    ``compile=compile_choice(total_steps)``. For owners of a long-lived net that is re-initialised in place."""
-    fast = cache.get("fast")
-    if fast is None or fast.net is not net:
-        fast = FastNet(net, compile=compile_choice(total_steps))
-        cache["fast"] = fast
-    return fast

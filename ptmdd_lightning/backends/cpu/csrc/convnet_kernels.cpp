@@ -1,77 +1,10 @@
-"""Hand-written CPU kernels for the training path of ConvNet-3 (conv -> instance norm -> ReLU -> 2x2 average pool).
-
-Why: in a training step of ConvNet-3 on 28x28 images (Fashion-MNIST/MNIST) the blocks' maps are written, read
-and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool and their backward);
-measured on the 2-core CPU, 100 images, bf16, 2 threads: about 57 of the ~100 ms of a forward + backward went to
-the first block alone (docs/speed.md, lever 12). Three kernels:
-
-* :func:`pooled_relu_affine`, the first block. Its conv has few input channels (``k = C_in * 9 <= 64`` patch
-  values per position), so with the instance-norm statistics folded into a per-image affine map (see
-  :func:`ptmdd_lightning.nets.fast.first_block_kernel`) the whole block is
-
-      ``out[n, i, j, c] = 1/4 * sum_{a, b in {0, 1}} relu(B[n, c] + sum_k A[n, k, c] * cols[n, 2i + a, 2j + b, k])``
-
-  computed in one pass per image, writing only the pooled map (float32 or bf16) and the ReLU mask (1 bit per
-  value); its backward (``dA``, ``dB`` and, when asked, ``dcols``) is one pass of ``k + 1`` multiply-adds per
-  value.
-* :func:`instance_norm_relu_pool`, every later block after its (oneDNN) convolution: the statistics, the
-  normalisation, ReLU and the pooling of channels-last float32/bf16 maps in one pass each way.
-* :func:`conv3x3_weight_grad`, the weight (and bias) gradient of the later blocks' 3x3 convolutions on bf16
-  channels-last maps, on the CPU's AMX tile units where it has them (:func:`amx_available`); oneDNN's own
-  weight gradient was the largest single cost of a training step. :func:`channels_last_conv3x3` is the convolution
-  that uses it (oneDNN's forward and input gradient).
-
-Everything else (the statistics of the first block, ``A`` and ``B`` from the weights, the convolutions' forward
-and input gradient, the chain rule to the weights) is ordinary autograd.
-
-The kernels are C++ compiled once per machine with the system C++ compiler (the one ``torch.compile`` uses on
-the CPU; ``-O3 -march=native -fopenmp``), cached under ``$PTMDD_CACHE`` (default ``~/.cache/ptmdd``) by a hash of
-the source, the compiler flags and the CPU's feature flags, and loaded with ``ctypes``. Threads split the images
-(the weight gradient: the positions); the result does not depend on the thread count except for the float32
-summation order of the weight gradient (every image is computed by one thread, sums over images happen in torch).
-
-The threads are OpenMP's: the library needs ``libgomp.so.1``, which the dynamic loader resolves to the copy torch
-has already loaded, so the kernels run on torch's own intra-op thread pool. Threads of their own (``std::thread``,
-the fallback when the compiler has no OpenMP) compete with torch's OpenMP workers, which keep spinning for a while
-after every parallel op: on the 2-core CPU a 100-image bf16 training step of ConvNet-3 took a median 51-72 ms with
-``std::thread`` and 32-34 ms with OpenMP (three process pairs; docs/speed.md, lever 17).
-
-:func:`available` says whether the kernels could be built (``PTMDD_CPU_KERNELS=0`` turns them off; ``PTMDD_AMX=0``
-only the AMX kernel); the callers fall back to the compiled tensor formulation, oneDNN or the module.
-
-Pure torch + ctypes; never imports Lightning.
-"""
-
-from __future__ import annotations
-
-import ctypes
-import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import warnings
-from pathlib import Path
-
-import torch
-from torch import Tensor
-
-__all__ = [
-    "ChannelsLastConv3x3",
-    "InstanceNormReluPool",
-    "PooledReluAffine",
-    "amx_available",
-    "available",
-    "channels_last_conv3x3",
-    "conv3x3_shapes_ok",
-    "conv3x3_weight_grad",
-    "instance_norm_relu_pool",
-    "pooled_relu_affine",
-]
-
-_SOURCE = r"""
+// ptmdd's CPU kernels for the training path of ConvNet-3 (conv -> instance norm -> ReLU -> 2x2 average pool),
+// registered as torch.library custom ops in the namespace "ptmdd" (the TORCH_LIBRARY block at the end).
+//
+// Built by torch.utils.cpp_extension.load (ptmdd_lightning/backends/cpu/kernels.py) with -O3 -march=native
+// -fopenmp; the Python side registers the autograd formulas and the fake (meta) implementations. What each kernel
+// computes, and why it exists, is in the docstrings of ptmdd_lightning/backends/cpu/kernels.py and in
+// docs/speed.md (levers 12, 14, 17, 18). The threads are OpenMP's, i.e. torch's intra-op pool (at::get_num_threads).
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -598,342 +531,126 @@ void ptmdd_pooled_relu_affine_bwd(const float* cols, const float* A, const void*
     });
 }
 }
-"""
 
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+// ---- the ATen interface: tensors in, tensors out (checked here; the Python wrappers give the friendlier errors) ----
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
 
+namespace {
 
-def _cpu_signature() -> str:
-    """The CPU model and feature flags (a library built with ``-march=native`` on one CPU may not run on another)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("flags", "model name"))][:2]
-        return "\n".join(lines)
-    except OSError:
-        import platform
+void check_cpu(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "ptmdd: ", name, " must be a contiguous CPU tensor");
+}
 
-        return platform.processor() or platform.machine()
+// (out (N, H/2, W/2, C) float32/bf16, mask (N, C/16, H*W) int16 or an empty tensor when keep_mask is false)
+std::tuple<at::Tensor, at::Tensor> pooled_relu_affine(const at::Tensor& cols, const at::Tensor& a,
+                                                      const at::Tensor& b, bool bf16_out, bool keep_mask) {
+    check_cpu(cols, "cols"); check_cpu(a, "A"); check_cpu(b, "B");
+    TORCH_CHECK(cols.dim() == 4 && a.dim() == 3 && b.dim() == 2 && cols.scalar_type() == at::kFloat &&
+                a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat, "ptmdd: pooled_relu_affine shapes");
+    const int64_t n = cols.size(0), h = cols.size(1), w = cols.size(2), k = cols.size(3), c = a.size(2);
+    TORCH_CHECK(a.size(0) == n && a.size(1) == k && b.size(0) == n && b.size(1) == c && h % 2 == 0 && w % 2 == 0 &&
+                c % 16 == 0 && k <= KMAX, "ptmdd: pooled_relu_affine shapes");
+    at::Tensor out = at::empty({n, h / 2, w / 2, c}, cols.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+    at::Tensor mask = keep_mask ? at::empty({n, c / 16, h * w}, cols.options().dtype(at::kShort))
+                                : at::empty({0}, cols.options().dtype(at::kShort));
+    ptmdd_pooled_relu_affine_fwd(cols.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr(),
+                                 keep_mask ? reinterpret_cast<uint16_t*>(mask.data_ptr()) : nullptr, n, k, c, h, w,
+                                 bf16_out, at::get_num_threads());
+    return {out, mask};
+}
 
+// (dA (N, K, C), dB (N, C), dcols (N, H, W, K) or an empty tensor when need_dcols is false), float32
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pooled_relu_affine_backward(
+        const at::Tensor& cols, const at::Tensor& a, const at::Tensor& gout, const at::Tensor& mask,
+        bool need_dcols) {
+    check_cpu(cols, "cols"); check_cpu(a, "A"); check_cpu(gout, "gout"); check_cpu(mask, "mask");
+    const int64_t n = cols.size(0), h = cols.size(1), w = cols.size(2), k = cols.size(3), c = a.size(2);
+    const bool bf16 = gout.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 || gout.scalar_type() == at::kFloat, "ptmdd: pooled_relu_affine_backward gout dtype");
+    TORCH_CHECK(mask.numel() == n * (c / 16) * h * w, "ptmdd: pooled_relu_affine_backward needs the forward's mask");
+    at::Tensor da = at::empty_like(a);
+    at::Tensor db = at::empty({n, c}, a.options());
+    at::Tensor dcols = need_dcols ? at::empty_like(cols) : at::empty({0}, cols.options());
+    ptmdd_pooled_relu_affine_bwd(cols.data_ptr<float>(), a.data_ptr<float>(), gout.data_ptr(),
+                                 reinterpret_cast<const uint16_t*>(mask.data_ptr()), da.data_ptr<float>(),
+                                 db.data_ptr<float>(), need_dcols ? dcols.data_ptr<float>() : nullptr, n, k, c, h, w,
+                                 bf16, at::get_num_threads());
+    return {da, db, dcols};
+}
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PTMDD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ptmdd")
-    return Path(root) / "kernels"
+// (out (N, H/2, W/2, C) in z's dtype, mean (N, C), rstd (N, C) float32)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pool(const at::Tensor& z, const at::Tensor& gamma,
+                                                                       const at::Tensor& beta, double eps) {
+    check_cpu(z, "z"); check_cpu(gamma, "gamma"); check_cpu(beta, "beta");
+    const bool bf16 = z.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(z.dim() == 4 && (bf16 || z.scalar_type() == at::kFloat) && gamma.scalar_type() == at::kFloat &&
+                beta.scalar_type() == at::kFloat, "ptmdd: instance_norm_relu_pool dtypes");
+    const int64_t n = z.size(0), h = z.size(1), w = z.size(2), c = z.size(3);
+    TORCH_CHECK(c % 16 == 0 && h >= 2 && w >= 2 && gamma.numel() == c && beta.numel() == c,
+                "ptmdd: instance_norm_relu_pool shapes");
+    at::Tensor out = at::empty({n, h / 2, w / 2, c}, z.options());
+    at::Tensor mean = at::empty({n, c}, gamma.options());
+    at::Tensor rstd = at::empty({n, c}, gamma.options());
+    ptmdd_in_relu_pool_fwd(z.data_ptr(), gamma.data_ptr<float>(), beta.data_ptr<float>(), out.data_ptr(),
+                           mean.data_ptr<float>(), rstd.data_ptr<float>(), n, h, w, c, static_cast<float>(eps), bf16,
+                           at::get_num_threads());
+    return {out, mean, rstd};
+}
 
+// (dz (N, H, W, C) in z's dtype, dgamma (N, C), dbeta (N, C) float32 per image)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu_pool_backward(
+        const at::Tensor& z, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& mean,
+        const at::Tensor& rstd, const at::Tensor& gout) {
+    check_cpu(z, "z"); check_cpu(gamma, "gamma"); check_cpu(beta, "beta"); check_cpu(mean, "mean");
+    check_cpu(rstd, "rstd"); check_cpu(gout, "gout");
+    TORCH_CHECK(gout.scalar_type() == z.scalar_type(), "ptmdd: instance_norm_relu_pool_backward gout dtype");
+    const int64_t n = z.size(0), h = z.size(1), w = z.size(2), c = z.size(3);
+    at::Tensor dz = at::empty_like(z);
+    at::Tensor dgamma = at::empty({n, c}, gamma.options());
+    at::Tensor dbeta = at::empty({n, c}, gamma.options());
+    ptmdd_in_relu_pool_bwd(z.data_ptr(), gamma.data_ptr<float>(), beta.data_ptr<float>(), mean.data_ptr<float>(),
+                           rstd.data_ptr<float>(), gout.data_ptr(), dz.data_ptr(), dgamma.data_ptr<float>(),
+                           dbeta.data_ptr<float>(), n, h, w, c, z.scalar_type() == at::kBFloat16,
+                           at::get_num_threads());
+    return {dz, dgamma, dbeta};
+}
 
-def _build(target: Path) -> None:
-    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
-    if cxx is None:
-        raise RuntimeError("no C++ compiler on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "convnet_kernels.cpp"
-        src.write_text(_SOURCE)
-        out = Path(tmp) / target.name
-        proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:  # no OpenMP for this compiler: std::thread instead (slower next to torch's pool)
-            flags = [f for f in _FLAGS if f != "-fopenmp"] + ["-fopenmp-simd"]
-            proc = subprocess.run([cxx, *flags, str(src), "-o", str(out)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr[-500:]}")
-        os.replace(out, target)  # atomic: concurrent ranks/processes never load a half-written library
+// (dw (Co, Ci, 3, 3), db (Co,)) float32; raises when AMX is not usable in this process
+std::tuple<at::Tensor, at::Tensor> conv3x3_weight_grad(const at::Tensor& x, const at::Tensor& gout) {
+    check_cpu(x, "x"); check_cpu(gout, "gout");
+    TORCH_CHECK(x.dim() == 4 && gout.dim() == 4 && x.scalar_type() == at::kBFloat16 &&
+                gout.scalar_type() == at::kBFloat16, "ptmdd: conv3x3_weight_grad needs bf16 (N, H, W, C) maps");
+    const int64_t n = x.size(0), h = x.size(1), w = x.size(2), ci = x.size(3), co = gout.size(3);
+    at::Tensor dw = at::empty({co, ci, 3, 3}, x.options().dtype(at::kFloat));
+    at::Tensor db = at::empty({co}, x.options().dtype(at::kFloat));
+    const int rc = ptmdd_conv3x3_wgrad_bf16(reinterpret_cast<const uint16_t*>(x.data_ptr()),
+                                            reinterpret_cast<const uint16_t*>(gout.data_ptr()), dw.data_ptr<float>(),
+                                            db.data_ptr<float>(), n, h, w, ci, co, at::get_num_threads());
+    TORCH_CHECK(rc == 0, "ptmdd: conv3x3_weight_grad: AMX is not usable in this process");
+    return {dw, db};
+}
 
+bool amx_ready() { return ptmdd_amx_ready() != 0; }
 
-@functools.lru_cache(maxsize=1)
-def _library() -> ctypes.CDLL | None:
-    if sys.platform.startswith("win") or os.environ.get("PTMDD_CPU_KERNELS", "1").strip().lower() in ("0", "off",
-                                                                                                       "false", "no"):
-        return None
-    key = hashlib.sha256("\0".join([_SOURCE, " ".join(_FLAGS), _cpu_signature()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"ptmdd_convnet_kernels_{key}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        lib = ctypes.CDLL(str(target))
-    except Exception as e:  # noqa: BLE001 - any build/load failure: the tensor formulation is used instead
-        warnings.warn(f"ptmdd: the CPU kernels for ConvNet-3 could not be built or loaded ({e}); using the compiled "
-                      "tensor formulation or the module instead (slower).", stacklevel=3)
-        return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.ptmdd_pooled_relu_affine_fwd.argtypes = [ptr] * 5 + [i64] * 7
-    lib.ptmdd_pooled_relu_affine_bwd.argtypes = [ptr] * 7 + [i64] * 7
-    lib.ptmdd_in_relu_pool_fwd.argtypes = [ptr] * 6 + [i64] * 4 + [ctypes.c_float, i64, i64]
-    lib.ptmdd_in_relu_pool_bwd.argtypes = [ptr] * 9 + [i64] * 6
-    lib.ptmdd_amx_ready.argtypes = []
-    lib.ptmdd_conv3x3_wgrad_bf16.argtypes = [ptr] * 4 + [i64] * 6
-    return lib
+}  // namespace
 
+TORCH_LIBRARY(ptmdd, m) {
+    m.def("pooled_relu_affine(Tensor cols, Tensor a, Tensor b, bool bf16_out, bool keep_mask) -> (Tensor, Tensor)");
+    m.def("pooled_relu_affine_backward(Tensor cols, Tensor a, Tensor gout, Tensor mask, bool need_dcols) "
+          "-> (Tensor, Tensor, Tensor)");
+    m.def("instance_norm_relu_pool(Tensor z, Tensor gamma, Tensor beta, float eps) -> (Tensor, Tensor, Tensor)");
+    m.def("instance_norm_relu_pool_backward(Tensor z, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, "
+          "Tensor gout) -> (Tensor, Tensor, Tensor)");
+    m.def("conv3x3_weight_grad(Tensor x, Tensor gout) -> (Tensor, Tensor)");
+    m.def("amx_ready() -> bool", &amx_ready);
+}
 
-def available() -> bool:
-    """Whether the kernels are built and loaded (builds them on the first call: a few seconds with g++)."""
-    return _library() is not None
-
-
-def _check(cols: Tensor, a: Tensor, b: Tensor) -> tuple[int, int, int, int, int]:
-    if cols.dim() != 4 or a.dim() != 3:
-        raise ValueError(f"pooled_relu_affine needs cols (N, H, W, K) and A (N, K, C); got {tuple(cols.shape)}, "
-                         f"{tuple(a.shape)}")
-    n, h, w, k = cols.shape
-    c = a.shape[-1]
-    if (cols.device.type != "cpu" or cols.dtype != torch.float32 or a.shape != (n, k, c) or b.shape != (n, c)
-            or h % 2 or w % 2 or c % 16 or k > 64):
-        raise ValueError(f"pooled_relu_affine needs float32 CPU cols (N, H, W, K) with even H, W and K <= 64, A (N, K, "
-                         f"C) with C a multiple of 16, B (N, C); got {tuple(cols.shape)} {cols.dtype} {cols.device}, "
-                         f"{tuple(a.shape)}, {tuple(b.shape)}")
-    return n, k, c, h, w
-
-
-class PooledReluAffine(torch.autograd.Function):
-    """``out = avgpool2x2(relu(B + A^T cols))`` per image; see the module docstring. Autograd function."""
-
-    @staticmethod
-    def forward(ctx, cols: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:  # type: ignore[override]
-        lib = _library()
-        assert lib is not None
-        cols, a, b = cols.contiguous(), a.float().contiguous(), b.float().contiguous()
-        n, k, c, h, w = _check(cols, a, b)
-        if out_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"pooled_relu_affine writes float32 or bfloat16, not {out_dtype}")
-        out = torch.empty(n, h // 2, w // 2, c, dtype=out_dtype)
-        # the ReLU mask for the backward: 1 bit per value, 1/32 of the float32 maps that are never written
-        mask = torch.empty(n, c // 16, h * w, dtype=torch.int16) if any(ctx.needs_input_grad[:3]) else None
-        lib.ptmdd_pooled_relu_affine_fwd(cols.data_ptr(), a.data_ptr(), b.data_ptr(), out.data_ptr(),
-                                         0 if mask is None else mask.data_ptr(), n, k, c, h, w,
-                                         int(out_dtype == torch.bfloat16), torch.get_num_threads())
-        ctx.save_for_backward(cols, a, mask)
-        return out
-
-    @staticmethod
-    def backward(ctx, gout: Tensor) -> tuple[Tensor | None, Tensor, Tensor, None]:  # type: ignore[override]
-        lib = _library()
-        assert lib is not None
-        cols, a, mask = ctx.saved_tensors
-        n, h, w, k = cols.shape
-        c = a.shape[-1]
-        bf16 = gout.dtype == torch.bfloat16
-        gout = gout.contiguous() if bf16 else gout.float().contiguous()
-        da = torch.empty_like(a)
-        db = torch.empty(n, c, dtype=torch.float32)
-        dcols = torch.empty_like(cols) if ctx.needs_input_grad[0] else None
-        lib.ptmdd_pooled_relu_affine_bwd(cols.data_ptr(), a.data_ptr(), gout.data_ptr(), mask.data_ptr(), da.data_ptr(),
-                                         db.data_ptr(), 0 if dcols is None else dcols.data_ptr(), n, k, c, h, w,
-                                         int(bf16), torch.get_num_threads())
-        return dcols, da, db, None
-
-
-def pooled_relu_affine(cols: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
-    """``out[n, i, j, c] = 1/4 sum_{a,b in {0,1}} relu(B[n, c] + sum_k A[n, k, c] cols[n, 2i+a, 2j+b, k])``.
-
-    The forward keeps the ReLU mask (1 bit per value) for the backward, which is then one pass of ``K + 1``
-    multiply-adds per value.
-
-    Args:
-        cols: ``(N, H, W, K)`` float32 CPU patch values, ``K <= 64`` per position last (``H``, ``W`` even).
-        a: ``(N, K, C)`` per-image weights; b: ``(N, C)`` per-image offsets (cast to float32).
-        out_dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (computed in float32, rounded to nearest
-            even once: what a bf16 autocast consumer would cast it to anyway).
-
-    Returns:
-        ``(N, H / 2, W / 2, C)`` in ``out_dtype`` (channels last). Differentiable w.r.t. all three inputs.
-
-    Raises:
-        ValueError: other dtypes/devices/shapes. RuntimeError: the kernel is not :func:`available`.
-    """
-    if _library() is None:
-        raise RuntimeError("the ptmdd CPU kernel is not available (see the warning issued when building it)")
-    return PooledReluAffine.apply(cols, a, b, out_dtype)
-
-
-def _check_maps(z: Tensor, gamma: Tensor, beta: Tensor) -> tuple[int, int, int, int]:
-    if (z.dim() != 4 or z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16) or z.shape[-1] % 16
-            or gamma.shape != (z.shape[-1],) or beta.shape != (z.shape[-1],) or z.shape[1] < 2 or z.shape[2] < 2):
-        raise ValueError(f"instance_norm_relu_pool needs float32/bfloat16 CPU maps (N, H, W, C) with H, W >= 2 and C a "
-                         f"multiple of 16, gamma and beta (C,); got {tuple(z.shape)} {z.dtype} {z.device}, "
-                         f"{tuple(gamma.shape)}, {tuple(beta.shape)}")
-    n, h, w, c = z.shape
-    return n, h, w, c
-
-
-class InstanceNormReluPool(torch.autograd.Function):
-    """``avgpool2x2(relu(instance_norm(z) * gamma + beta))`` on channels-last maps; see
-    :func:`instance_norm_relu_pool`. Autograd function."""
-
-    @staticmethod
-    def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        lib = _library()
-        assert lib is not None
-        z = z.contiguous()
-        n, h, w, c = _check_maps(z, gamma, beta)
-        g32, b32 = gamma.detach().float().contiguous(), beta.detach().float().contiguous()
-        out = torch.empty(n, h // 2, w // 2, c, dtype=z.dtype)
-        mean = torch.empty(n, c, dtype=torch.float32)
-        rstd = torch.empty(n, c, dtype=torch.float32)
-        lib.ptmdd_in_relu_pool_fwd(z.data_ptr(), g32.data_ptr(), b32.data_ptr(), out.data_ptr(), mean.data_ptr(),
-                                   rstd.data_ptr(), n, h, w, c, float(eps), int(z.dtype == torch.bfloat16),
-                                   torch.get_num_threads())
-        ctx.save_for_backward(z, g32, b32, mean, rstd)
-        ctx.param_dtypes = (gamma.dtype, beta.dtype)
-        return out
-
-    @staticmethod
-    def backward(ctx, gout: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
-        lib = _library()
-        assert lib is not None
-        z, g32, b32, mean, rstd = ctx.saved_tensors
-        n, h, w, c = z.shape
-        gout = gout.to(z.dtype).contiguous()
-        dz = torch.empty_like(z)
-        dgamma = torch.empty(n, c, dtype=torch.float32)
-        dbeta = torch.empty(n, c, dtype=torch.float32)
-        lib.ptmdd_in_relu_pool_bwd(z.data_ptr(), g32.data_ptr(), b32.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                                   gout.data_ptr(), dz.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr(), n, h, w, c,
-                                   int(z.dtype == torch.bfloat16), torch.get_num_threads())
-        return dz, dgamma.sum(0).to(ctx.param_dtypes[0]), dbeta.sum(0).to(ctx.param_dtypes[1]), None
-
-
-def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-    """Instance norm -> ReLU -> 2x2 average pooling of channels-last maps, in one pass each way (the later blocks of
-    ConvNet-3: ``GroupNorm(C, C)`` -> ``ReLU`` -> ``AvgPool2d(2, 2)``, DC/DSA/DM ``networks.py``).
-
-    ``out[n, i, j, c] = 1/4 sum_{a, b in {0, 1}} relu((z[n, 2i+a, 2j+b, c] - mu[n, c]) / sqrt(var[n, c] + eps)
-    * gamma[c] + beta[c])`` with ``mu``, ``var`` the mean and biased variance over ``(H, W)`` (all positions, also
-    the last row/column that odd sizes drop from the pooling, as ``AvgPool2d`` floors). Statistics and arithmetic
-    in float32; a bfloat16 ``z`` gives a bfloat16 result (rounded to nearest even), as the compiled formulation's
-    ``.to(bfloat16)``.
-
-    Args:
-        z: ``(N, H, W, C)`` float32 or bfloat16 CPU maps (``H, W >= 2``, ``C`` a multiple of 16), e.g. a conv
-            output in ``channels_last`` memory, permuted to ``(N, H, W, C)``.
-        gamma, beta: ``(C,)`` the norm's affine weight and bias.
-        eps: the norm's epsilon.
-
-    Returns:
-        ``(N, H // 2, W // 2, C)`` in ``z``'s dtype. Differentiable w.r.t. ``z``, ``gamma`` and ``beta``.
-
-    Raises:
-        ValueError: other dtypes/devices/shapes. RuntimeError: the kernel is not :func:`available`.
-    """
-    if _library() is None:
-        raise RuntimeError("the ptmdd CPU kernel is not available (see the warning issued when building it)")
-    return InstanceNormReluPool.apply(z, gamma, beta, eps)
-
-
-@functools.lru_cache(maxsize=1)
-def amx_available() -> bool:
-    """Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
-    AMX (``amx_tile``, ``amx_bf16``; Intel Sapphire Rapids and later) and Linux grants this process the AMX tile
-    state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off."""
-    lib = _library()
-    if lib is None or os.environ.get("PTMDD_AMX", "1").strip().lower() in ("0", "off", "false", "no"):
-        return False
-    return bool(lib.ptmdd_amx_ready())
-
-
-def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
-    """The weight and bias gradients of a 3x3 convolution (stride 1, zero padding 1) on channels-last bf16 maps, on
-    the CPU's AMX units: bf16 products summed in float32.
-
-    ``dw[o, i, kh, kw] = sum_{n, h, w} gout[n, h, w, o] * x[n, h + kh - 1, w + kw - 1, i]`` (zero outside the
-    image) and ``db[o] = sum_{n, h, w} gout[n, h, w, o]``: what ``torch.ops.aten.convolution_backward`` returns for
-    the weight and the bias of ``conv2d(x, w, b, padding=1)``, with float32 instead of bf16 sums.
-
-    Why: in a 100-image bf16 training step of ConvNet-3 (2-core Sapphire Rapids), oneDNN's weight gradients of the
-    two 128 -> 128 convolutions took about 17 of 38 ms; this kernel takes about 8 (docs/speed.md, lever 18).
-
-    Args:
-        x: ``(N, H, W, Ci)`` bfloat16 CPU maps (the conv input, channels last, contiguous).
-        gout: ``(N, H, W, Co)`` bfloat16 CPU maps (the gradient of the conv output). ``Ci`` and ``Co`` multiples
-            of 32, at most 1024.
-
-    Returns:
-        ``(dw, db)``: ``(Co, Ci, 3, 3)`` and ``(Co,)`` float32.
-
-    Raises:
-        ValueError: other shapes, dtypes or devices. RuntimeError: AMX is not :func:`amx_available`.
-    """
-    if (x.dim() != 4 or gout.dim() != 4 or x.shape[:3] != gout.shape[:3] or x.dtype != torch.bfloat16
-            or gout.dtype != torch.bfloat16 or x.device.type != "cpu" or gout.device.type != "cpu"
-            or x.shape[-1] % 32 or gout.shape[-1] % 32 or x.shape[-1] > 1024 or gout.shape[-1] > 1024
-            or min(x.shape) < 1):
-        raise ValueError(f"conv3x3_weight_grad needs bfloat16 CPU maps x (N, H, W, Ci) and gout (N, H, W, Co) with Ci "
-                         f"and Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype} {x.device}, "
-                         f"{tuple(gout.shape)} {gout.dtype} {gout.device}")
-    if not amx_available():
-        raise RuntimeError("conv3x3_weight_grad needs AMX (amx_available() is False); use "
-                           "torch.ops.aten.convolution_backward instead")
-    x, gout = x.contiguous(), gout.contiguous()
-    n, h, w, ci = x.shape
-    co = gout.shape[-1]
-    dw = torch.empty(co, ci, 3, 3, dtype=torch.float32)
-    db = torch.empty(co, dtype=torch.float32)
-    rc = _library().ptmdd_conv3x3_wgrad_bf16(x.data_ptr(), gout.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w, ci,
-                                             co, torch.get_num_threads())
-    if rc != 0:
-        raise RuntimeError("conv3x3_weight_grad: the AMX kernel refused the call (AMX not usable in this process)")
-    return dw, db
-
-
-def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1) -> bool:
-    """Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
-    ``(Co, Ci, 3, 3)``, ``bias`` ``(Co,)``, ``padding`` 1, ``Ci`` and ``Co`` multiples of 32 and at most 1024 (what
-    :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`."""
-    if x.dim() != 4 or weight.dim() != 4 or min(x.shape) < 1:
-        return False
-    co, ci = weight.shape[0], x.shape[-1]
-    return (padding == 1 and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-            and tuple(weight.shape) == (co, ci, 3, 3) and tuple(bias.shape) == (co,)
-            and ci % 32 == 0 and co % 32 == 0 and ci <= 1024 and co <= 1024)
-
-
-class ChannelsLastConv3x3(torch.autograd.Function):
-    """``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
-    and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
-        wb = weight.detach().to(torch.bfloat16)
-        z = torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), wb, bias.detach().to(torch.bfloat16), padding=1)
-        ctx.save_for_backward(x, wb)
-        ctx.param_dtypes = (weight.dtype, bias.dtype)
-        return z.permute(0, 2, 3, 1)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, wb = ctx.saved_tensors
-        gout = gout.to(torch.bfloat16).contiguous()
-        gx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.ops.aten.convolution_backward(
-                gout.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), wb, [wb.shape[0]], [1, 1], [1, 1], [1, 1], False,
-                [0, 0], 1, [True, False, False])[0].permute(0, 2, 3, 1)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dw, db = conv3x3_weight_grad(x, gout)
-            dw, db = dw.to(ctx.param_dtypes[0]), db.to(ctx.param_dtypes[1])
-        return gx, dw, db
-
-
-def channels_last_conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """A 3x3 convolution (stride 1, zero padding 1) of channels-last bf16 maps whose weight gradient runs on AMX.
-
-    The forward and the input gradient are oneDNN's (``torch.nn.functional.conv2d`` in bf16, as under bf16
-    autocast); the weight and bias gradients come from :func:`conv3x3_weight_grad` (bf16 products, float32 sums,
-    returned in the parameters' dtype). Used by ConvNet-3's later blocks on the CPU kernel path
-    (:func:`ptmdd_lightning.nets.fast._kernel_features`). Once differentiable (no double backward).
-
-    Args:
-        x: ``(N, H, W, Ci)`` bfloat16 CPU maps (contiguous channels last).
-        weight: ``(Co, Ci, 3, 3)`` (any float dtype; used in bf16); bias: ``(Co,)``.
-
-    Returns:
-        ``(N, H, W, Co)`` bfloat16, contiguous in that order (oneDNN writes the NCHW result channels last).
-
-    Raises:
-        ValueError: shapes or dtypes :func:`conv3x3_weight_grad` does not take. RuntimeError: no AMX.
-    """
-    if not conv3x3_shapes_ok(x, weight, bias):
-        raise ValueError(f"channels_last_conv3x3 needs bfloat16 CPU maps (N, H, W, Ci), weight (Co, Ci, 3, 3) and bias "
-                         f"(Co,) with Ci, Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype}, "
-                         f"{tuple(weight.shape)}, {tuple(bias.shape)}")
-    if not amx_available():
-        raise RuntimeError("channels_last_conv3x3 needs AMX (amx_available() is False)")
-    return ChannelsLastConv3x3.apply(x, weight, bias)
+TORCH_LIBRARY_IMPL(ptmdd, CPU, m) {
+    m.impl("pooled_relu_affine", &pooled_relu_affine);
+    m.impl("pooled_relu_affine_backward", &pooled_relu_affine_backward);
+    m.impl("instance_norm_relu_pool", &instance_norm_relu_pool);
+    m.impl("instance_norm_relu_pool_backward", &instance_norm_relu_pool_backward);
+    m.impl("conv3x3_weight_grad", &conv3x3_weight_grad);
+}

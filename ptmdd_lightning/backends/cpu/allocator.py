@@ -1,9 +1,12 @@
-"""Process-level settings that make the CPU fast paths faster (pure Python + ctypes; never imports Lightning).
+"""An explicit opt-in process setting that makes the CPU paths faster (pure Python + ctypes; never imports Lightning).
+
+Nothing calls it by itself: a run opts in with the modules' ``keep_freed_memory: true`` (the shipped CPU configs do),
+and the choice is recorded in ``results.json`` (``machine.backend.cpu.keep_freed_memory``).
 
 :func:`keep_freed_memory`: glibc's ``malloc`` returns large freed blocks to the kernel (``munmap`` of blocks above
 its mmap threshold, trimming of the heap top), so the next step's tensors of the same sizes are page-faulted in
 and zeroed again. Measured on the 2-core CPU, a 100-image bf16 ConvNet-3 training step through the CPU kernels
-(``nets/fast.py``): ~4,300 minor page faults and ~10 ms of kernel time per step; with the freed memory kept
+(``backends/cpu``): ~4,300 minor page faults and ~10 ms of kernel time per step; with the freed memory kept
 (mmap threshold and trim threshold raised to 1 GiB) 15-50 faults and ~0.6 ms, step median 83-86 ms -> 47-80 ms
 over four alternating process pairs (docs/speed.md, lever 15). The cost: the process keeps its peak heap (RSS
 does not shrink after a large temporary is freed) -- what jemalloc/tcmalloc, the allocators Intel recommends for
@@ -28,9 +31,9 @@ _KEEP_BYTES = 1 << 30
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the kernel (once per process).
 
-    Sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to 1 GiB with ``mallopt``. Does nothing (returns ``False``)
-    off Linux, with another C library, or when ``PTMDD_MALLOC_TUNE=0``. Called by
-    :class:`ptmdd_lightning.nets.fast.FastNet` on the CPU.
+    Sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to 1 GiB with ``mallopt``: process-wide and not undone, so
+    only a run that asks for it calls it (``keep_freed_memory: true``). Does nothing (returns ``False``) off Linux,
+    with another C library, or when ``PTMDD_MALLOC_TUNE=0``.
 
     Returns:
         whether both settings were applied.

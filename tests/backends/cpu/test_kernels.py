@@ -1,4 +1,4 @@
-"""The hand-written CPU kernels of ConvNet-3 (nets/cpu_kernels.py) compute the same function as the tensor
+"""The hand-written CPU kernels of ConvNet-3 (backends/cpu/kernels.py) compute the same function as the tensor
 formulation and the module: values and gradients on tiny tensors."""
 
 from __future__ import annotations
@@ -7,10 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptmdd_lightning.nets import ConvNet, build_net, cpu_kernels
-from ptmdd_lightning.nets.fast import FastNet, convnet_kernels_ok, first_block_kernel
+from ptmdd_lightning.backends.cpu import kernels as cpu_kernels
+from ptmdd_lightning.backends.cpu.fastnet import FastNet, convnet_kernels_ok, first_block_kernel
+from ptmdd_lightning.nets import ConvNet, build_net
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="the CPU kernel needs a C++ compiler")
+
+@pytest.fixture(autouse=True)
+def _built():
+    """Skip where the kernels do not build (checked when a test runs: collecting the tests builds nothing)."""
+    if not cpu_kernels.available():
+        pytest.skip(f"the CPU kernels are not available: {cpu_kernels.status().reason}")
 
 
 def _reference(cols, a, b):
@@ -197,7 +203,10 @@ def test_kernels_are_off_when_asked_or_for_image_gradients_and_on_without_grad()
         assert not fast._use_kernel(x.detach())  # the kernels take float32 or bf16 maps only
 
 
-needs_amx = pytest.mark.skipif(not cpu_kernels.amx_available(), reason="the weight-gradient kernel needs AMX")
+@pytest.fixture
+def needs_amx():
+    if not cpu_kernels.amx_available():
+        pytest.skip("the weight-gradient kernel needs AMX")
 
 
 def _conv_grads_f64(x, g):
@@ -209,7 +218,7 @@ def _conv_grads_f64(x, g):
     return dw, db
 
 
-@needs_amx
+@pytest.mark.usefixtures("needs_amx")
 @pytest.mark.parametrize("shape", [(5, 8, 8, 32, 64), (3, 7, 5, 64, 32), (1, 1, 1, 32, 32), (2, 3, 17, 96, 32),
                                    (5, 14, 14, 32, 32)])
 def test_conv3x3_weight_grad_equals_the_float64_gradient(shape):
@@ -238,7 +247,7 @@ def test_conv3x3_weight_grad_refuses_bad_input():
         cpu_kernels.conv3x3_weight_grad(torch.randn(1, 4, 4, 32).bfloat16(), torch.randn(1, 4, 5, 32).bfloat16())
 
 
-@needs_amx
+@pytest.mark.usefixtures("needs_amx")
 def test_channels_last_conv3x3_is_the_bf16_conv_with_float32_weight_gradients():
     torch.manual_seed(1)
     x = torch.randn(4, 6, 6, 32).bfloat16().requires_grad_(True)
@@ -278,7 +287,7 @@ def test_conv3x3_shapes_ok_is_what_the_weight_gradient_takes():
         cpu_kernels.channels_last_conv3x3(x, torch.randn(2048, 32, 3, 3), torch.randn(2048))
 
 
-@needs_amx
+@pytest.mark.usefixtures("needs_amx")
 def test_bf16_kernel_path_takes_the_amx_weight_gradient(monkeypatch):
     # ConvNetW32 under bf16 autocast: its two later convolutions go through channels_last_conv3x3, and the
     # gradients equal those of the path with oneDNN's weight gradient (PTMDD_AMX=0) to bf16 noise
@@ -313,3 +322,47 @@ def test_amx_is_off_when_asked(monkeypatch):
             cpu_kernels.conv3x3_weight_grad(torch.randn(1, 2, 2, 32).bfloat16(), torch.randn(1, 2, 2, 32).bfloat16())
     finally:
         cpu_kernels.amx_available.cache_clear()
+
+
+# ---- the custom ops: torch.library.opcheck (schema, autograd registration, fake tensors, AOT dispatch) ----
+def test_pooled_relu_affine_op_passes_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    cols = torch.randn(2, 4, 6, 9, generator=gen, requires_grad=True)
+    a = torch.randn(2, 9, 16, generator=gen, requires_grad=True)
+    b = torch.randn(2, 16, generator=gen, requires_grad=True)
+    for bf16_out in (False, True):
+        torch.library.opcheck(torch.ops.ptmdd.pooled_relu_affine.default, (cols, a, b, bf16_out, True))
+    torch.library.opcheck(torch.ops.ptmdd.pooled_relu_affine.default,
+                          (cols.detach(), a.detach(), b.detach(), False, False))
+
+
+def test_instance_norm_relu_pool_op_passes_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 6, 4, 16, generator=gen, requires_grad=True)
+    gamma = torch.randn(16, generator=gen, requires_grad=True)
+    beta = torch.randn(16, generator=gen, requires_grad=True)
+    torch.library.opcheck(torch.ops.ptmdd.instance_norm_relu_pool.default, (z, gamma, beta, 1e-5))
+    zb = z.detach().bfloat16().requires_grad_()
+    torch.library.opcheck(torch.ops.ptmdd.instance_norm_relu_pool.default, (zb, gamma, beta, 1e-5))
+
+
+@pytest.mark.usefixtures("needs_amx")
+def test_conv3x3_weight_grad_op_passes_opcheck():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 4, 32, generator=gen).bfloat16()
+    g = torch.randn(2, 5, 4, 64, generator=gen).bfloat16()
+    torch.library.opcheck(torch.ops.ptmdd.conv3x3_weight_grad.default, (x, g))
+
+
+def test_the_ops_are_registered_with_their_autograd_formulas():
+    """The autograd formula registered for an op is what its Python wrapper differentiates: a gradient through the
+    raw op equals one through the wrapper."""
+    gen = torch.Generator().manual_seed(1)
+    cols = torch.randn(1, 4, 4, 9, generator=gen, requires_grad=True)
+    a = torch.randn(1, 9, 16, generator=gen, requires_grad=True)
+    b = torch.randn(1, 16, generator=gen, requires_grad=True)
+    out, _mask = torch.ops.ptmdd.pooled_relu_affine(cols, a, b, False, True)
+    g_op = torch.autograd.grad(out.square().sum(), (cols, a, b))
+    g_wrapper = torch.autograd.grad(cpu_kernels.pooled_relu_affine(cols, a, b).square().sum(), (cols, a, b))
+    for x, y in zip(g_op, g_wrapper, strict=True):
+        assert torch.equal(x, y)

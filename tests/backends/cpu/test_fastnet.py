@@ -1,5 +1,5 @@
-"""The fast paths give the same results as the plain ones: nets/fast.py (channels-last fused ConvNet, compiled,
-chunked) and dc_loss with a fast real-side forward."""
+"""The fast paths give the same results as the plain ones: backends/cpu/fastnet.py (channels-last fused ConvNet,
+compiled, chunked) and dc_loss with a fast real-side forward."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptmdd_lightning.core.objectives import dc_loss
-from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.nets import build_net, reinit_
-from ptmdd_lightning.nets.fast import (
+from ptmdd_lightning.backends.cpu.fastnet import (
     MIN_COMPILE_STEPS,
     FastNet,
     _convnet_embed,
@@ -21,6 +18,9 @@ from ptmdd_lightning.nets.fast import (
     convnet_features_cl,
     convnet_supported,
 )
+from ptmdd_lightning.core.objectives import dc_loss
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.nets import build_net, reinit_
 
 SUPPORTED = ["ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetW32", "ConvNetNN", "ConvNetAS", "ConvNetAL", "ConvNetMP",
              "ConvNetNP"]
@@ -115,13 +115,13 @@ def test_chunks_give_the_same_result_and_never_split_batchnorm_in_training():
     net = build_net("ConvNet", 1, 10, (28, 28))
     x = torch.randn(10, 1, 28, 28)
     fast = FastNet(net, compile=False, chunk=3, kernels=False)
-    assert [p.shape[0] for p in fast._chunks(x, fast.chunk)] == [3, 3, 3, 1]
+    assert [p.shape[0] for p in fast.chunks(x, fast.chunk)] == [3, 3, 3, 1]
     torch.testing.assert_close(fast.embed(x), net.embed(x), rtol=1e-5, atol=1e-6)
     bn = build_net("ConvNetBN", 1, 10, (28, 28)).train()
     fast_bn = FastNet(bn, compile=False, chunk=3)
-    assert len(fast_bn._chunks(x, fast_bn.chunk)) == 1  # batch statistics: the batch is never split
+    assert len(fast_bn.chunks(x, fast_bn.chunk)) == 1  # batch statistics: the batch is never split
     bn.eval()
-    assert len(fast_bn._chunks(x, fast_bn.chunk)) == 4
+    assert len(fast_bn.chunks(x, fast_bn.chunk)) == 4
 
 
 def test_params_override_is_functional_call():

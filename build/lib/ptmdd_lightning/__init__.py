@@ -1,0 +1,1 @@
+"""ptmdd: dataset distillation guided by pre-trained models, on PyTorch Lightning."""

@@ -1,0 +1,219 @@
+"""SyntheticSetEvaluation: train fresh nets on the synthetic set, test them on the real test set.
+
+The protocol is the DC/DSA/DM code's ``evaluate_synset``: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), batch 256,
+lr x 0.1 at half the epochs, DSA augmentation (one random op per batch, per-image parameters), and the test accuracy
+after the last epoch, as mean +- std over ``num_models`` freshly initialised nets per architecture. A random real subset
+with the same IPC is evaluated under the identical protocol as the baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.nets.forward import BackendName
+from ptmdd_lightning.progress import EvaluationProgress
+from ptmdd_lightning.reporting import format_table, run_dir, write_results
+
+
+class SyntheticSetEvaluation(EndOfTrainingWork):
+    """Evaluate the synthetic set every ``every_n_steps`` and at the end of training (global rank 0 only).
+
+    Logs ``eval/<arch>/acc`` and ``eval/<arch>/acc_std`` (fractions in [0, 1]), the random-real baseline as
+    ``eval/<arch>/baseline_acc`` and the gain ``eval/<arch>/gain``, adds the image grid to TensorBoard, writes
+    ``results.{md,csv,json}`` to the run folder and prints a summary.
+
+    Interruptions: SIGTERM stops an evaluation after the epoch in progress; the rows finished so far go into
+    ``last.ckpt`` (:meth:`on_exception`), and a resumed run evaluates only what is missing, also when training
+    was already complete (:class:`~ptmdd_lightning.callbacks.export.EndOfTrainingWork`).
+
+    Args:
+        archs: evaluation architectures (cross-architecture generalisation), e.g. ``["ConvNet", "AlexNet"]``.
+        num_models: freshly initialised models per architecture.
+        epochs: training epochs on the synthetic set (the papers use 1000; 300 for DC without augmentation).
+        lr, momentum, weight_decay, batch_size, lr_decay_at: the protocol's SGD settings.
+        dsa_strategy: augmentation during evaluation training (``"none"`` to turn it off).
+        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
+            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast, AMX on CPU / tensor cores on
+            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
+        mode: ``"auto"`` (models one after the other on CPU, where vmap measured slower; vmapped on CUDA), ``"vmap"``,
+            ``"loop"``.
+        compile: ``torch.compile`` the evaluation net (``EvalProtocol.compile``). On a CPU, ConvNet-3 trains
+            through ptmdd's CPU kernels with or without it (docs/speed.md: 4.5x faster than the fp32 baseline
+            by default); it helps other nets, after a 25-60 s cold compilation; needs a C++ compiler on CPU.
+        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
+            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
+        baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
+        every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
+        seed: evaluation seed (model inits, shuffles, augmentation).
+
+    Raises:
+        PtmddError: num_models < 1, epochs < 1, or no archs.
+    """
+
+    def __init__(self, archs: list[str] | None = None, num_models: int = 5, epochs: int = 300, lr: float = 0.01,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, lr_decay_at: float = 0.5,
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+                 precision: Literal["auto", "bf16", "32"] = "auto",
+                 mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False,
+                 backend: BackendName = "auto", baseline: bool = True, every_n_steps: int | None = None,
+                 seed: int = 0) -> None:
+        archs = list(archs) if archs else ["ConvNet"]
+        if num_models < 1 or epochs < 1:
+            raise PtmddError(f"evaluation needs num_models >= 1 and epochs >= 1, got {num_models} and {epochs}.")
+        self.archs = archs
+        self.num_models = num_models
+        self.epochs = epochs
+        self.protocol_kwargs = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                    batch_size=batch_size, lr_decay_at=lr_decay_at, dsa_strategy=dsa_strategy,
+                                    precision=precision, compile=compile, backend=backend)
+        self.mode = mode
+        self.baseline = baseline
+        self.every_n_steps = every_n_steps
+        self.seed = seed
+        self.rows: list[dict[str, Any]] = []
+        self._baseline_rows: dict[str, dict[str, Any]] = {}
+        self._unsaved = False  # rows evaluated since the last checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
+        run's ``results.*`` still list the evaluations made before the interruption."""
+        self._unsaved = False
+        baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
+        return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline}
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """After a SIGTERM during an evaluation, rewrite ``last.ckpt`` with the rows finished so far.
+
+        ``ModelCheckpoint(save_on_exception=True)`` writes nothing when it already saved this step (the final
+        step's checkpoint precedes the final evaluation), so the rows would be lost and evaluated again. Single
+        process only: under DDP the other ranks wait in a barrier and cannot join the collective save.
+        """
+        if not (isinstance(exception, SIGTERMException) and self._unsaved and trainer.world_size == 1):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "last_model_path", "")
+            if path:
+                trainer.save_checkpoint(path)
+                rank_zero_info(f"[ptmdd] SIGTERM during the evaluation: saved the {len(self.rows)} rows evaluated "
+                               f"so far with the step-{trainer.global_step} state in {path}")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (checkpoints written before this state existed restore nothing)."""
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
+
+    def _protocol(self, trainer: Trainer):
+        kwargs = dict(self.protocol_kwargs)
+        if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
+            kwargs["epochs"] = 1
+        return EvalProtocol(**kwargs)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step % self.every_n_steps == 0 and step != trainer.max_steps:
+            self.evaluate(trainer, pl_module)
+
+    def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rows = self.evaluate(trainer, pl_module)
+        if trainer.is_global_zero and rows:
+            rank_zero_info(self.summary(pl_module, rows))
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
+        """Run the evaluation now on global rank 0 (other ranks wait); return this step's rows."""
+        rows: list[dict[str, Any]] = []
+        if trainer.is_global_zero:
+            rows = self._evaluate(trainer, pl_module)
+        trainer.strategy.barrier("synthetic_set_evaluation")
+        return rows
+
+    def _run(self, trainer: Trainer, arch: str, which: str, images, labels, pl_module,
+             seed: int) -> tuple[torch.Tensor, float]:
+        dm = trainer.datamodule
+        num_models = 1 if trainer.fast_dev_run else self.num_models
+        protocol = self._protocol(trainer)
+        rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs")
+        start = time.perf_counter()
+        with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
+            accs = train_and_test(arch, images, labels, dm.test_images, dm.test_labels,
+                                  pl_module.hparams.num_classes, num_models, protocol, seed=seed,
+                                  device=pl_module.device, mode=self.mode, progress=progress)
+        return accs, time.perf_counter() - start
+
+    def _row_at(self, step: int, arch: str, which: str) -> dict[str, Any] | None:
+        """The row of ``(step, arch, set)`` evaluated already (kept in the state across a resume), if any."""
+        return next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, which)), None)
+
+    @staticmethod
+    def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
+        s = summarize(accs)
+        return {"step": step, "arch": arch, "set": which, "mean": float(s["mean"]), "std": float(s["std"]),
+                "n": int(s["n"]), "accs": [float(a) for a in accs], "seconds": round(seconds, 2)}
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
+        dm = trainer.datamodule
+        step = trainer.global_step
+        images = pl_module.synthetic.images.detach().float()
+        labels = pl_module.synthetic.labels
+        rows = []
+        metrics: dict[str, float] = {}
+        for arch in self.archs:
+            # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
+            row = self._row_at(step, arch, "synthetic")
+            if row is None:
+                accs, secs = self._run(trainer, arch, "synthetic", images, labels, pl_module, self.seed)
+                row = self._row(step, arch, "synthetic", accs, secs)
+                self.rows.append(row)
+                self._unsaved = True
+            rows.append(row)
+            metrics[f"eval/{arch}/acc"] = row["mean"]
+            metrics[f"eval/{arch}/acc_std"] = row["std"]
+            if self.baseline:
+                if arch not in self._baseline_rows:
+                    gen = torch.Generator().manual_seed(self.seed + 1)
+                    real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, pl_module.hparams.ipc,
+                                                        pl_module.hparams.num_classes, gen)
+                    accs_b, secs_b = self._run(trainer, arch, "random_real", real_x.to(pl_module.device),
+                                               real_y.to(pl_module.device), pl_module, self.seed)
+                    self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
+                    self._unsaved = True
+                base = self._row_at(step, arch, "random_real")
+                if base is None:
+                    base = dict(self._baseline_rows[arch], step=step)
+                    self.rows.append(base)
+                rows.append(base)
+                metrics[f"eval/{arch}/baseline_acc"] = base["mean"]
+                metrics[f"eval/{arch}/gain"] = row["mean"] - base["mean"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        log_synthetic_grid(trainer, pl_module)
+        evaluation = self.protocol_kwargs["precision"]
+        if evaluation == "auto":
+            evaluation = auto_precision(pl_module.device)
+        precision = f"distillation {trainer.precision}, evaluation {evaluation}"
+        write_results(self.rows, run_dir(trainer), machine=machine_record(pl_module.device, precision))
+        return rows
+
+    def summary(self, pl_module: LightningModule, rows: list[dict[str, Any]]) -> str:
+        """A short printable summary of the final evaluation."""
+        hp = pl_module.hparams
+        guide = "+".join(sorted({g.loss for g in getattr(pl_module, "ptm_groups", [])})) or "no PTM guidance"
+        lines = [f"\n[ptmdd] {hp.dataset_name}, IPC {hp.ipc}, {hp.method.upper()} + {guide}: "
+                 f"test accuracy over {self.num_models} models x {self.epochs} epochs"]
+        lines.append(format_table(rows))
+        for arch in self.archs:
+            syn = next((r for r in rows if r["arch"] == arch and r["set"] == "synthetic"), None)
+            base = next((r for r in rows if r["arch"] == arch and r["set"] == "random_real"), None)
+            if syn and base:
+                lines.append(f"{arch}: distilled {100 * syn['mean']:.2f}% vs random real {100 * base['mean']:.2f}% "
+                             f"-> gain {100 * (syn['mean'] - base['mean']):+.2f} points")
+        return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Two runs under the identical protocol in one table: random real, run A, run B, and the paired difference B - A.
+
+``python -m ptmdd_lightning.compare RUN_A RUN_B [--labels A B]`` reads the ``results.json`` of two run folders
+(written by :class:`~ptmdd_lightning.callbacks.SyntheticSetEvaluation` or ``ptmdd test``), takes the final
+evaluation of every architecture and prints, per architecture: the random-real baseline, both runs as mean ± std
+over the evaluation models, and the paired difference B - A with its 95 % confidence interval. Model ``i`` of
+both runs is trained from the same initialisation and sees the same shuffles and DSA draws (the evaluation seed),
+so the pairs share that part of the noise; the interval is Student's t over the ``n`` per-model differences. It
+covers the evaluation noise of ONE distillation of each; the variation between distillation seeds needs several
+runs, and :func:`paired_difference` over their per-seed means.
+
+Accuracies in ``results.json`` are fractions in [0, 1]; the table prints percentage points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ptmdd_lightning.errors import PtmddError
+
+__all__ = ["compare_runs", "final_rows", "main", "paired_difference", "t_quantile_975"]
+
+#: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom (table up to 30, then the
+    Cornish-Fisher expansion around the normal 1.95996, accurate to 1e-3 there)."""
+    if df < 1:
+        raise PtmddError(f"a confidence interval needs >= 2 paired values (df >= 1), got df={df}.")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
+    """Mean and 95 % CI half-width of ``b[i] - a[i]``.
+
+    Args:
+        a, b: paired values (same length >= 2), e.g. per-model accuracies or per-seed means.
+
+    Returns:
+        ``{"mean", "half_width", "n"}`` in the units of the inputs (``half_width`` = t_{0.975, n-1} * sd / sqrt(n),
+        sd the sample standard deviation of the differences).
+
+    Raises:
+        PtmddError: different lengths or fewer than 2 pairs.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise PtmddError(f"a paired difference needs two equally long lists of >= 2 values, got {len(a)} and "
+                         f"{len(b)}.")
+    diffs = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    return {"mean": statistics.fmean(diffs),
+            "half_width": t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n), "n": n}
+
+
+def final_rows(run: str | Path) -> dict[tuple[str, str], dict]:
+    """``{(arch, set): row}`` of the last evaluated step in ``<run>/results.json``.
+
+    Raises:
+        PtmddError: the folder has no ``results.json`` (the message names it).
+    """
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        raise PtmddError(f"{path} does not exist; give the run folder of a finished run "
+                         "(lightning_logs/<name>/version_<n>).")
+    rows = json.loads(path.read_text())
+    last = max(int(r["step"]) for r in rows)
+    return {(r["arch"], r["set"]): r for r in rows if int(r["step"]) == last}
+
+
+def _pm(row: dict) -> str:
+    return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, labels: tuple[str, str] = ("A", "B")) -> str:
+    """The Markdown table of :mod:`ptmdd_lightning.compare` for two run folders.
+
+    Raises:
+        PtmddError: a missing ``results.json``, no architecture evaluated in both, or evaluations of different
+            protocols (different model counts, or random-real baselines that differ).
+    """
+    rows_a, rows_b = final_rows(run_a), final_rows(run_b)
+    archs = [arch for arch, which in rows_a if which == "synthetic" and (arch, "synthetic") in rows_b]
+    if not archs:
+        raise PtmddError(f"{run_a} and {run_b} have no architecture evaluated in both.")
+    lines = ["| arch | set | test acc. (%) | models |", "|---|---|---:|---:|"]
+    notes = []
+    for arch in archs:
+        a, b = rows_a[(arch, "synthetic")], rows_b[(arch, "synthetic")]
+        if a["n"] != b["n"]:
+            raise PtmddError(f"{arch}: {a['n']} vs {b['n']} evaluation models; compare runs of the identical protocol.")
+        base = rows_a.get((arch, "random_real")) or rows_b.get((arch, "random_real"))
+        other = rows_b.get((arch, "random_real"))
+        if base is not None and other is not None and base["accs"] != other["accs"]:
+            raise PtmddError(f"{arch}: the random-real baselines of the two runs differ, so their evaluation "
+                             "protocols (data, epochs, seed, precision or machine) are not identical.")
+        if base is not None:
+            lines.append(f"| {arch} | random real | {_pm(base)} | {base['n']} |")
+        lines.append(f"| {arch} | {labels[0]} | {_pm(a)} | {a['n']} |")
+        lines.append(f"| {arch} | {labels[1]} | {_pm(b)} | {b['n']} |")
+        if a["n"] >= 2:
+            d = paired_difference(a["accs"], b["accs"])
+            notes.append(f"{arch}: {labels[1]} - {labels[0]} = {100 * d['mean']:+.2f} points, 95 % CI "
+                         f"[{100 * (d['mean'] - d['half_width']):+.2f}, {100 * (d['mean'] + d['half_width']):+.2f}] "
+                         f"(paired over {d['n']} evaluation models; one distillation each)")
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ptmdd_lightning.compare RUN_A RUN_B [--labels A B]``; a user error exits 2 with one line."""
+    ap = argparse.ArgumentParser(prog="python -m ptmdd_lightning.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_a")
+    ap.add_argument("run_b")
+    ap.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("A", "B"))
+    args = ap.parse_args(argv)
+    try:
+        print(compare_runs(args.run_a, args.run_b, tuple(args.labels)), end="")
+    except PtmddError as err:
+        print(f"ptmdd compare: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Safe loading of user-supplied files (PTM pool members, synthetic-set exports, checkpoints).
+
+DD researchers share PTM pools and synthetic sets. ``torch.load(..., weights_only=False)`` unpickles arbitrary
+Python objects, so a shared file could run code on load. Every ptmdd file is read here with
+``weights_only=True`` (tensors, dicts, lists, tuples, strings, numbers, ``None`` only), after a CRC-32 check of
+every member of the zip archive that ``torch.save`` writes (torch's own reader does not check it: a file with
+flipped bytes would otherwise load silently with wrong weights).
+
+Files written by older ptmdd versions whose metadata held Python objects (the export's ``config`` with
+``PTMGroup`` dataclasses) are refused with the one-line conversion, which the user runs only for files they
+trust: ``python -m ptmdd_lightning.fileio convert FILE`` (it keeps ``FILE.bak``).
+
+Pure Python + torch; never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptmdd_lightning.errors import PtmddError
+
+__all__ = ["check_archive", "safe_load", "plain", "convert_legacy"]
+
+
+def check_archive(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Raise :class:`PtmddError` if the zip archive at ``path`` is truncated or a member fails its CRC-32.
+
+    A file that is not a zip archive (torch's legacy format) passes; :func:`safe_load` then reads it.
+
+    Raises:
+        PtmddError: naming ``what`` (e.g. ``"PTM checkpoint"``), the file and ``fix``.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # noqa: BLE001 - zipfile raises many types for a bad archive
+        raise PtmddError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: {err}); {fix}.") from err
+    if bad is not None:
+        raise PtmddError(f"{what} {path} is corrupted (member {bad} fails its CRC check); {fix}.")
+
+
+def safe_load(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` after :func:`check_archive`.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"PTM checkpoint"``, ``"synthetic set file"``, ``"checkpoint"``).
+        fix: what to do about a truncated or corrupted file.
+
+    Returns:
+        the loaded object (tensors on the CPU).
+
+    Raises:
+        PtmddError: missing file; truncated or corrupted (CRC); or holding Python objects that a safe load refuses
+            (the message gives the conversion command for a trusted file written by an older ptmdd).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PtmddError(f"{what} {path} does not exist; {fix}.")
+    check_archive(path, what, fix)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # not an object but garbage: the weights-only unpickler gave up
+            raise PtmddError(f"{what} {path} is truncated or corrupted ({type(err).__name__}); {fix}.") from err
+        raise PtmddError(
+            f"{what} {path} holds Python objects that ptmdd does not unpickle (a shared file could run code on "
+            f"load: {_global_named(err)}). If you wrote it with an older ptmdd and trust it, convert it "
+            f"once: python -m ptmdd_lightning.fileio convert {path}") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise PtmddError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: {err}); {fix}.") from err
+
+
+def _global_named(err: Exception) -> str:
+    """The line naming the refused GLOBAL of torch's weights-only refusal."""
+    line = next((ln for ln in str(err).splitlines() if "GLOBAL" in ln), str(err).splitlines()[0])
+    return line.strip()[:200]
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with dataclasses turned into dicts, recursively (dicts, lists, tuples), so that a
+    ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain(v) for v in obj) if type(obj) in (list, tuple) else [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def convert_legacy(path: str | os.PathLike) -> Path:
+    """Rewrite a TRUSTED file of an older ptmdd so that :func:`safe_load` reads it; the original is kept as
+    ``<path>.bak``. This unpickles the file (``weights_only=False``): run it only on files you trust.
+
+    Raises:
+        PtmddError: the file is missing, or ``<path>.bak`` already exists (nothing is overwritten).
+    """
+    path = Path(path)
+    backup = path.with_name(path.name + ".bak")
+    if not path.is_file():
+        raise PtmddError(f"{path} does not exist.")
+    if backup.exists():
+        raise PtmddError(f"{backup} already exists; move it away first (nothing is overwritten).")
+    blob = plain(torch.load(path, map_location="cpu", weights_only=False))
+    shutil.copy2(path, backup)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "convert":
+        print("usage: python -m ptmdd_lightning.fileio convert FILE   (only for files you trust)", file=sys.stderr)
+        return 2
+    try:
+        out = convert_legacy(argv[1])
+    except PtmddError as err:
+        print(f"ptmdd: error: {err}", file=sys.stderr)
+        return 2
+    print(f"converted {out} (original kept as {out}.bak)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,257 @@
+"""The machine a run ran on, for the record: CPU model and ISA, threads, torch version, precision, fast paths.
+
+Results can differ in the last bits between thread counts and between CPU kinds (docs/distributed.md,
+"Determinism"), and the CPU speed paths differ by CPU (AMX on Intel Sapphire Rapids; none of it on an AVX2-only
+CPU), so every ``results.json`` and every benchmark JSON carries :func:`machine_record`.
+
+Pure Python + torch; never imports Lightning or the rest of ptmdd at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = [
+    "auto_precision",
+    "busy_cpus",
+    "contention_warning",
+    "cpu_info",
+    "backend_record",
+    "fast_paths_ran",
+    "machine_record",
+    "native_bf16_cpu",
+    "record_backend_request",
+    "record_fast_path",
+    "register_backend_status",
+    "trainer_precision",
+]
+
+#: the /proc/cpuinfo flags that decide ptmdd's CPU paths and bf16 speed
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+_PATHS_RAN: dict[str, int] = {}
+
+
+def record_fast_path(name: str) -> None:
+    """Count one call through the speed path ``name`` (``"cpu_kernels"``, ``"amx"``, ``"compile"``, ``"eager"``)."""
+    _PATHS_RAN[name] = _PATHS_RAN.get(name, 0) + 1
+
+
+def fast_paths_ran() -> list[str]:
+    """The speed paths that ran in this process so far through :func:`ptmdd_lightning.nets.forward.net_forward`,
+    sorted: ``"cpu_kernels"``, ``"amx"`` (the AMX weight gradient), ``"compile"``, ``"eager"`` (the module itself).
+
+    Nets that never go through ``net_forward`` (the PTMs' guidance forwards) always run eagerly and are not counted.
+    """
+    return sorted(_PATHS_RAN)
+
+
+_BACKENDS_ASKED: set[str] = set()
+_BACKEND_STATUS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def record_backend_request(name: str) -> None:
+    """Note that a net was asked for through backend ``name`` (``"auto"``, ``"eager"``, ...) in this process."""
+    _BACKENDS_ASKED.add(name)
+
+
+def register_backend_status(name: str, status: Callable[[], dict[str, Any]]) -> None:
+    """Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
+    ``name``. Called by the backend when it is first used; ``status`` must not raise."""
+    _BACKEND_STATUS[name] = status
+
+
+def backend_record() -> dict[str, Any]:
+    """``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
+    paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
+    built, why not, whether AMX runs)."""
+    return {"requested": sorted(_BACKENDS_ASKED), "ran": fast_paths_ran(),
+            **{name: status() for name, status in sorted(_BACKEND_STATUS.items())}}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    """``{"model": str, "vendor": str, "isa": [flags of ISA_FLAGS present], "kind": str}`` of this CPU.
+
+    ``kind`` is ``"amx-bf16"`` (e.g. Intel Sapphire Rapids), ``"avx512-bf16"`` (e.g. AMD EPYC Zen 4),
+    ``"avx512"``, ``"avx2"`` or ``"other"``. Read from ``/proc/cpuinfo`` (Linux); elsewhere
+    ``platform.processor()`` and an empty ISA list. Never raises.
+    """
+    model, vendor, flags = platform.processor() or platform.machine(), "", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.processor() or platform.machine()):
+                    model = value.strip()
+                elif key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [f for f in ISA_FLAGS if f in flags]
+    if "amx_bf16" in flags:
+        kind = "amx-bf16"
+    elif "avx512_bf16" in flags:
+        kind = "avx512-bf16"
+    elif "avx512f" in flags:
+        kind = "avx512"
+    elif "avx2" in flags:
+        kind = "avx2"
+    else:
+        kind = "other"
+    return {"model": model, "vendor": vendor, "isa": isa, "kind": kind}
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 natively (AMX-bf16 or AVX512-BF16).
+
+    Without it bf16 is emulated and slow: measured on an AVX2-only AMD EPYC (2 threads, conv 256 x 128 x 14 x 14,
+    3 x 3, 128 -> 128): fp32 253 ms, bf16 4468 ms (channels_last: 181 vs 1514 ms).
+    """
+    return cpu_info()["kind"] in ("amx-bf16", "avx512-bf16")
+
+
+def auto_precision(device: torch.device | str | None = None) -> str:
+    """The precision ``"auto"`` stands for on ``device``: ``"bf16"`` where bf16 pays, else ``"32"``.
+
+    bf16 autocast on a GPU with bf16 support (``torch.cuda.is_bf16_supported()``) and on a CPU with AMX-bf16;
+    fp32 on every other CPU. Measured with ``benchmarks/conv_floor.py`` (2 threads, docs/speed.md, "CPUs without
+    AMX"): on an AVX2-only CPU bf16 is emulated and 8-18x slower than fp32; with oneDNN capped to AVX512-BF16 (the
+    ISA of AMD Zen 4, on the Sapphire Rapids machine) ConvNet-3's 128 -> 128 conv ran no faster in bf16 (62 vs
+    55 ms NCHW, 58 vs 38 ms channels_last), so there fp32 keeps the digits at no cost in speed. The result is
+    recorded with every run (``machine.precision``).
+
+    Args:
+        device: ``"cpu"``, ``"cuda:0"``, a ``torch.device``; ``None`` = CPU.
+
+    Returns:
+        ``"bf16"`` or ``"32"`` (the names :class:`~ptmdd_lightning.core.evaluate.EvalProtocol` takes).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32"
+    if dev.type == "cpu":
+        return "bf16" if cpu_info()["kind"] == "amx-bf16" else "32"
+    return "32"
+
+
+def trainer_precision(accelerator: str | None) -> str:
+    """The Lightning ``trainer.precision`` a run gets when its config leaves it unset.
+
+    ``"bf16-mixed"`` where :func:`auto_precision` gives bf16 (a bf16 GPU, an AMX CPU) on the device the
+    ``accelerator`` selects (``"auto"``/``None``: CUDA when available, else the CPU; ``"gpu"``/``"cuda"``:
+    CUDA; ``"cpu"``), else ``"32-true"``; other accelerators (``"mps"``, ``"tpu"``, an object) get ``"32-true"``.
+    """
+    name = str(accelerator or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name in ("gpu", "cuda"):
+        return "bf16-mixed" if auto_precision("cuda") == "bf16" else "32-true"
+    if name == "cpu":
+        return "bf16-mixed" if auto_precision("cpu") == "bf16" else "32-true"
+    return "32-true"
+
+
+def busy_cpus(interval: float = 0.2) -> float | None:
+    """How many of the CPUs this process may run on are busy with work, measured over ``interval`` seconds.
+
+    Sums ``1 - idle fraction`` (``/proc/stat``, idle + iowait jiffies) over the CPUs of the affinity mask
+    (``os.sched_getaffinity``: a SLURM cpuset or ``taskset`` narrows it). Call it while this process is idle
+    (before training starts), so that what it measures is the neighbours' load.
+
+    Returns:
+        busy CPUs as a float in ``[0, len(affinity)]``, or ``None`` where ``/proc/stat`` is not readable.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+    def read() -> dict[int, tuple[int, int]]:
+        times = {}
+        with open("/proc/stat") as fh:
+            for line in fh:
+                name, *fields = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    values = [int(v) for v in fields]
+                    times[int(name[3:])] = (values[3] + values[4], sum(values[:8]))
+        return times
+
+    try:
+        before = read()
+        time.sleep(interval)
+        after = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = 0.0
+    for cpu in cpus or sorted(after):
+        if cpu in before and cpu in after:
+            idle, total = (a - b for a, b in zip(after[cpu], before[cpu], strict=True))
+            busy += 1.0 - idle / total if total > 0 else 0.0
+    return busy
+
+
+def contention_warning(threads: int | None = None, busy: float | None = None) -> str | None:
+    """A warning naming the fix when other processes already keep the CPUs busy that ``threads`` would use.
+
+    OpenMP threads on busy cores wait for each other at every barrier: measured on 2 cores (docs/speed.md,
+    "Contention"), a ConvNet-3 step of 190 ms alone took 4.4 s when two such 2-thread processes ran side by
+    side, and 0.36 s each with ``OMP_NUM_THREADS=1``.
+
+    Args:
+        threads: torch's intra-op threads (default ``torch.get_num_threads()``).
+        busy: busy CPUs (default: measured now with :func:`busy_cpus`).
+
+    Returns:
+        the message, or ``None`` when ``threads`` fit on the idle CPUs (or the load cannot be read).
+    """
+    threads = torch.get_num_threads() if threads is None else threads
+    busy = busy_cpus() if busy is None else busy
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if busy is None or threads <= 1:
+        return None
+    idle = max(1, int(cpus - busy + 0.5))
+    if threads <= idle:
+        return None
+    return (f"about {busy:.1f} of the {cpus} CPUs this run may use are busy with other processes, and torch "
+            f"runs {threads} OpenMP threads: each step can run many times slower than alone (2 such runs on 2 "
+            f"cores: 23x). Give this run its share, e.g. OMP_NUM_THREADS={idle} (and taskset -c to pin it), or "
+            "stop the other work; docs/speed.md#contention.")
+
+
+def machine_record(device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:
+    """What a results file records about the machine and the code path of a run.
+
+    Args:
+        device: the run's device (``"cpu"``, ``"cuda:0"``, ...); ``None`` = CPU.
+        precision: the run's precision as its owner names it (e.g. ``"bf16-mixed"``, ``"32"``).
+
+    Returns:
+        a JSON-ready dict: ``cpu`` (:func:`cpu_info`), ``threads`` (``torch.get_num_threads()``),
+        ``omp_num_threads`` (the environment variable or ``None``), ``torch``, ``device``, ``gpu`` (CUDA device
+        name or ``None``), ``precision``, ``fast_paths`` (:func:`fast_paths_ran`), ``backend``
+        (:func:`backend_record`) and the ``PTMDD_*`` overrides set.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    gpu = None
+    if dev.type == "cuda" and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(dev)
+    return {
+        "cpu": cpu_info(),
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "device": str(dev),
+        "gpu": gpu,
+        "precision": None if precision is None else str(precision),
+        "fast_paths": fast_paths_ran(),
+        "backend": backend_record(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PTMDD_") and k != "PTMDD_DATA"},
+    }

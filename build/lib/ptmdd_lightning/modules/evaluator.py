@@ -1,0 +1,372 @@
+"""SyntheticSetEvaluator: evaluate an exported synthetic set on its own (``ptmdd test`` / ``ptmdd validate``).
+
+    ptmdd test --config configs/evaluate.yaml \
+        --model.init_args.path lightning_logs/<run>/version_0/synthetic_set.pt
+
+The protocol is the one of :class:`ptmdd_lightning.callbacks.SyntheticSetEvaluation` (the DC/DSA/DM reference
+``evaluate_synset``, VICO-UoE/DatasetCondensation ``utils.py``): ``num_models`` freshly initialised nets of
+every architecture in ``archs`` are trained on the synthetic set (SGD lr 0.01, momentum 0.9, weight decay
+5e-4, batch 256, lr x 0.1 at half the epochs, DSA with one random op per batch) and tested on the DataModule's
+real test set after the last epoch; a random real subset with the same IPC is evaluated under the identical
+protocol as the baseline. The result is the cross-architecture table of Lu et al. (2023, Sec. 4.5), written as
+``results.{md,csv,json}``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
+from ptmdd_lightning.core.synthetic import load_synthetic_set
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.machine import auto_precision, machine_record
+from ptmdd_lightning.nets import build_net
+from ptmdd_lightning.nets.forward import BackendName
+from ptmdd_lightning.progress import EvaluationProgress
+from ptmdd_lightning.reporting import format_table, run_dir, write_results
+
+#: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
+DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
+
+
+def check_export(
+    blob: dict[str, Any],
+    path: str | Path,
+    dataset_name: str,
+    num_classes: int,
+    channels: int,
+    image_size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    classes: list[int] | None,
+) -> None:
+    """Raise :class:`PtmddError` unless an exported synthetic set fits the DataModule it is evaluated on.
+
+    Args:
+        blob: the dict of :func:`ptmdd_lightning.core.synthetic.load_synthetic_set` (``images`` float32
+            ``(N, C, H, W)``, ``labels`` int64 ``(N,)``, ``dataset``, ``mean``, ``std``, ``num_classes`` and
+            ``config``, the Distiller's hyper-parameters, which hold the class subset ``classes``).
+        path: the file (named in the messages).
+        dataset_name, num_classes, channels, image_size, mean, std, classes: the DataModule's dataset, K, C,
+            ``(H, W)``, normalisation and class subset (``None``: all classes).
+
+    Raises:
+        PtmddError: another dataset, K, C, H, W, class subset or normalisation; the message names the setting
+            to change (``data.init_args.dataset`` / ``data.init_args.classes``).
+    """
+    images, labels = blob["images"], blob["labels"]
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise PtmddError(f"{path}: 'images' must be a (N, C, H, W) tensor; re-export the synthetic set.")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise PtmddError(f"{path}: 'labels' must be a (N,) tensor with one label per image; re-export it.")
+    if str(blob["dataset"]) != dataset_name:
+        raise PtmddError(
+            f"{path} was distilled from {blob['dataset']!r} but the DataModule loads {dataset_name!r}; "
+            f"set --data.init_args.dataset {blob['dataset']}."
+        )
+    config = blob.get("config") or {}
+    export_classes = config.get("classes") if isinstance(config, dict) else None
+    export_classes = [int(c) for c in export_classes] if export_classes else None
+    if export_classes != (list(classes) if classes else None):
+        fix = (
+            f"--data.init_args.classes '{export_classes}'"
+            if export_classes
+            else "--data.init_args.classes null (all classes)"
+        )
+        raise PtmddError(
+            f"{path} was distilled on the class subset {export_classes} but the DataModule uses "
+            f"{classes}; set {fix}."
+        )
+    k = int(blob.get("num_classes") or int(labels.max()) + 1)
+    if k != num_classes:
+        raise PtmddError(
+            f"{path} has {k} classes but the DataModule has {num_classes}; evaluate it on the dataset "
+            "and class subset it was distilled from."
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PtmddError(
+            f"{path} holds labels {int(labels.min())}..{int(labels.max())}, outside 0..{num_classes - 1}: labels "
+            "must be class indices in [0, num_classes), the order of the DataModule's classes (a class subset is "
+            "re-indexed from 0); re-export the synthetic set, or relabel it."
+        )
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise PtmddError(
+            f"{path} holds {bad} non-finite pixel values (NaN/inf) in its images: its distillation diverged. "
+            "Distil again with a lower lr_img or alpha; an evaluation of it would be meaningless."
+        )
+    c, h, w = (int(s) for s in images.shape[1:])
+    if c != channels or (h, w) != tuple(image_size):
+        raise PtmddError(
+            f"{path} holds images of {c}x{h}x{w} but the DataModule gives {channels}x{image_size[0]}x"
+            f"{image_size[1]}; evaluate it on the dataset it was distilled from."
+        )
+    for what, got, want in (("mean", blob["mean"], mean), ("std", blob["std"], std)):
+        if len(got) != len(want) or any(
+            not math.isclose(float(a), float(b), abs_tol=1e-6) for a, b in zip(got, want, strict=False)
+        ):
+            raise PtmddError(
+                f"{path} was normalised with {what} {tuple(got)} but the DataModule uses {tuple(want)}; "
+                "evaluate it with the DataModule of the dataset it was distilled from."
+            )
+
+
+class SyntheticSetEvaluator(LightningModule):
+    """Evaluate an exported ``synthetic_set.pt`` on a DataModule's real test set (no distillation).
+
+    ``ptmdd test`` (or ``ptmdd validate``) with this model: :meth:`setup` loads the export and checks that it
+    fits the DataModule (dataset, class subset, K, C, H, W, normalisation); at the end of the test
+    (validation) epoch, on global rank 0, ``num_models`` fresh nets of every architecture are trained on the
+    synthetic images and tested on ``datamodule.test_images``; a random real subset with the export's IPC is
+    evaluated alike (``baseline``). The test loop's own batches are not used for anything (the evaluation
+    reads the DataModule's in-memory test set).
+
+    Logged (fractions in ``[0, 1]``, under the stage prefix ``test`` or ``val``): ``<stage>/<arch>/acc``,
+    ``<stage>/<arch>/acc_std``, ``<stage>/<arch>/baseline_acc`` and ``<stage>/<arch>/gain``. Written: the
+    Markdown / CSV / JSON table ``<output_dir>/<stem>.{md,csv,json}`` (rows ``step, arch, set, mean, std, n,
+    accs, seconds`` with ``set`` in ``synthetic`` / ``random_real``), printed as well. ``fast_dev_run``
+    shrinks the protocol to one model and one epoch per architecture, as the callback does.
+
+    Args:
+        path: the exported synthetic set (``synthetic_set.pt`` of
+            :class:`ptmdd_lightning.callbacks.SyntheticSetExport`).
+        archs: evaluation architectures (``build_net`` names); default ConvNet, AlexNet, VGG11, ResNet18.
+        num_models: freshly initialised models per architecture (>= 1).
+        epochs: training epochs on the synthetic set (the papers: 1000 with DSA, 300 for DC without
+            augmentation).
+        lr, momentum, weight_decay, lr_decay_at, dsa_strategy: the protocol (see
+            :class:`ptmdd_lightning.core.evaluate.EvalProtocol`).
+        batch_train: the training batch size (the reference's ``batch_train``, 256).
+        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
+            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast: AMX on CPU, tensor cores on
+            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
+        mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :func:`ptmdd_lightning.core.evaluate.train_models`).
+        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
+            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
+        baseline: also evaluate a random real subset with the same IPC.
+        eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn with
+            ``eval_seed + 1``, as the callback does with its ``seed``, so both give the same numbers). Named
+            apart from the DataModule's ``seed`` and ``batch_size``, which Lightning's logger merges with
+            these hparams.
+        output_dir: where to write the table; ``None`` = the run's log folder
+            (``lightning_logs/evaluate/version_N``).
+        stem: base name of the table files.
+        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
+            DataModule by the CLI; never set them in YAML.
+
+    Raises:
+        PtmddError: ``num_models < 1``, ``epochs < 1`` or no archs (construction); no ``path``, a missing or
+            corrupted file, or an export that does not fit the DataModule (:meth:`setup`).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        archs: list[str] | None = None,
+        num_models: int = 5,
+        epochs: int = 300,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        batch_train: int = 256,
+        lr_decay_at: float = 0.5,
+        dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+        precision: Literal["auto", "bf16", "32"] = "auto",
+        mode: Literal["auto", "vmap", "loop"] = "auto",
+        backend: BackendName = "auto",
+        baseline: bool = True,
+        eval_seed: int = 0,
+        output_dir: str | None = None,
+        stem: str = "results",
+        num_classes: int = 10,
+        channels: int = 1,
+        image_size: tuple[int, int] = (28, 28),
+        mean: tuple[float, ...] = (0.2861,),
+        std: tuple[float, ...] = (0.3530,),
+        dataset_name: str = "fashion_mnist",
+        class_names: list[str] | None = None,
+        classes: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+
+        archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
+        if not archs:
+            raise PtmddError("SyntheticSetEvaluator needs at least one arch, e.g. archs: [ConvNet, AlexNet].")
+        if num_models < 1 or epochs < 1:
+            raise PtmddError(
+                f"evaluation needs num_models >= 1 and epochs >= 1, got {num_models} and {epochs}."
+            )
+        for arch in archs:
+            build_net(arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
+        self.save_hyperparameters()
+        self.archs = archs
+        self.export_blob: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, stage: str) -> None:
+        """Load the export (once) and check it against the DataModule's metadata."""
+        if self.export_blob is not None:
+            return
+        hp = self.hparams
+        if not hp.path:
+            raise PtmddError(
+                "SyntheticSetEvaluator needs the exported set: pass --model.init_args.path "
+                "lightning_logs/<run>/version_<n>/synthetic_set.pt."
+            )
+        blob = load_synthetic_set(hp.path)
+        check_export(
+            blob,
+            hp.path,
+            hp.dataset_name,
+            int(hp.num_classes),
+            int(hp.channels),
+            tuple(hp.image_size),
+            tuple(hp.mean),
+            tuple(hp.std),
+            hp.classes,
+        )
+        self.export_blob = blob
+
+    @property
+    def ipc(self) -> int:
+        """Images per class of the loaded export (for the random-real baseline)."""
+        blob = self.export_blob
+        if blob is None:
+            raise RuntimeError("setup() must run before ipc is known")
+        if blob.get("ipc"):
+            return int(blob["ipc"])
+        return int(torch.bincount(blob["labels"]).max())
+
+    # ------------------------------------------------------------------ the loops (batches are not needed)
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Nothing per batch: the evaluation runs once, in :meth:`on_validation_epoch_end`."""
+        return None
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Nothing per batch: the evaluation runs once, in :meth:`on_test_epoch_end`."""
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._evaluate_and_log("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate_and_log("test")
+
+    # ------------------------------------------------------------------ evaluation
+    def _protocol(self):
+        hp = self.hparams
+        return EvalProtocol(
+            epochs=1 if self.trainer.fast_dev_run else int(hp.epochs),
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            batch_size=hp.batch_train,
+            lr_decay_at=hp.lr_decay_at,
+            dsa_strategy=hp.dsa_strategy,
+            precision=hp.precision,
+            backend=hp.get("backend", "auto"),
+        )
+
+    def _eval_precision(self) -> str:
+        """The evaluation precision that runs here: ``"auto"`` resolved on this module's device."""
+        precision = self._protocol().precision
+        return auto_precision(self.device) if precision == "auto" else precision
+
+    def _row(self, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
+        s = summarize(accs)
+        step = int(self.export_blob.get("global_step", 0) or 0)
+        return {
+            "step": step,
+            "arch": arch,
+            "set": which,
+            "mean": float(s["mean"]),
+            "std": float(s["std"]),
+            "n": int(s["n"]),
+            "accs": [float(a) for a in accs],
+            "seconds": round(seconds, 2),
+        }
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Train and test every architecture on the synthetic set and the random-real baseline; return rows.
+
+        Runs with gradients enabled even inside Lightning's ``inference_mode`` evaluation loop.
+
+        Returns:
+            One ``{"step", "arch", "set", "mean", "std", "n", "accs", "seconds"}`` row per architecture and
+            set (``synthetic`` then ``random_real``); accuracies are fractions in ``[0, 1]``, ``std`` the
+            population std.
+        """
+        dm = self.trainer.datamodule
+        if dm is None or getattr(dm, "test_images", None) is None:
+            raise PtmddError(
+                "SyntheticSetEvaluator needs a RealDataModule (data.class_path: "
+                "ptmdd_lightning.data.RealDataModule) with the dataset the set was distilled from."
+            )
+        hp = self.hparams
+        k = int(hp.num_classes)
+        num_models = 1 if self.trainer.fast_dev_run else int(hp.num_models)
+        protocol = self._protocol()
+        images = self.export_blob["images"].to(self.device, torch.float32)
+        labels = self.export_blob["labels"].to(self.device, torch.int64)
+        test_x, test_y = dm.test_images, dm.test_labels
+        rows: list[dict[str, Any]] = []
+        with torch.inference_mode(False), torch.enable_grad():
+            real = None
+            if hp.baseline:
+                gen = torch.Generator().manual_seed(int(hp.eval_seed) + 1)
+                real = random_real_subset(dm.train_images, dm.train_labels, self.ipc, k, gen)
+            sets = [("synthetic", images, labels)]
+            if real is not None:
+                sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
+            for arch in self.archs:
+                for which, x, y in sets:
+                    rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x "
+                                   f"{protocol.epochs} epochs")
+                    start = time.perf_counter()
+                    with EvaluationProgress(f"eval {arch} {which}", num_models, self.trainer) as progress:
+                        accs = train_and_test(arch, x, y, test_x, test_y, k, num_models, protocol,
+                                              seed=int(hp.eval_seed), device=self.device, mode=hp.mode,
+                                              progress=progress)
+                    rows.append(self._row(arch, which, accs, time.perf_counter() - start))
+        return rows
+
+    def _output_dir(self) -> Path:
+        if self.hparams.output_dir:
+            folder = Path(self.hparams.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        return run_dir(self.trainer)
+
+    def _evaluate_and_log(self, stage: str) -> None:
+        rows = self.evaluate() if self.trainer.is_global_zero else None
+        rows = self.trainer.strategy.broadcast(rows, src=0)
+        self.rows = rows
+        for r in rows:
+            if r["set"] == "synthetic":
+                self.log(f"{stage}/{r['arch']}/acc", r["mean"])
+                self.log(f"{stage}/{r['arch']}/acc_std", r["std"])
+                base = next((b for b in rows if b["arch"] == r["arch"] and b["set"] == "random_real"), None)
+                if base is not None:
+                    self.log(f"{stage}/{r['arch']}/baseline_acc", base["mean"])
+                    self.log(f"{stage}/{r['arch']}/gain", r["mean"] - base["mean"])
+        if self.trainer.is_global_zero:
+            folder = self._output_dir()
+            write_results(rows, folder, self.hparams.stem,
+                          machine=machine_record(self.device, f"evaluation {self._eval_precision()}"))
+            blob = self.export_blob
+            rank_zero_info(
+                f"\n[ptmdd] {self.hparams.path}: {blob['dataset']}, IPC {self.ipc}, "
+                f"{1 if self.trainer.fast_dev_run else self.hparams.num_models} models x "
+                f"{self._protocol().epochs} epochs per architecture\n{format_table(rows)}\n"
+                f"[ptmdd] wrote {folder / self.hparams.stem}.md/.csv/.json"
+            )

@@ -1,0 +1,79 @@
+"""Run folders and results tables, shared by the Lightning modules and the callbacks (below both of them).
+
+``run_dir`` finds a run's versioned folder; ``format_table`` and ``write_results`` write the evaluation rows as
+``results.{md,csv,json}`` with the machine record. Imports only Lightning's types and the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning import Trainer
+
+__all__ = ["format_table", "run_dir", "write_results"]
+
+
+def run_dir(trainer: Trainer) -> Path:
+    """The run's versioned log folder (``lightning_logs/<name>/version_<n>``), created if needed.
+
+    Built from the logger without ``trainer.log_dir``, which is a collective call under DDP: the callbacks call this
+    on global rank 0 alone.
+    """
+    logger = trainer.logger
+    folder = None
+    if logger is not None:
+        folder = getattr(logger, "log_dir", None) or logger.save_dir
+    path = Path(folder or trainer.default_root_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of evaluation rows (``arch``, ``set``, ``mean``, ``std``, ``n``; accuracies in %)."""
+    lines = ["| step | arch | set | test acc. (%) | models |", "|---:|---|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['step']} | {r['arch']} | {r['set']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
+                     f"| {r['n']} |")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
+                  machine: dict[str, Any] | None = None) -> None:
+    """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``folder`` (atomic replace).
+
+    ``machine`` (:func:`ptmdd_lightning.machine.machine_record`: CPU model and ISA, threads, torch version,
+    precision, fast paths that ran) goes into every JSON row as ``"machine"``, into the CSV as the columns
+    ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, and under the Markdown table.
+    """
+    rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
+    md = folder / f"{stem}.md"
+    tmp = md.with_suffix(".md.tmp")
+    text = format_table(rows) + "\n"
+    if machine is not None:
+        text += (f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
+                 f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
+                 f"{', '.join(machine['fast_paths']) or 'none'}\n")
+    tmp.write_text(text)
+    tmp.replace(md)
+    js = folder / f"{stem}.json"
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2))
+    tmp.replace(js)
+    cs = folder / f"{stem}.csv"
+    tmp = cs.with_suffix(".csv.tmp")
+    fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
+    extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields + extra, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            flat = {**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])}
+            if machine is not None:
+                flat.update(cpu=machine["cpu"]["model"], isa=" ".join(machine["cpu"]["isa"]),
+                            threads=machine["threads"], torch=machine["torch"], precision=machine["precision"],
+                            fast_paths=" ".join(machine["fast_paths"]))
+            writer.writerow(flat)
+    tmp.replace(cs)
