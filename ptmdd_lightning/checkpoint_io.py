@@ -3,7 +3,7 @@
 Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file lies in the
 system's temporary folder; when that folder is on another filesystem (``/dev/shm``, node-local scratch on a
 cluster) the final move is a copy, and a SIGKILL during it truncates the only ``last.ckpt``. Here the file is
-written next to its target and renamed (:func:`ptmdd_lightning.core.synthetic.atomic_save`).
+written next to its target and renamed (:func:`ptmdd_lightning.fileio.atomic_save`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from ptmdd_lightning.core.synthetic import atomic_save
+from ptmdd_lightning.fileio import atomic_save
 
 __all__ = ["AtomicCheckpointIO"]
 

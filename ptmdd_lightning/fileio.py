@@ -18,17 +18,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["check_archive", "safe_load", "plain", "convert_legacy"]
+__all__ = ["TMP_NAME", "atomic_save", "atomic_write", "atomic_write_text", "check_archive", "convert_legacy", "plain",
+           "remove_stray_temporaries", "safe_load"]
 
 
 def check_archive(path: str | os.PathLike, what: str, fix: str) -> None:
@@ -103,6 +106,93 @@ def plain(obj: Any) -> Any:
     return obj
 
 
+#: the temporary file of :func:`atomic_write` for ``path``: ``.<name>.tmp<pid>`` in the same folder
+TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` atomically: ``write(fileobj)`` on ``.<name>.tmp<pid>`` in the same folder, fsync,
+    ``os.replace``. ptmdd's one atomic writer (checkpoints, exports, PTM members, results, the data cache).
+
+    The temporary file sits next to the target, so the rename never crosses filesystems (a temporary folder
+    on ``/dev/shm`` or node-local scratch would turn it into a copy that a kill can truncate). The previous
+    ``path`` stays intact until the new file is complete and on disk; a killed writer leaves at most a stray
+    temporary file (:func:`remove_stray_temporaries` removes it), never a truncated ``path``.
+
+    Args:
+        path: the target file; its folder is created.
+        write: writes the content to the binary file object it is given.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OSError: the folder is not writable or the disk is full (the temporary file is removed).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass  # a filesystem without directory fsync
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`.
+
+    Raises:
+        OSError: the folder is not writable or the disk is full (the temporary file is removed).
+    """
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def remove_stray_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` in ``folder`` whose writer process is gone.
+
+    Returns:
+        the removed files (none when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        match = TMP_NAME.fullmatch(p.name)
+        if match is None or not p.is_file():
+            continue
+        pid = int(match.group("pid"))
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()  # this process writes nothing while it cleans up
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def convert_legacy(path: str | os.PathLike) -> Path:
     """Rewrite a TRUSTED file of an older ptmdd so that :func:`safe_load` reads it; the original is kept as
     ``<path>.bak``. This unpickles the file (``weights_only=False``): run it only on files you trust.
@@ -118,10 +208,7 @@ def convert_legacy(path: str | os.PathLike) -> Path:
         raise PtmddError(f"{backup} already exists; move it away first (nothing is overwritten).")
     blob = plain(torch.load(path, map_location="cpu", weights_only=False))
     shutil.copy2(path, backup)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_save(blob, path)
 
 
 def _main(argv: list[str]) -> int:

@@ -38,9 +38,8 @@ import ptmdd_lightning.callbacks  # noqa: F401
 import ptmdd_lightning.data  # noqa: F401
 import ptmdd_lightning.modules  # noqa: F401
 from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
-from ptmdd_lightning.core.synthetic import remove_stray_temporaries
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.fileio import check_archive, safe_load
+from ptmdd_lightning.fileio import check_archive, remove_stray_temporaries, safe_load
 from ptmdd_lightning.machine import contention_warning, trainer_precision
 from ptmdd_lightning.nets.forward import keep_freed_memory
 

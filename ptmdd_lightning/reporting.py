@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from lightning import Trainer
+
+from ptmdd_lightning.fileio import atomic_write_text
 
 __all__ = ["format_table", "run_dir", "write_results"]
 
@@ -49,31 +52,23 @@ def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
     ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, and under the Markdown table.
     """
     rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
-    md = folder / f"{stem}.md"
-    tmp = md.with_suffix(".md.tmp")
     text = format_table(rows) + "\n"
     if machine is not None:
         text += (f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
                  f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
                  f"{', '.join(machine['fast_paths']) or 'none'}\n")
-    tmp.write_text(text)
-    tmp.replace(md)
-    js = folder / f"{stem}.json"
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rows, indent=2))
-    tmp.replace(js)
-    cs = folder / f"{stem}.csv"
-    tmp = cs.with_suffix(".csv.tmp")
+    atomic_write_text(folder / f"{stem}.md", text)
+    atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
     fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
     extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields + extra, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            flat = {**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])}
-            if machine is not None:
-                flat.update(cpu=machine["cpu"]["model"], isa=" ".join(machine["cpu"]["isa"]),
-                            threads=machine["threads"], torch=machine["torch"], precision=machine["precision"],
-                            fast_paths=" ".join(machine["fast_paths"]))
-            writer.writerow(flat)
-    tmp.replace(cs)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields + extra, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        flat = {**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])}
+        if machine is not None:
+            flat.update(cpu=machine["cpu"]["model"], isa=" ".join(machine["cpu"]["isa"]),
+                        threads=machine["threads"], torch=machine["torch"], precision=machine["precision"],
+                        fast_paths=" ".join(machine["fast_paths"]))
+        writer.writerow(flat)
+    atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())

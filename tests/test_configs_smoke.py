@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-from ptmdd_lightning.core.synthetic import SyntheticSet, atomic_save
+from ptmdd_lightning.core.synthetic import SyntheticSet
+from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.main import PtmddCLI, main
 from ptmdd_lightning.sweep import expand, load_sweep, point_config, set_dotted
 

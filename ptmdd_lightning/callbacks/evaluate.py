@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
+from ptmdd_lightning.core.augment import DEFAULT_STRATEGY
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
@@ -62,7 +63,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     def __init__(self, archs: list[str] | None = None, num_models: int = 5, epochs: int = 300, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, lr_decay_at: float = 0.5,
-                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+                 dsa_strategy: str = DEFAULT_STRATEGY,
                  precision: Literal["auto", "bf16", "32"] = "auto",
                  mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False,
                  backend: BackendName = "auto", baseline: bool = True, every_n_steps: int | None = None,

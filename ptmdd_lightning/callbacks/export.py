@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from ptmdd_lightning.core.synthetic import atomic_save
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.reporting import run_dir
 
 

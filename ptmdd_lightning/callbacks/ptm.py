@@ -17,9 +17,9 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path, pool_key
-from ptmdd_lightning.core.synthetic import atomic_save
 from ptmdd_lightning.data import RealDataModule
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.progress import PoolProgressBar, shows_progress
 

@@ -10,7 +10,7 @@ epoch is reported. Several such models give a mean and a (population) std.
 Speed (this is the costliest part of a DD experiment), two training modes that give the same models:
 
 * ``mode="vmap"``: all ``num_models`` models at once with ``torch.func`` (``stack_module_state`` +
-  ``functional_call`` + ``vmap(grad(...))``) and a hand-written stacked SGD update (:func:`sgd_step_`);
+  ``functional_call`` + ``vmap(grad(...))``) and ``torch.optim.SGD(foreach=True)`` on the stacked parameters;
   testing all models at once too. The fast mode on a GPU, where one small model leaves the device idle.
 * ``mode="loop"``: the models one after the other with ``torch.optim.SGD``, as the reference. The fast
   mode on a CPU (measured on this AMX CPU: ``vmap`` is 1.5-2x slower there, see ``_resolve_mode``), and
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ptmdd_lightning.core.augment import DSAParams, dsa_augment
+from ptmdd_lightning.core.augment import DEFAULT_STRATEGY, DSAParams, dsa_augment
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision
 from ptmdd_lightning.nets import build_net
@@ -50,7 +50,6 @@ __all__ = [
     "EVAL_DSA_STRATEGY",
     "EvalProtocol",
     "lr_for_epoch",
-    "sgd_step_",
     "train_models",
     "evaluate_models",
     "train_and_test",
@@ -59,7 +58,8 @@ __all__ = [
 ]
 
 #: the DSA strategy of the reference evaluation (DSA/DM code ``--dsa_strategy`` default)
-EVAL_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+#: the evaluation's augmentation: the DSA default (:data:`ptmdd_lightning.core.augment.DEFAULT_STRATEGY`)
+EVAL_DSA_STRATEGY = DEFAULT_STRATEGY
 
 _PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16", "bf16-mixed": "bf16", "auto": "auto"}
 _MODES = ("auto", "vmap", "loop")
@@ -189,43 +189,6 @@ def lr_for_epoch(protocol: EvalProtocol, epoch: int) -> float:
     ``epochs`` epochs run and the decayed phase starts at ``epochs // 2``: two epochs of difference in 1000.)
     """
     return protocol.lr * (0.1 if epoch >= protocol.decay_epoch else 1.0)
-
-
-@torch.no_grad()
-def sgd_step_(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    momentum_buffers: list[Tensor] | None,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-) -> list[Tensor] | None:
-    """One in-place SGD step, exactly ``torch.optim.SGD`` (dampening 0, no Nesterov), on any tensors.
-
-    With ``d_p = g + weight_decay * p``: the first step sets ``buf = d_p``, later ones
-    ``buf = momentum * buf + d_p``; then ``p -= lr * buf`` (``p -= lr * d_p`` when ``momentum == 0``).
-    Works on stacked ``(num_models, ...)`` parameters alike, as every operation is elementwise.
-
-    Args:
-        params: float tensors updated in place (any shapes).
-        grads: their gradients, same shapes and dtypes.
-        momentum_buffers: the buffers returned by the previous call, or ``None`` on the first step.
-        lr, momentum, weight_decay: SGD hyper-parameters.
-
-    Returns:
-        the momentum buffers to pass to the next call (``None`` when ``momentum == 0``).
-    """
-    params, grads = list(params), list(grads)
-    d_p = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else grads
-    if momentum != 0:
-        if momentum_buffers is None:
-            momentum_buffers = [d.clone() for d in d_p]
-        else:
-            torch._foreach_mul_(momentum_buffers, momentum)
-            torch._foreach_add_(momentum_buffers, d_p)
-        d_p = momentum_buffers
-    torch._foreach_add_(params, d_p, alpha=-lr)
-    return momentum_buffers if momentum != 0 else None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -443,29 +406,34 @@ def _train_vmap(
     rngs: Sequence[_ModelRNG],
     progress: Progress | None = None,
 ) -> None:
-    """Train all models at once: ``vmap(grad(loss))`` on stacked parameters and :func:`sgd_step_` by hand."""
+    """Train all models at once: ``vmap(grad(loss))`` on stacked ``(num_models, ...)`` parameters, updated by
+    ``torch.optim.SGD(foreach=True)`` (every SGD operation is elementwise, so one step on the stacked tensors is the
+    step of every model; a new optimizer at the decay epoch, as in the sequential mode)."""
     device = images.device
     template, params, buffers = _stack(models)
     template.train()
     grad_fn = _vmapped_grad(template, device, protocol.precision)
     names = list(params)
     plist = [params[k] for k in names]
-    bufs: list[Tensor] | None = None
-    prev_lr = None
+    opt, opt_lr = None, None
     for ep in range(protocol.epochs):
         lr = lr_for_epoch(protocol, ep)
-        if prev_lr is not None and lr != prev_lr and protocol.reset_momentum_at_decay:
-            bufs = None  # the reference builds a new optimizer (fresh momentum) at the decay epoch
-        prev_lr = lr
+        if opt is None or (lr != opt_lr and protocol.reset_momentum_at_decay):
+            # the reference builds a new optimizer (fresh momentum) at the decay epoch
+            opt = torch.optim.SGD(plist, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay,
+                                  foreach=True)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt_lr = lr
         for idx in _epoch_batches(images.shape[0], protocol.batch_size, rngs):
             idx = idx.to(device)
             x = images[idx]  # (M, b, C, H, W)
             if protocol.augments:
                 x = torch.stack([_augment(x[m], protocol, r) for m, r in enumerate(rngs)])
             grads = grad_fn(params, buffers, x, labels[idx])
-            bufs = sgd_step_(
-                plist, [grads[k] for k in names], bufs, lr, protocol.momentum, protocol.weight_decay
-            )
+            for k, p in zip(names, plist, strict=True):
+                p.grad = grads[k]
+            opt.step()
         if progress is not None:
             progress((ep + 1) * len(models), len(models) * protocol.epochs)
     with torch.no_grad():

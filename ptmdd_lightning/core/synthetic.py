@@ -7,7 +7,6 @@ Sec. 3); labels are fixed and class-sorted, images are optimised.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,78 +96,6 @@ class SyntheticSet(nn.Module):
             "class_names": list(class_names) if class_names is not None else None,
             "config": plain(config),  # dicts only: a weights_only load refuses dataclasses
         }
-
-
-#: the temporary file of :func:`atomic_save` for ``path``: ``.<name>.tmp<pid>`` in the same folder
-TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` atomically: write ``.<name>.tmp<pid>`` in the same folder, fsync, ``os.replace``.
-
-    The temporary file sits next to the target, so the rename never crosses filesystems (a temporary folder
-    on ``/dev/shm`` or node-local scratch would turn it into a copy that a kill can truncate). The previous
-    ``path`` stays intact until the new file is complete and on disk; a killed writer leaves at most a stray
-    temporary file (:func:`remove_stray_temporaries` removes it), never a truncated ``path``.
-
-    Args:
-        obj: what ``torch.save`` takes.
-        path: the target file; its folder is created.
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Raises:
-        OSError: the folder is not writable or the disk is full (the temporary file is removed).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except OSError:
-        pass  # a filesystem without directory fsync
-    return path
-
-
-def remove_stray_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of :func:`atomic_save` in ``folder`` whose writer process is gone.
-
-    Returns:
-        the removed files (none when ``folder`` does not exist).
-    """
-    folder = Path(folder)
-    removed = []
-    if not folder.is_dir():
-        return removed
-    for p in folder.iterdir():
-        match = TMP_NAME.fullmatch(p.name)
-        if match is None or not p.is_file():
-            continue
-        pid = int(match.group("pid"))
-        try:
-            os.kill(pid, 0)
-            alive = pid != os.getpid()  # this process writes nothing while it cleans up
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 def load_synthetic_set(path: str | os.PathLike) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -262,23 +262,6 @@ def _idx_file_complete(path: Path) -> bool:
     return size == 4 + len(dims) + n
 
 
-def _atomic_write_from(dst: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file in ``dst``'s folder, then ``os.replace`` it onto ``dst``.
-
-    Concurrent or killed runs therefore never see a half-written ``dst``.
-    """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare_fashion_mnist(cache: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
                           download: bool = False) -> Path:
     """Make ``<cache>/FashionMNIST/raw/`` hold the four un-gzipped idx files and return ``<cache>``.
@@ -318,7 +301,7 @@ def prepare_fashion_mnist(cache: str | os.PathLike | None = None, source: str | 
                 shutil.copyfileobj(g, f, length=1 << 20)
 
         try:
-            _atomic_write_from(dst, _write)
+            atomic_write(dst, _write)
         except (OSError, EOFError) as e:  # gzip.BadGzipFile, truncated .gz, unwritable cache
             raise PtmddError(
                 f"cannot prepare Fashion-MNIST from {src} into {raw}: {e}. Set PTMDD_DATA to a writable "
@@ -455,7 +438,7 @@ def _tiny_imagenet(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]
     images = _read_rgb(paths, DATASETS["tiny_imagenet"].image_size)
     label_t = torch.tensor(labels, dtype=torch.int64)
     try:
-        _atomic_write_from(cache_file, lambda f: torch.save({"images": images, "labels": label_t}, f))
+        atomic_write(cache_file, lambda f: torch.save({"images": images, "labels": label_t}, f))
     except OSError:
         pass  # the cache is an optimisation only
     return images, label_t

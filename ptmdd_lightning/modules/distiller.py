@@ -18,18 +18,21 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from ptmdd_lightning.core.augment import dsa_augment, siamese_augment
+from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
-from ptmdd_lightning.core.objectives import dc_loss, dc_outer_inner, dm_loss
+from ptmdd_lightning.core.objectives import (
+    DC_BN_IMAGES_PER_CLASS,
+    dc_loss,
+    dc_outer_inner,
+    dm_loss,
+    freeze_batchnorm_stats,
+)
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 
-#: The DSA paper's default strategy; digit datasets drop ``flip`` (a flipped digit is another digit).
-DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DIGIT_DATASETS = ("mnist", "svhn")
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
 
@@ -41,11 +44,6 @@ def mix_seed(*parts: int) -> int:
         h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
         h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
     return h & 0x7FFFFFFFFFFFFFFF
-
-
-def has_batchnorm(net: nn.Module) -> bool:
-    """Whether ``net`` holds BatchNorm layers (their statistics need the DC treatment)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 class Distiller(LightningModule):
@@ -178,10 +176,8 @@ class Distiller(LightningModule):
         build_net(net_arch, channels, num_classes, tuple(image_size))
         self.save_hyperparameters()
         self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
-        if dsa_strategy is None:
-            dsa_strategy = DEFAULT_DSA_STRATEGY
-            if dataset_name.split("-")[0] in DIGIT_DATASETS:
-                dsa_strategy = dsa_strategy.replace("_flip", "")
+        if dsa_strategy is None:  # the DSA readme's strategy; digits drop flip (a flipped digit is another digit)
+            dsa_strategy = dsa_strategy_for(dataset_name.split("-")[0])
         self.dsa_strategy = None if method == "dc" or dsa_strategy.lower() == "none" else dsa_strategy
         self.lr_img = DEFAULT_LR_IMG[method] if lr_img is None else lr_img
         if method in ("dc", "dsa"):
@@ -327,15 +323,10 @@ class Distiller(LightningModule):
             self._aux["net_index"] = net_index
             self._aux["net_opt"] = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
         net = self._aux["net"]
-        if has_batchnorm(net):
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
             # DC code: BN statistics from real data (16 per class), then frozen for the matching passes
-            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :16]
-            net.train()
-            with torch.no_grad():
-                net(self._view(per_class.flatten(0, 1)))
-            for m in net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :DC_BN_IMAGES_PER_CLASS]
+            freeze_batchnorm_stats(net, self._view(per_class.flatten(0, 1)))
         # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
         # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
         # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).

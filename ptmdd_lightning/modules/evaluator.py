@@ -24,6 +24,7 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from ptmdd_lightning.core.augment import DEFAULT_STRATEGY
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.errors import PtmddError
@@ -178,7 +179,7 @@ class SyntheticSetEvaluator(LightningModule):
         weight_decay: float = 5e-4,
         batch_train: int = 256,
         lr_decay_at: float = 0.5,
-        dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+        dsa_strategy: str = DEFAULT_STRATEGY,
         precision: Literal["auto", "bf16", "32"] = "auto",
         mode: Literal["auto", "vmap", "loop"] = "auto",
         backend: BackendName = "auto",

@@ -16,7 +16,6 @@ from ptmdd_lightning.core.evaluate import (
     evaluate_models,
     lr_for_epoch,
     random_real_subset,
-    sgd_step_,
     summarize,
     train_and_test,
     train_models,
@@ -100,28 +99,6 @@ def test_protocol_rejects_bad_values(kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ SGD
-
-
-@pytest.mark.parametrize("momentum,wd", [(0.9, 5e-4), (0.0, 5e-4), (0.9, 0.0)])
-def test_sgd_step_equals_torch_optim_sgd(momentum, wd):
-    g = torch.Generator().manual_seed(0)
-    shapes = [(5, 3, 3, 3), (5, 7), (5,)]  # e.g. stacked (num_models, ...) conv, linear, bias
-    mine = [torch.randn(s, generator=g) for s in shapes]
-    ref = [nn.Parameter(t.clone()) for t in mine]
-    opt = torch.optim.SGD(ref, lr=0.1, momentum=momentum, weight_decay=wd)
-    bufs = None
-    for step in range(6):
-        if step == 3:  # a new optimizer (fresh momentum, lr x 0.1), as the reference does at the decay
-            opt = torch.optim.SGD(ref, lr=0.01, momentum=momentum, weight_decay=wd)
-            bufs = None
-        grads = [torch.randn(s, generator=g) for s in shapes]
-        for p, gr in zip(ref, grads, strict=True):
-            p.grad = gr.clone()
-        opt.step()
-        bufs = sgd_step_(mine, grads, bufs, 0.1 if step < 3 else 0.01, momentum, wd)
-        for a, b in zip(mine, ref, strict=True):
-            torch.testing.assert_close(a, b.detach(), atol=1e-6, rtol=1e-6)
-    assert (bufs is None) == (momentum == 0)
 
 
 def test_vmapped_training_equals_sequential_torch_optim_sgd():

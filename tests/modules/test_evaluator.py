@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
-from ptmdd_lightning.core.synthetic import SyntheticSet, atomic_save
+from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.data import RealDataModule
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.main import main
 from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator, check_export
 
