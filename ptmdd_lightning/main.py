@@ -14,6 +14,7 @@ an overwrite). See docs/distributed.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -38,6 +39,7 @@ import ptmdd_lightning.callbacks  # noqa: F401
 import ptmdd_lightning.data  # noqa: F401
 import ptmdd_lightning.modules  # noqa: F401
 from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
+from ptmdd_lightning.core.evaluate import EvalProtocol
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import check_archive, remove_stray_temporaries, safe_load
 from ptmdd_lightning.machine import contention_warning, trainer_precision
@@ -63,8 +65,29 @@ class PtmddArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         subcommand = parser.prog.split()[-1] if parser.prog else ""
         prog = f"ptmdd {subcommand}" if subcommand in ("fit", "validate", "test", "predict") else "ptmdd"
-        sys.stderr.write(f"ptmdd: error: {message}\n(all options: {prog} --help)\n")
+        sys.stderr.write(f"ptmdd: error: {_moved_protocol_key(message) or message}\n(all options: {prog} --help)\n")
         sys.exit(2)
+
+
+#: the evaluation settings that moved from flat init_args into ``protocol`` (an EvalProtocol); ``batch_train`` of
+#: SyntheticSetEvaluator is ``protocol.batch_size``
+_PROTOCOL_KEYS = {f.name: f.name for f in dataclasses.fields(EvalProtocol)} | {"batch_train": "batch_size"}
+
+
+def _moved_protocol_key(message: str) -> str | None:
+    """The message for a flat evaluation key of an older config (e.g. ``epochs: 300`` in the init_args of
+    SyntheticSetEvaluation), naming the new key; ``None`` for any other error."""
+    if "SyntheticSetEvaluat" not in message and "NestedArg(key=" not in message:
+        return None
+    match = re.search(r"Option '(\w+)' is not accepted|NestedArg\(key='(\w+)'", message)
+    key = match and (match.group(1) or match.group(2))
+    if not key or key not in _PROTOCOL_KEYS:
+        return None
+    new = _PROTOCOL_KEYS[key]
+    return (f"the evaluation setting {key!r} now lives in the evaluation's protocol: in YAML write "
+            f"`protocol: {{{new}: ...}}` under the init_args of SyntheticSetEvaluation / SyntheticSetEvaluator "
+            f"(on the command line --model.init_args.protocol.{new} or "
+            f"--trainer.callbacks.init_args.protocol.{new}).")
 
 
 class PtmddCLI(LightningCLI):

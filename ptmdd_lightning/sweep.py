@@ -14,7 +14,7 @@ A sweep file (YAML) names a base ``ptmdd`` config and the grid of overrides::
     seeds: [0]                          # each point runs once per seed (seed_everything, data.init_args.seed)
     fixed:                              # dotted keys set for every point and baseline
       trainer.max_steps: 300
-      trainer.callbacks.SyntheticSetEvaluation.init_args.epochs: 200   # a list item by its class name
+      trainer.callbacks.SyntheticSetEvaluation.init_args.protocol.epochs: 200   # a list item by its class name
     axes:                               # the grid: the cartesian product of the axes, in order
       N_m: [1, 2, 4]
       epoch: [1, 2]
@@ -449,7 +449,7 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     """Set ``config[a][b][c] = value`` for ``key = "a.b.c"`` in place, creating mappings as needed.
 
     Inside a list (e.g. ``trainer.callbacks``) a part is an int index or the class name of an item
-    (``trainer.callbacks.SyntheticSetEvaluation.init_args.epochs``).
+    (``trainer.callbacks.SyntheticSetEvaluation.init_args.protocol.epochs``).
 
     Raises:
         PtmddError: a part that addresses no list item, or a part below a scalar (a missing or null part

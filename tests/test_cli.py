@@ -77,3 +77,23 @@ def test_a_bad_option_value_prints_the_error_first_and_no_usage_screen(tmp_path,
     lines = err.splitlines()
     assert len(lines) <= 15 and any("Got value: dmx" in line for line in lines)
     assert "ptmdd fit --help" in lines[-1]
+
+
+def test_an_old_flat_evaluation_key_names_its_new_place_in_the_protocol(tmp_path, monkeypatch, capsys):
+    """Configs written before the evaluation protocol was nested (``epochs: 200`` in the callback's init_args)
+    fail with one message naming ``protocol.epochs``; the nested form is accepted."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    evaluation = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("SyntheticSetEvaluation"))
+    evaluation["init_args"].pop("protocol")
+    evaluation["init_args"]["epochs"] = 200
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(old)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptmdd: error: the evaluation setting 'epochs' now lives in the evaluation's protocol")
+    assert "protocol: {epochs: ...}" in err and len(err.splitlines()) == 2

@@ -92,8 +92,8 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
             "callbacks": [
                 {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
                 {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-                 "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "epochs": 1, "baseline": False,
-                               "precision": "32"}},
+                 "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "baseline": False,
+                               "protocol": {"epochs": 1, "precision": "32"}}},
                 {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"},
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                  "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1,

@@ -21,7 +21,7 @@ def tiny_quickstart(tmp_path, fake_fashion_root, monkeypatch):
     cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     for cb in cfg["trainer"]["callbacks"]:
         if cb["class_path"].endswith("SyntheticSetEvaluation"):
-            cb["init_args"].update(num_models=2, epochs=2)
+            cb["init_args"].update(num_models=2, protocol={**cb["init_args"].get("protocol", {}), "epochs": 2})
     path = tmp_path / "quickstart_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return ["fit", "--config", str(path), "--data.init_args.root", str(fake_fashion_root),

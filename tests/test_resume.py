@@ -22,6 +22,7 @@ import torch
 import yaml
 from lightning import Callback
 
+from ptmdd_lightning.core.evaluate import EvalProtocol
 from ptmdd_lightning.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,8 +232,8 @@ class StallAtTrainEnd(Callback):
 
 def _evaluation(epochs: int) -> dict:
     return {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-            "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "epochs": epochs, "baseline": False,
-                          "precision": "32"}}
+            "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "baseline": False,
+                          "protocol": {"epochs": epochs, "precision": "32"}}}
 
 
 EXPORT = {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"}
@@ -300,7 +301,7 @@ def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_pa
 
     from ptmdd_lightning.callbacks import SyntheticSetEvaluation
 
-    callback = SyntheticSetEvaluation(archs=["ConvNetW32"], num_models=1, epochs=1)
+    callback = SyntheticSetEvaluation(archs=["ConvNetW32"], num_models=1, protocol=EvalProtocol(epochs=1))
     saved: list[str] = []
     trainer = SimpleNamespace(world_size=1, global_step=8, save_checkpoint=saved.append,
                               checkpoint_callbacks=[SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))])

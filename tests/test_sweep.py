@@ -30,7 +30,8 @@ BASE = {
         "max_steps": 100,
         "callbacks": [
             {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-            {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation", "init_args": {"epochs": 300}},
+            {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+             "init_args": {"protocol": {"epochs": 300}}},
         ],
     },
     "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": {"ipc": 10, "ptms": []}},
@@ -43,7 +44,7 @@ base: base.yaml
 seeds: [0, 1]
 fixed:
   trainer.max_steps: 5
-  trainer.callbacks.SyntheticSetEvaluation.init_args.epochs: 2
+  trainer.callbacks.SyntheticSetEvaluation.init_args.protocol.epochs: 2
 axes:
   N_m: [1, 4]
   epoch:
@@ -98,7 +99,7 @@ def test_point_config_merges_base_overrides_seed_and_logger(tmp_path):
     assert config["data"]["init_args"]["batch_real"] == 32  # untouched base value
     assert config["trainer"]["max_steps"] == 5
     evaluation = config["trainer"]["callbacks"][1]
-    assert evaluation["init_args"]["epochs"] == 2  # addressed by class name inside the list
+    assert evaluation["init_args"]["protocol"]["epochs"] == 2  # addressed by class name inside the list
     assert config["trainer"]["callbacks"][0] == BASE["trainer"]["callbacks"][0]
     logger = config["trainer"]["logger"]
     assert logger["init_args"] == {"save_dir": str(tmp_path / "runs"), "name": "N_m=4__epoch=2", "version": 1}
@@ -208,7 +209,7 @@ fixed:
   trainer.max_steps: 2
   model.init_args.net_arch: ConvNetW32
   model.init_args.pool_root: {tmp_path / "pool"}
-  trainer.callbacks.SyntheticSetEvaluation.init_args: {{archs: [ConvNetW32], num_models: 2, epochs: 1}}
+  trainer.callbacks.SyntheticSetEvaluation.init_args: {{archs: [ConvNetW32], num_models: 2, protocol: {{epochs: 1}}}}
   trainer.callbacks.ModelCheckpoint.init_args.every_n_train_steps: 1
 axes:
   N_m: [1, 2]

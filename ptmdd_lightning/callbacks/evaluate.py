@@ -8,6 +8,7 @@ with the same IPC is evaluated under the identical protocol as the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Literal
 
@@ -17,11 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
-from ptmdd_lightning.core.augment import DEFAULT_STRATEGY
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
-from ptmdd_lightning.nets.forward import BackendName
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import format_table, run_dir, write_results
 
@@ -40,43 +39,37 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
     Args:
         archs: evaluation architectures (cross-architecture generalisation), e.g. ``["ConvNet", "AlexNet"]``.
         num_models: freshly initialised models per architecture.
-        epochs: training epochs on the synthetic set (the papers use 1000; 300 for DC without augmentation).
-        lr, momentum, weight_decay, batch_size, lr_decay_at: the protocol's SGD settings.
-        dsa_strategy: augmentation during evaluation training (``"none"`` to turn it off).
-        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
-            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast, AMX on CPU / tensor cores on
-            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
+        protocol: the evaluation training (:class:`~ptmdd_lightning.core.evaluate.EvalProtocol`: ``epochs``,
+            ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``lr_decay_at``, ``dsa_strategy``,
+            ``precision``, ``compile``, ``backend``, ...); ``None``: its defaults, the DC/DSA/DM ``evaluate_synset``
+            (1000 epochs with DSA; the DC paper uses 300 without augmentation: ``{epochs: 300, dsa_strategy:
+            none}``). In YAML: ``protocol: {epochs: 300}``. The precision that ran is recorded in
+            ``results.json`` (``machine.precision``).
         mode: ``"auto"`` (models one after the other on CPU, where vmap measured slower; vmapped on CUDA), ``"vmap"``,
             ``"loop"``.
-        compile: ``torch.compile`` the evaluation net (``EvalProtocol.compile``). On a CPU, ConvNet-3 trains
-            through ptmdd's CPU kernels with or without it (docs/speed.md: 4.5x faster than the fp32 baseline
-            by default); it helps other nets, after a 25-60 s cold compilation; needs a C++ compiler on CPU.
-        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
-            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).
 
     Raises:
-        PtmddError: num_models < 1, epochs < 1, or no archs.
+        PtmddError: num_models < 1, no archs, or a ``protocol`` that is not an ``EvalProtocol`` (a flat key of
+            older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``).
     """
 
-    def __init__(self, archs: list[str] | None = None, num_models: int = 5, epochs: int = 300, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, lr_decay_at: float = 0.5,
-                 dsa_strategy: str = DEFAULT_STRATEGY,
-                 precision: Literal["auto", "bf16", "32"] = "auto",
-                 mode: Literal["auto", "vmap", "loop"] = "auto", compile: bool = False,
-                 backend: BackendName = "auto", baseline: bool = True, every_n_steps: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, archs: list[str] | None = None, num_models: int = 5, protocol: EvalProtocol | None = None,
+                 mode: Literal["auto", "vmap", "loop"] = "auto", baseline: bool = True,
+                 every_n_steps: int | None = None, seed: int = 0) -> None:
         archs = list(archs) if archs else ["ConvNet"]
-        if num_models < 1 or epochs < 1:
-            raise PtmddError(f"evaluation needs num_models >= 1 and epochs >= 1, got {num_models} and {epochs}.")
+        if num_models < 1:
+            raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
+        if isinstance(protocol, dict):
+            protocol = EvalProtocol(**protocol)
+        if protocol is not None and not isinstance(protocol, EvalProtocol):
+            raise PtmddError(f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
+                             f"{type(protocol).__name__}.")
         self.archs = archs
         self.num_models = num_models
-        self.epochs = epochs
-        self.protocol_kwargs = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                    batch_size=batch_size, lr_decay_at=lr_decay_at, dsa_strategy=dsa_strategy,
-                                    precision=precision, compile=compile, backend=backend)
+        self.protocol = protocol if protocol is not None else EvalProtocol()
         self.mode = mode
         self.baseline = baseline
         self.every_n_steps = every_n_steps
@@ -113,11 +106,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.rows = [dict(r) for r in state_dict.get("rows", [])]
         self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
 
-    def _protocol(self, trainer: Trainer):
-        kwargs = dict(self.protocol_kwargs)
+    def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
-            kwargs["epochs"] = 1
-        return EvalProtocol(**kwargs)
+            return dataclasses.replace(self.protocol, epochs=1)
+        return self.protocol
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -197,7 +189,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         log_synthetic_grid(trainer, pl_module)
-        evaluation = self.protocol_kwargs["precision"]
+        evaluation = self.protocol.precision
         if evaluation == "auto":
             evaluation = auto_precision(pl_module.device)
         precision = f"distillation {trainer.precision}, evaluation {evaluation}"
@@ -209,7 +201,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         hp = pl_module.hparams
         guide = "+".join(sorted({g.loss for g in getattr(pl_module, "ptm_groups", [])})) or "no PTM guidance"
         lines = [f"\n[ptmdd] {hp.dataset_name}, IPC {hp.ipc}, {hp.method.upper()} + {guide}: "
-                 f"test accuracy over {self.num_models} models x {self.epochs} epochs"]
+                 f"test accuracy over {self.num_models} models x {self.protocol.epochs} epochs"]
         lines.append(format_table(rows))
         for arch in self.archs:
             syn = next((r for r in rows if r["arch"] == arch and r["set"] == "synthetic"), None)

@@ -91,9 +91,10 @@ class EvalProtocol:
         dsa_params: a ``ptmdd_lightning.core.augment.DSAParams``, or ``None`` for its defaults.
         precision: ``"32"`` (fp32) or ``"bf16"`` (bf16 autocast for the forward/backward of training and
             testing; parameters, gradients and the SGD update stay fp32). Lightning's spellings
-            ``"32-true"`` and ``"bf16-mixed"`` are accepted. ``"auto"`` resolves on the device at run time with
-            :func:`ptmdd_lightning.machine.auto_precision`: bf16 on a GPU with bf16 and on a CPU with AMX-bf16,
-            fp32 elsewhere (where bf16 is no faster, or emulated and many times slower).
+            ``"32-true"`` and ``"bf16-mixed"`` are accepted. ``"auto"`` (the default) resolves on the device at run
+            time with :func:`ptmdd_lightning.machine.auto_precision`: bf16 on a GPU with bf16 and on a CPU with
+            AMX-bf16, fp32 elsewhere (where bf16 is no faster, or emulated and many times slower). The paper
+            tables use ``"32"`` (the authors' and DC/DSA/DM's fp32).
         channels_last: train and test in the channels_last memory format in the sequential mode (the
             vmapped mode lays out its grouped convolutions itself). Off by default: measured on the 2-core
             AMX CPU, ConvNet-3's instance norm (``GroupNorm(128, 128)``) is ~10x slower in channels_last
@@ -127,7 +128,7 @@ class EvalProtocol:
     lr_decay_at: float = 0.5
     dsa_strategy: str | None = EVAL_DSA_STRATEGY
     dsa_params: Any = None
-    precision: str = "32"
+    precision: str = "auto"
     channels_last: bool = False
     compile: bool = False
     test_batch_size: int = 2000

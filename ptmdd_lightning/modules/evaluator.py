@@ -14,6 +14,7 @@ protocol as the baseline. The result is the cross-architecture table of Lu et al
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -24,13 +25,11 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ptmdd_lightning.core.augment import DEFAULT_STRATEGY
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.nets import build_net
-from ptmdd_lightning.nets.forward import BackendName
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import format_table, run_dir, write_results
 
@@ -141,17 +140,13 @@ class SyntheticSetEvaluator(LightningModule):
             :class:`ptmdd_lightning.callbacks.SyntheticSetExport`).
         archs: evaluation architectures (``build_net`` names); default ConvNet, AlexNet, VGG11, ResNet18.
         num_models: freshly initialised models per architecture (>= 1).
-        epochs: training epochs on the synthetic set (the papers: 1000 with DSA, 300 for DC without
-            augmentation).
-        lr, momentum, weight_decay, lr_decay_at, dsa_strategy: the protocol (see
-            :class:`ptmdd_lightning.core.evaluate.EvalProtocol`).
-        batch_train: the training batch size (the reference's ``batch_train``, 256).
-        precision: ``"auto"`` (default: bf16 on a bf16 GPU or an AMX CPU, else fp32;
-            :func:`ptmdd_lightning.machine.auto_precision`), ``"bf16"`` (autocast: AMX on CPU, tensor cores on
-            GPU) or ``"32"``. The precision that ran is recorded in ``results.json`` (``machine.precision``).
+        protocol: the evaluation training (:class:`ptmdd_lightning.core.evaluate.EvalProtocol`: ``epochs``,
+            ``lr``, ``momentum``, ``weight_decay``, ``batch_size``, ``lr_decay_at``, ``dsa_strategy``,
+            ``precision``, ``backend``, ...; in YAML ``protocol: {epochs: 300}``); ``None``: its defaults (the
+            DC/DSA/DM ``evaluate_synset``: 1000 epochs with DSA, precision ``auto``). The same settings as the
+            :class:`~ptmdd_lightning.callbacks.SyntheticSetEvaluation` callback give the same numbers. The
+            precision and backend that ran are recorded in ``results.json`` (``machine``).
         mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :func:`ptmdd_lightning.core.evaluate.train_models`).
-        backend: how the evaluation nets train (``EvalProtocol.backend``: ``"auto"``, ``"eager"``,
-            ``"cpu_kernels"``, ``"compile"``); recorded in ``results.json`` (``machine.backend``).
         baseline: also evaluate a random real subset with the same IPC.
         eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn with
             ``eval_seed + 1``, as the callback does with its ``seed``, so both give the same numbers). Named
@@ -164,7 +159,7 @@ class SyntheticSetEvaluator(LightningModule):
             DataModule by the CLI; never set them in YAML.
 
     Raises:
-        PtmddError: ``num_models < 1``, ``epochs < 1`` or no archs (construction); no ``path``, a missing or
+        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` (construction); no ``path``, a missing or
             corrupted file, or an export that does not fit the DataModule (:meth:`setup`).
     """
 
@@ -173,16 +168,8 @@ class SyntheticSetEvaluator(LightningModule):
         path: str | None = None,
         archs: list[str] | None = None,
         num_models: int = 5,
-        epochs: int = 300,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        batch_train: int = 256,
-        lr_decay_at: float = 0.5,
-        dsa_strategy: str = DEFAULT_STRATEGY,
-        precision: Literal["auto", "bf16", "32"] = "auto",
+        protocol: EvalProtocol | None = None,
         mode: Literal["auto", "vmap", "loop"] = "auto",
-        backend: BackendName = "auto",
         baseline: bool = True,
         eval_seed: int = 0,
         output_dir: str | None = None,
@@ -201,13 +188,18 @@ class SyntheticSetEvaluator(LightningModule):
         archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
         if not archs:
             raise PtmddError("SyntheticSetEvaluator needs at least one arch, e.g. archs: [ConvNet, AlexNet].")
-        if num_models < 1 or epochs < 1:
-            raise PtmddError(
-                f"evaluation needs num_models >= 1 and epochs >= 1, got {num_models} and {epochs}."
-            )
+        if num_models < 1:
+            raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
+        if isinstance(protocol, dict):
+            protocol = EvalProtocol(**protocol)
+        if protocol is not None and not isinstance(protocol, EvalProtocol):
+            raise PtmddError(f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
+                             f"{type(protocol).__name__}.")
         for arch in archs:
             build_net(arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
-        self.save_hyperparameters()
+        self.protocol = protocol if protocol is not None else EvalProtocol()
+        self.save_hyperparameters(ignore=["protocol"])
+        self.hparams["protocol"] = dataclasses.asdict(self.protocol)  # plain values in hparams.yaml
         self.archs = archs
         self.export_blob: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
@@ -265,18 +257,9 @@ class SyntheticSetEvaluator(LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _protocol(self):
-        hp = self.hparams
-        return EvalProtocol(
-            epochs=1 if self.trainer.fast_dev_run else int(hp.epochs),
-            lr=hp.lr,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-            batch_size=hp.batch_train,
-            lr_decay_at=hp.lr_decay_at,
-            dsa_strategy=hp.dsa_strategy,
-            precision=hp.precision,
-            backend=hp.get("backend", "auto"),
-        )
+        if self.trainer.fast_dev_run:
+            return dataclasses.replace(self.protocol, epochs=1)
+        return self.protocol
 
     def _eval_precision(self) -> str:
         """The evaluation precision that runs here: ``"auto"`` resolved on this module's device."""

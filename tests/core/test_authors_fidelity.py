@@ -170,7 +170,7 @@ def test_paper_configs_evaluate_in_fp32_and_dc_dsa_start_from_noise():
         config = yaml.safe_load(path.read_text())
         callbacks = config["trainer"]["callbacks"]
         (evaluation,) = [c for c in callbacks if c["class_path"].endswith("SyntheticSetEvaluation")]
-        assert evaluation["init_args"]["precision"] == "32", path
+        assert evaluation["init_args"]["protocol"]["precision"] == "32", path
         if "/gpu/" in str(path):
             assert evaluation["init_args"]["num_models"] == 20, path  # --num_eval 20
         model = config["model"]["init_args"]

@@ -22,7 +22,7 @@ from ptmdd_lightning.core.evaluate import (
 )
 from ptmdd_lightning.errors import PtmddError
 
-NO_AUG = dict(dsa_strategy=None)
+NO_AUG = dict(dsa_strategy=None, precision="32")  # fp32: the comparisons below are exact on every CPU
 
 
 def tiny_net() -> nn.Module:
@@ -64,7 +64,7 @@ def test_protocol_defaults_are_the_reference_ones():
     p = EvalProtocol()
     assert (p.epochs, p.lr, p.momentum, p.weight_decay, p.batch_size) == (1000, 0.01, 0.9, 5e-4, 256)
     assert p.dsa_strategy == "color_crop_cutout_flip_scale_rotate" and p.augments
-    assert p.precision == "32" and p.decay_epoch == 500
+    assert p.precision == "auto" and p.decay_epoch == 500  # auto: bf16 only where native (machine.py)
     assert not EvalProtocol(dsa_strategy="none").augments and not EvalProtocol(dsa_strategy=None).augments
     assert EvalProtocol(precision="bf16-mixed").precision == "bf16"
 
@@ -174,7 +174,7 @@ def test_training_follows_hand_computed_sgd_with_decay_at_half(mode, reset):
 def test_separable_problem_is_learned(precision):
     x, y = bright_dark(20, seed=0)
     tx, ty = bright_dark(200, seed=1)
-    p = EvalProtocol(epochs=20, batch_size=8, precision=precision, **NO_AUG)
+    p = EvalProtocol(epochs=20, batch_size=8, **{**NO_AUG, "precision": precision})
     accs = train_and_test(tiny_net, x, y, tx, ty, num_classes=2, num_models=3, protocol=p, seed=0)
     assert accs.shape == (3,) and accs.dtype == torch.float64
     assert bool((accs > 0.9).all()), accs
@@ -259,7 +259,7 @@ def test_user_errors():
 @pytest.mark.skipif(importlib.util.find_spec("ptmdd_lightning.core.augment") is None, reason="DSA not there")
 def test_dsa_training_is_deterministic_and_the_same_in_both_modes():
     x, y = bright_dark(12, seed=0)
-    p = EvalProtocol(epochs=3, batch_size=8, lr=0.05)
+    p = EvalProtocol(epochs=3, batch_size=8, lr=0.05, precision="32")
     vm = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="vmap")
     lp = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="loop")
     again = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="vmap")
