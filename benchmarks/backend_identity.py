@@ -72,5 +72,5 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if argv and argv[0] == "--compare":
         sys.exit(compare(Path(argv[1]), Path(argv[2])))
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     run(Path(argv[0]), extra)

@@ -184,12 +184,31 @@ def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
     from ptmdd_lightning.modules import Distiller
 
     L.seed_everything(0, verbose=False)
-    model = Distiller(num_classes=dm.num_classes, channels=dm.channels, image_size=dm.image_size, mean=dm.mean,
-                      std=dm.std, dataset_name=dm.dataset_name, ipc=ipc, method=method, **model_kwargs)
+    model = Distiller(
+        num_classes=dm.num_classes,
+        channels=dm.channels,
+        image_size=dm.image_size,
+        mean=dm.mean,
+        std=dm.std,
+        dataset_name=dm.dataset_name,
+        ipc=ipc,
+        method=method,
+        **model_kwargs,
+    )
     timer = _StepTimer(steps)
-    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=100_000, precision="bf16-mixed", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=100_000,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     trainer.fit(model, datamodule=dm)
     return timer, model
 
@@ -217,11 +236,22 @@ def worker_dm(spec: dict) -> dict:
 
         dev = _device()
         rss0 = _rss_now_mb()
-        ref = ReferenceDM(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, ipc,
-                          batch_real=spec["batch_real"], dsa_strategy=DSA)
+        ref = ReferenceDM(
+            dm.train_images.to(dev),
+            dm.train_labels.to(dev),
+            dm.num_classes,
+            ipc,
+            batch_real=spec["batch_real"],
+            dsa_strategy=DSA,
+        )
         wall, cpu = map(list, zip(*[_timed(ref.iteration) for _ in range(warmup + iters)], strict=True))
-    return {"seconds": sum(wall[warmup:]) / iters, "cpu_seconds": sum(cpu[warmup:]) / iters,
-            "warmup_s": sum(wall[:warmup]), "iters": iters, **_stats_memory(rss0)}
+    return {
+        "seconds": sum(wall[warmup:]) / iters,
+        "cpu_seconds": sum(cpu[warmup:]) / iters,
+        "warmup_s": sum(wall[:warmup]),
+        "iters": iters,
+        **_stats_memory(rss0),
+    }
 
 
 def worker_dc(spec: dict) -> dict:
@@ -240,8 +270,9 @@ def worker_dc(spec: dict) -> dict:
         timer, _ = _ptmdd_trainer(dm, method, ipc, 1 + match_steps, dsa_strategy=strategy)
         n = len(timer.ends)
         match = [(timer.ends[i][0] - timer.starts[i][0], timer.ends[i][1] - timer.starts[i][1]) for i in range(n)]
-        between = [(timer.starts[i + 1][0] - timer.ends[i][0], timer.starts[i + 1][1] - timer.ends[i][1])
-                   for i in range(n)]
+        between = [
+            (timer.starts[i + 1][0] - timer.ends[i][0], timer.starts[i + 1][1] - timer.ends[i][1]) for i in range(n)
+        ]
         # an inner loop follows step i unless (i + 1) is a multiple of outer_loop (the DC schedule)
         inner_t = [between[i] for i in range(1, n) if (i + 1) % outer != 0]
         warm = match[0][0] + between[0][0]
@@ -252,8 +283,14 @@ def worker_dc(spec: dict) -> dict:
 
         dev = _device()
         rss0 = _rss_now_mb()
-        ref = ReferenceDC(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, ipc,
-                          batch_real=spec["batch_real"], dsa_strategy=strategy)
+        ref = ReferenceDC(
+            dm.train_images.to(dev),
+            dm.train_labels.to(dev),
+            dm.num_classes,
+            ipc,
+            batch_real=spec["batch_real"],
+            dsa_strategy=strategy,
+        )
         t0 = time.perf_counter()
         ref.new_net()
         match, inner_t = [], []
@@ -266,12 +303,19 @@ def worker_dc(spec: dict) -> dict:
     def mean(xs: list[tuple[float, float]], j: int) -> float:
         return sum(x[j] for x in xs) / len(xs) if xs else 0.0
 
-    return {"seconds": outer * mean(match, 0) + (outer - 1) * mean(inner_t, 0),
-            "cpu_seconds": outer * mean(match, 1) + (outer - 1) * mean(inner_t, 1),
-            "match_s": mean(match, 0), "inner_s": mean(inner_t, 0), "outer_loop": outer, "inner_loop": inner,
-            "match_steps_measured": len(match), "inner_loops_measured": len(inner_t),
-            "extrapolated": len(match) < outer or len(inner_t) < outer - 1, "warmup_s": warm,
-            **_stats_memory(rss0)}
+    return {
+        "seconds": outer * mean(match, 0) + (outer - 1) * mean(inner_t, 0),
+        "cpu_seconds": outer * mean(match, 1) + (outer - 1) * mean(inner_t, 1),
+        "match_s": mean(match, 0),
+        "inner_s": mean(inner_t, 0),
+        "outer_loop": outer,
+        "inner_loop": inner,
+        "match_steps_measured": len(match),
+        "inner_loops_measured": len(inner_t),
+        "extrapolated": len(match) < outer or len(inner_t) < outer - 1,
+        "warmup_s": warm,
+        **_stats_memory(rss0),
+    }
 
 
 def worker_eval(spec: dict) -> dict:
@@ -295,13 +339,22 @@ def worker_eval(spec: dict) -> dict:
 
         kw = {"precision": "bf16", "compile": bool(spec.get("compile", False))}
         # one-off costs (a compile, the vmap trial) are measured with a 1-epoch run first
-        warm, _ = _timed(lambda: train_models("ConvNet", images, labels, dm.num_classes, models,
-                                              EvalProtocol(epochs=1, **kw), seed=1))
+        warm, _ = _timed(
+            lambda: train_models(
+                "ConvNet", images, labels, dm.num_classes, models, EvalProtocol(epochs=1, **kw), seed=1
+            )
+        )
         proto = EvalProtocol(epochs=epochs, **kw)
-        t_train, c_train = _timed(lambda: out.setdefault(
-            "nets", train_models("ConvNet", images, labels, dm.num_classes, models, proto, seed=0)))
-        t_test, c_test = _timed(lambda: out.setdefault(
-            "accs", evaluate_models(out["nets"], test_x, test_y, precision="bf16", batch_size=proto.test_batch_size)))
+        t_train, c_train = _timed(
+            lambda: out.setdefault(
+                "nets", train_models("ConvNet", images, labels, dm.num_classes, models, proto, seed=0)
+            )
+        )
+        t_test, c_test = _timed(
+            lambda: out.setdefault(
+                "accs", evaluate_models(out["nets"], test_x, test_y, precision="bf16", batch_size=proto.test_batch_size)
+            )
+        )
         acc = float(out["accs"].mean())
     else:
         from reference import RefConvNet, test_accuracy, train_epoch
@@ -312,16 +365,26 @@ def worker_eval(spec: dict) -> dict:
             torch.manual_seed(m)
             net = RefConvNet(images.shape[1], dm.num_classes, tuple(images.shape[2:])).to(dev)
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0005)
-            w, c = _timed(lambda net=net, opt=opt: [train_epoch(net, opt, images, labels, 256, DSA)
-                                                    for _ in range(epochs)])
+            w, c = _timed(
+                lambda net=net, opt=opt: [train_epoch(net, opt, images, labels, 256, DSA) for _ in range(epochs)]
+            )
             t_train, c_train = t_train + w, c_train + c
             w, c = _timed(lambda net=net: accs.append(test_accuracy(net, test_x, test_y)))
             t_test, c_test = t_test + w, c_test + c
         acc = sum(accs) / len(accs)
-    return {"seconds": t_train / epochs * full + t_test, "cpu_seconds": c_train / epochs * full + c_test,
-            "train_s_per_epoch": t_train / epochs, "test_s": t_test, "epochs_measured": epochs,
-            "epochs_extrapolated_to": full, "extrapolated": epochs < full, "models": models, "warmup_s": warm,
-            "mean_acc_after_measured_epochs": acc, **_stats_memory(rss0)}
+    return {
+        "seconds": t_train / epochs * full + t_test,
+        "cpu_seconds": c_train / epochs * full + c_test,
+        "train_s_per_epoch": t_train / epochs,
+        "test_s": t_test,
+        "epochs_measured": epochs,
+        "epochs_extrapolated_to": full,
+        "extrapolated": epochs < full,
+        "models": models,
+        "warmup_s": warm,
+        "mean_acc_after_measured_epochs": acc,
+        **_stats_memory(rss0),
+    }
 
 
 WORKERS = {"dm": worker_dm, "dc": worker_dc, "eval": worker_eval}
@@ -342,7 +405,7 @@ def run_spec(spec: dict, timeout: float) -> dict:
         return {"error": f"timeout after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            res = json.loads(line[len("RESULT "):])
+            res = json.loads(line[len("RESULT ") :])
             res["process_s"] = round(time.perf_counter() - t, 1)
             return res
     return {"error": (proc.stderr or proc.stdout)[-2000:]}
@@ -354,20 +417,41 @@ def plan(args) -> list[tuple[str, dict]]:
     rows: list[tuple[str, dict]] = []
     if "dm" in args.only:
         for ipc in args.ipcs:
-            rows.append((f"DM iteration, IPC {ipc}", {"kind": "dm", "ipc": ipc, "batch_real": 256,
-                                                     "iters": 3 if q else 10, "warmup": 2}))
+            rows.append(
+                (
+                    f"DM iteration, IPC {ipc}",
+                    {"kind": "dm", "ipc": ipc, "batch_real": 256, "iters": 3 if q else 10, "warmup": 2},
+                )
+            )
     for method in ("dc", "dsa"):
         if method in args.only:
             for ipc in [i for i in args.ipcs if i in (1, 10)]:
-                rows.append((f"{method.upper()} outer iteration, IPC {ipc}",
-                             {"kind": "dc", "method": method, "ipc": ipc, "batch_real": 256,
-                              "match_steps": 2 if q and ipc > 1 else 0}))
+                rows.append(
+                    (
+                        f"{method.upper()} outer iteration, IPC {ipc}",
+                        {
+                            "kind": "dc",
+                            "method": method,
+                            "ipc": ipc,
+                            "batch_real": 256,
+                            "match_steps": 2 if q and ipc > 1 else 0,
+                        },
+                    )
+                )
     if "eval" in args.only:
         ep = args.eval_epochs or (5 if q else 40)
-        rows.append(("evaluate IPC-10 set, 5 ConvNet-3, 1000 ep.",
-                     {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000}))
-        rows.append(("evaluate, as above, EvalProtocol(compile=True)",
-                     {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000, "compile": True}))
+        rows.append(
+            (
+                "evaluate IPC-10 set, 5 ConvNet-3, 1000 ep.",
+                {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000},
+            )
+        )
+        rows.append(
+            (
+                "evaluate, as above, EvalProtocol(compile=True)",
+                {"kind": "eval", "models": 5, "epochs": ep, "full_epochs": 1000, "compile": True},
+            )
+        )
     return rows
 
 
@@ -383,8 +467,10 @@ def to_markdown(result: dict) -> str:
     load = result.get("loadavg")
     lines = [
         f"Machine: {mi['cpu']}, {mi['cores']} cores, {mi['threads']} torch threads, torch {mi['torch']}"
-        + (f", GPU {mi['gpu']}" if mi.get("gpu") else "") + f"; device {result['device']}; {result['date']}"
-        + (f"; 1-min load average at start/end {load[0]:.1f}/{load[1]:.1f}" if load else "") + ".",
+        + (f", GPU {mi['gpu']}" if mi.get("gpu") else "")
+        + f"; device {result['device']}; {result['date']}"
+        + (f"; 1-min load average at start/end {load[0]:.1f}/{load[1]:.1f}" if load else "")
+        + ".",
         f"Command: `{result['command']}`",
         "",
         "| work | baseline (s) | ptmdd (s) | speed-up (wall) | speed-up (CPU time) | peak RSS baseline / ptmdd "
@@ -405,16 +491,20 @@ def to_markdown(result: dict) -> str:
                 if "epochs_measured" in r:
                     notes.append(f"{side}: {r['epochs_measured']} epochs measured, extrapolated")
                 else:
-                    notes.append(f"{side}: {r['match_steps_measured']} match steps + {r['inner_loops_measured']} "
-                                 f"inner loops measured, extrapolated")
+                    notes.append(
+                        f"{side}: {r['match_steps_measured']} match steps + {r['inner_loops_measured']} "
+                        f"inner loops measured, extrapolated"
+                    )
             if "match_s" in r and "error" not in r:
                 notes.append(f"{side}: match step {r['match_s']:.2f} s, inner loop {r['inner_s']:.2f} s")
         if "warmup_s" in p:
             notes.append(f"ptmdd warm-up (incl. compile) {p['warmup_s']:.0f} s")
         if "cuda_peak_mb" in p:
             notes.append(f"CUDA peak {p['cuda_peak_mb']:.0f} MiB (baseline {b.get('cuda_peak_mb', 0):.0f})")
-        lines.append(f"| {row['name']} | {fmt_s(bs)} | {fmt_s(ps)} | {ratio} | {cratio} | "
-                     f"{b.get('peak_rss_mb', 'n/a')} / {p.get('peak_rss_mb', 'n/a')} | {'; '.join(notes)} |")
+        lines.append(
+            f"| {row['name']} | {fmt_s(bs)} | {fmt_s(ps)} | {ratio} | {cratio} | "
+            f"{b.get('peak_rss_mb', 'n/a')} / {p.get('peak_rss_mb', 'n/a')} | {'; '.join(notes)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -429,8 +519,12 @@ def free_stem(out: Path, stem: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer iterations/epochs; DC outer iterations and the "
-                    "evaluation are extrapolated from fewer measured steps (stated in the table)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer iterations/epochs; DC outer iterations and the "
+        "evaluation are extrapolated from fewer measured steps (stated in the table)",
+    )
     ap.add_argument("--only", nargs="+", default=["dm", "dc", "dsa", "eval"], choices=["dm", "dc", "dsa", "eval"])
     ap.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
     ap.add_argument("--impls", nargs="+", default=["baseline", "ptmdd"], choices=["baseline", "ptmdd"])
@@ -459,8 +553,13 @@ def main() -> None:
     info = machine_info()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     date = _dt.datetime.now().strftime("%Y-%m-%d")
-    result = {"machine": info, "device": device, "date": date, "rows": [],
-              "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:])}
+    result = {
+        "machine": info,
+        "device": device,
+        "date": date,
+        "rows": [],
+        "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+    }
     print(f"machine: {info}", flush=True)
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     done: dict[str, dict] = {}
@@ -478,8 +577,11 @@ def main() -> None:
             res = run_spec({**spec, "impl": impl}, args.timeout)
             done[key] = res
             row[impl] = res
-            print(f"  {name:45s} {impl:8s} " + (f"{res['seconds']:.3f} s" if "seconds" in res else
-                                                  f"ERROR {res.get('error', '')[-600:]}"), flush=True)
+            print(
+                f"  {name:45s} {impl:8s} "
+                + (f"{res['seconds']:.3f} s" if "seconds" in res else f"ERROR {res.get('error', '')[-600:]}"),
+                flush=True,
+            )
         result["rows"].append(row)
     if load0 is not None:
         result["loadavg"] = [load0, os.getloadavg()[0]]

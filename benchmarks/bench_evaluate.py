@@ -73,7 +73,7 @@ def convnet_factory(channels: int, num_classes: int, image_size: tuple[int, int]
 
         build_net("ConvNet", channels, num_classes, image_size)
         return "ConvNet", "ptmdd_lightning.nets.build_net('ConvNet')"
-    except Exception:  # nets/ not ready yet
+    except Exception:  # noqa: BLE001 - nets/ not ready yet
         return (lambda: LocalConvNet3(channels, num_classes)), "local ConvNet-3 copy"
 
 

@@ -64,27 +64,46 @@ def measure(repeats: int) -> list[dict]:
             if bf16:
                 xx, ww = xx.bfloat16(), ww.bfloat16()
             ms = _median_ms(lambda xx=xx, ww=ww: F.conv2d(xx, ww, padding=1), repeats)
-            rows.append({"what": "conv 256x128x14x14, 3x3, 128->128", "dtype": "bf16" if bf16 else "fp32",
-                         "layout": "channels_last" if cl else "NCHW", "ms": ms, "tflops": flops / ms / 1e9})
+            rows.append(
+                {
+                    "what": "conv 256x128x14x14, 3x3, 128->128",
+                    "dtype": "bf16" if bf16 else "fp32",
+                    "layout": "channels_last" if cl else "NCHW",
+                    "ms": ms,
+                    "tflops": flops / ms / 1e9,
+                }
+            )
     net = build_net("ConvNet", channels=1, num_classes=10, image_size=(28, 28))
     images, labels = torch.randn(256, 1, 28, 28), torch.randint(0, 10, (256,))
     for bf16 in (False, True):
+
         def step(bf16=bf16):
             net.zero_grad(set_to_none=True)
             with _autocast(bf16):
                 loss = F.cross_entropy(net(images), labels)
             loss.backward()
 
-        rows.append({"what": "ConvNet-3 forward+backward, batch 256, 28x28", "dtype": "bf16 autocast" if bf16
-                     else "fp32", "layout": "NCHW", "ms": _median_ms(step, repeats), "tflops": None})
+        rows.append(
+            {
+                "what": "ConvNet-3 forward+backward, batch 256, 28x28",
+                "dtype": "bf16 autocast" if bf16 else "fp32",
+                "layout": "NCHW",
+                "ms": _median_ms(step, repeats),
+                "tflops": None,
+            }
+        )
     return rows
 
 
 def to_markdown(rows: list[dict], record: dict) -> str:
     cpu = record["cpu"]
-    lines = [f"CPU {cpu['model']} ({cpu['kind']}; ISA {', '.join(cpu['isa']) or 'none'}), {record['threads']} "
-             f"threads, torch {record['torch']}, overrides {record['overrides'] or 'none'}", "",
-             "| what | dtype | layout | ms per call | TFLOP/s |", "|---|---|---|---:|---:|"]
+    lines = [
+        f"CPU {cpu['model']} ({cpu['kind']}; ISA {', '.join(cpu['isa']) or 'none'}), {record['threads']} "
+        f"threads, torch {record['torch']}, overrides {record['overrides'] or 'none'}",
+        "",
+        "| what | dtype | layout | ms per call | TFLOP/s |",
+        "|---|---|---|---:|---:|",
+    ]
     for r in rows:
         tflops = f"{r['tflops']:.3f}" if r["tflops"] is not None else ""
         lines.append(f"| {r['what']} | {r['dtype']} | {r['layout']} | {r['ms']:.1f} | {tflops} |")
@@ -98,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     record = machine_record("cpu")
-    record["overrides"] = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS")
-                           if k in os.environ}
+    record["overrides"] = {
+        k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS") if k in os.environ
+    }
     rows = measure(args.repeats)
     md = to_markdown(rows, record)
     print(md)

@@ -43,8 +43,11 @@ def main() -> None:
         net = build_net("ConvNet", dm.channels, k, dm.image_size)
         fast = FastNet(net, compile=True)
         out = {}
-        for name, kwargs, bf16 in (("fp32", {}, False), ("module", {}, True),
-                                   ("fast", {"forward": fast.forward, "syn_class_grads": fast.class_grads}, True)):
+        for name, kwargs, bf16 in (
+            ("fp32", {}, False),
+            ("module", {}, True),
+            ("fast", {"forward": fast.forward, "syn_class_grads": fast.class_grads}, True),
+        ):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = dc_loss(net, real, real_labels, syn, syn_labels, k, **kwargs)
             (grad,) = torch.autograd.grad(loss, syn)

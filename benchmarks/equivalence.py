@@ -50,10 +50,23 @@ def _ptm(pool_root: Path):
     if not path.is_file():
         from ptmdd_lightning.main import main
 
-        main(["fit", "--config", str(ROOT / "configs/pretrain/fashion_mnist.yaml"), "--model.init_args.arch",
-              PTM_ARCH, "--trainer.max_epochs", str(PTM_EPOCH), "--seed_everything", str(PTM_SEED),
-              "--trainer.callbacks.PTMCheckpoint.init_args.epochs", f"[{PTM_EPOCH}]",
-              "--trainer.callbacks.PTMCheckpoint.init_args.pool_root", str(pool_root)])
+        main(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs/pretrain/fashion_mnist.yaml"),
+                "--model.init_args.arch",
+                PTM_ARCH,
+                "--trainer.max_epochs",
+                str(PTM_EPOCH),
+                "--seed_everything",
+                str(PTM_SEED),
+                "--trainer.callbacks.PTMCheckpoint.init_args.epochs",
+                f"[{PTM_EPOCH}]",
+                "--trainer.callbacks.PTMCheckpoint.init_args.pool_root",
+                str(pool_root),
+            ]
+        )
     net, _ = load_ptm(path)
     return net, path
 
@@ -66,14 +79,34 @@ def distil_fast(dm, args) -> tuple:
     from ptmdd_lightning.modules import Distiller
 
     L.seed_everything(args.seed, verbose=False)
-    model = Distiller(num_classes=dm.num_classes, channels=dm.channels, image_size=dm.image_size, mean=dm.mean,
-                      std=dm.std, dataset_name=dm.dataset_name, ipc=args.ipc, method="dm", dsa_strategy=DSA,
-                      init="real", lr_img=1.0,
-                      ptms=[PTMGroup(arch=PTM_ARCH, alpha=args.alpha, num_seeds=1, epoch=PTM_EPOCH, loss="clom")],
-                      pool_root=str(args.pool_root), guidance_view="augmented")
-    trainer = L.Trainer(accelerator="auto", devices=1, max_steps=args.steps, precision="bf16-mixed", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
+    model = Distiller(
+        num_classes=dm.num_classes,
+        channels=dm.channels,
+        image_size=dm.image_size,
+        mean=dm.mean,
+        std=dm.std,
+        dataset_name=dm.dataset_name,
+        ipc=args.ipc,
+        method="dm",
+        dsa_strategy=DSA,
+        init="real",
+        lr_img=1.0,
+        ptms=[PTMGroup(arch=PTM_ARCH, alpha=args.alpha, num_seeds=1, epoch=PTM_EPOCH, loss="clom")],
+        pool_root=str(args.pool_root),
+        guidance_view="augmented",
+    )
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=args.steps,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     t = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     secs = time.perf_counter() - t
@@ -87,9 +120,18 @@ def distil_baseline(dm, ptm, args) -> tuple:
     from reference import ReferenceDM
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ref = ReferenceDM(dm.train_images.to(dev), dm.train_labels.to(dev), dm.num_classes, args.ipc,
-                      batch_real=args.batch_real, dsa_strategy=DSA, lr_img=1.0, seed=args.seed,
-                      ptm=ptm.to(dev), alpha=args.alpha)
+    ref = ReferenceDM(
+        dm.train_images.to(dev),
+        dm.train_labels.to(dev),
+        dm.num_classes,
+        args.ipc,
+        batch_real=args.batch_real,
+        dsa_strategy=DSA,
+        lr_img=1.0,
+        seed=args.seed,
+        ptm=ptm.to(dev),
+        alpha=args.alpha,
+    )
     t = time.perf_counter()
     for _ in range(args.steps):
         ref.iteration()
@@ -119,31 +161,49 @@ def main(argv: list[str] | None = None) -> dict:
     dm = DistillDataModule(dataset="fashion_mnist", batch_real=args.batch_real, seed=args.seed)
     dm.setup("fit")
     ptm, ptm_path = _ptm(args.pool_root)
-    sets = {"ptmdd fast path (bf16, batched, compiled)": distil_fast(dm, args),
-            "baseline (per-class loop, fp32)": distil_baseline(dm, ptm, args)}
+    sets = {
+        "ptmdd fast path (bf16, batched, compiled)": distil_fast(dm, args),
+        "baseline (per-class loop, fp32)": distil_baseline(dm, ptm, args),
+    }
     g = torch.Generator().manual_seed(args.seed)
     rx, ry = random_real_subset(dm.train_images, dm.train_labels, args.ipc, dm.num_classes, g)
     sets["random real subset"] = (rx, ry, 0.0)
     proto = EvalProtocol(epochs=args.epochs, dsa_strategy=DSA, precision="bf16", compile=can_compile())
     rows = []
     for name, (x, y, secs) in sets.items():
-        accs = train_and_test("ConvNet", x, y, dm.test_images, dm.test_labels, dm.num_classes, args.models, proto,
-                              seed=args.seed)
+        accs = train_and_test(
+            "ConvNet", x, y, dm.test_images, dm.test_labels, dm.num_classes, args.models, proto, seed=args.seed
+        )
         s = summarize(accs)
         rows.append({"set": name, "distil_seconds": round(secs, 1), "accs": [round(float(a), 4) for a in accs], **s})
-        print(f"{name}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % ({args.models} models; distilled in "
-              f"{secs:.0f} s)", flush=True)
+        print(
+            f"{name}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % ({args.models} models; distilled in "
+            f"{secs:.0f} s)",
+            flush=True,
+        )
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cmd = "python benchmarks/equivalence.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = {"command": cmd.strip(), "date": str(_dt.date.today()), "device": dev, "ptm": str(ptm_path),
-              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
-    md = [f"Command: `{result['command']}` ({dev}, {result['date']}); DM + CLoM (alpha {args.alpha}, one "
-          f"{PTM_ARCH} PTM, epoch {PTM_EPOCH}), IPC {args.ipc}, batch_real {args.batch_real}, {args.steps} "
-          f"iterations; evaluation: {args.models} ConvNet-3 x {args.epochs} epochs, DSA, bf16.", "",
-          "| synthetic set | test accuracy (%) | per model (%) | distillation (s) |", "|---|---:|---|---:|"]
+    result = {
+        "command": cmd.strip(),
+        "date": str(_dt.date.today()),
+        "device": dev,
+        "ptm": str(ptm_path),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "rows": rows,
+    }
+    md = [
+        f"Command: `{result['command']}` ({dev}, {result['date']}); DM + CLoM (alpha {args.alpha}, one "
+        f"{PTM_ARCH} PTM, epoch {PTM_EPOCH}), IPC {args.ipc}, batch_real {args.batch_real}, {args.steps} "
+        f"iterations; evaluation: {args.models} ConvNet-3 x {args.epochs} epochs, DSA, bf16.",
+        "",
+        "| synthetic set | test accuracy (%) | per model (%) | distillation (s) |",
+        "|---|---:|---|---:|",
+    ]
     for r in rows:
-        md.append(f"| {r['set']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
-                  f"{', '.join(f'{100 * a:.1f}' for a in r['accs'])} | {r['distil_seconds']:.0f} |")
+        md.append(
+            f"| {r['set']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | "
+            f"{', '.join(f'{100 * a:.1f}' for a in r['accs'])} | {r['distil_seconds']:.0f} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     from bench import free_stem  # never overwrite an earlier run of the same day
 

@@ -42,16 +42,21 @@ class RefConvNet(nn.Module):
     ``forward``: ``(N, C, H, W) -> (N, K)``; ``embed``: ``(N, C, H, W) -> (N, width * h * w)``.
     """
 
-    def __init__(self, channel: int, num_classes: int, im_size: tuple[int, int], width: int = 128,
-                 depth: int = 3) -> None:
+    def __init__(
+        self, channel: int, num_classes: int, im_size: tuple[int, int], width: int = 128, depth: int = 3
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c, (h, w) = channel, im_size
         if im_size[0] == 28:  # the reference: 28x28 grows to 32x32 through the first conv's padding 3
             h, w = 32, 32
         for d in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=3 if channel == 1 and d == 0 else 1),
-                       nn.GroupNorm(width, width, affine=True), nn.ReLU(inplace=True), nn.AvgPool2d(2, 2)]
+            layers += [
+                nn.Conv2d(c, width, 3, padding=3 if channel == 1 and d == 0 else 1),
+                nn.GroupNorm(width, width, affine=True),
+                nn.ReLU(inplace=True),
+                nn.AvgPool2d(2, 2),
+            ]
             c, h, w = width, h // 2, w // 2
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * h * w, num_classes)
@@ -114,8 +119,15 @@ def _rand_scale(x: Tensor, param: ParamDiffAug) -> Tensor:
 def _rand_rotate(x: Tensor, param: ParamDiffAug) -> Tensor:
     _reseed(param)
     t = (torch.rand(x.shape[0]) - 0.5) * 2 * param.ratio_rotate / 180 * float(torch.pi)
-    theta = torch.tensor([[[float(torch.cos(t[i])), float(torch.sin(-t[i])), 0.0],
-                           [float(torch.sin(t[i])), float(torch.cos(t[i])), 0.0]] for i in range(x.shape[0])])
+    theta = torch.tensor(
+        [
+            [
+                [float(torch.cos(t[i])), float(torch.sin(-t[i])), 0.0],
+                [float(torch.sin(t[i])), float(torch.cos(t[i])), 0.0],
+            ]
+            for i in range(x.shape[0])
+        ]
+    )
     theta = _share(theta, param)
     grid = F.affine_grid(theta, list(x.shape), align_corners=True).to(x.device)
     return F.grid_sample(x, grid, align_corners=True)
@@ -154,8 +166,12 @@ def _rand_crop(x: Tensor, param: ParamDiffAug) -> Tensor:
     _reseed(param)
     ty = torch.randint(-shift_y, shift_y + 1, size=[x.size(0), 1, 1], device=x.device)
     tx, ty = _share(tx, param), _share(ty, param)
-    gb, gx, gy = torch.meshgrid(torch.arange(x.size(0), device=x.device), torch.arange(x.size(2), device=x.device),
-                                torch.arange(x.size(3), device=x.device), indexing="ij")
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(x.size(0), device=x.device),
+        torch.arange(x.size(2), device=x.device),
+        torch.arange(x.size(3), device=x.device),
+        indexing="ij",
+    )
     gx = torch.clamp(gx + tx + 1, 0, x.size(2) + 1)
     gy = torch.clamp(gy + ty + 1, 0, x.size(3) + 1)
     x_pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])
@@ -169,8 +185,12 @@ def _rand_cutout(x: Tensor, param: ParamDiffAug) -> Tensor:
     _reseed(param)
     oy = torch.randint(0, x.size(3) + (1 - cs[1] % 2), size=[x.size(0), 1, 1], device=x.device)
     ox, oy = _share(ox, param), _share(oy, param)
-    gb, gx, gy = torch.meshgrid(torch.arange(x.size(0), device=x.device), torch.arange(cs[0], device=x.device),
-                                torch.arange(cs[1], device=x.device), indexing="ij")
+    gb, gx, gy = torch.meshgrid(
+        torch.arange(x.size(0), device=x.device),
+        torch.arange(cs[0], device=x.device),
+        torch.arange(cs[1], device=x.device),
+        indexing="ij",
+    )
     gx = torch.clamp(gx + ox - cs[0] // 2, min=0, max=x.size(2) - 1)
     gy = torch.clamp(gy + oy - cs[1] // 2, min=0, max=x.size(3) - 1)
     mask = torch.ones(x.size(0), x.size(2), x.size(3), dtype=x.dtype, device=x.device)
@@ -221,8 +241,7 @@ def distance_wb(gwr: Tensor, gws: Tensor) -> Tensor:
         gwr, gws = gwr.reshape(shape[0], shape[1] * shape[2]), gws.reshape(shape[0], shape[1] * shape[2])
     elif len(shape) == 1:
         return torch.tensor(0, dtype=torch.float, device=gwr.device)
-    return torch.sum(1 - torch.sum(gwr * gws, dim=-1) / (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1)
-                                                          + 0.000001))
+    return torch.sum(1 - torch.sum(gwr * gws, dim=-1) / (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1) + 0.000001))
 
 
 def match_loss(gw_syn: list[Tensor], gw_real: list[Tensor]) -> Tensor:
@@ -258,9 +277,19 @@ class ReferenceDM:
     ``alpha * CE`` over all synthetic images (equal IPC).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, num_classes: int, ipc: int, batch_real: int = 256,
-                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate", lr_img: float = 1.0, seed: int = 0,
-                 ptm: nn.Module | None = None, alpha: float = 0.0) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        num_classes: int,
+        ipc: int,
+        batch_real: int = 256,
+        dsa_strategy: str = "color_crop_cutout_flip_scale_rotate",
+        lr_img: float = 1.0,
+        seed: int = 0,
+        ptm: nn.Module | None = None,
+        alpha: float = 0.0,
+    ) -> None:
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.real = _RealPool(images, labels, num_classes)
@@ -281,7 +310,7 @@ class ReferenceDM:
         loss = torch.tensor(0.0, device=self.image_syn.device)
         for c in range(self.k):
             img_real = self.real.get_images(c, self.batch_real)
-            img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
+            img_syn = self.image_syn[c * self.ipc : (c + 1) * self.ipc]
             if self.strategy not in ("none", "None", ""):
                 seed = self.rng.randrange(100000)
                 img_real = diff_augment(img_real, self.strategy, seed=seed, param=self.param)
@@ -308,10 +337,21 @@ class ReferenceDC:
     pass does not apply.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, num_classes: int, ipc: int, batch_real: int = 256,
-                 dsa_strategy: str | None = None, lr_img: float = 0.1, lr_net: float = 0.01,
-                 batch_train: int = 256, outer_loop: int | None = None, inner_loop: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        num_classes: int,
+        ipc: int,
+        batch_real: int = 256,
+        dsa_strategy: str | None = None,
+        lr_img: float = 0.1,
+        lr_net: float = 0.01,
+        batch_train: int = 256,
+        outer_loop: int | None = None,
+        inner_loop: int | None = None,
+        seed: int = 0,
+    ) -> None:
         loops = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
@@ -345,7 +385,7 @@ class ReferenceDC:
         for c in range(self.k):
             img_real = self.real.get_images(c, self.batch_real)
             lab_real = torch.ones((img_real.shape[0],), device=img_real.device, dtype=torch.long) * c
-            img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
+            img_syn = self.image_syn[c * self.ipc : (c + 1) * self.ipc]
             lab_syn = torch.ones((self.ipc,), device=img_syn.device, dtype=torch.long) * c
             if self.strategy is not None:
                 seed = self.rng.randrange(100000)
@@ -379,13 +419,20 @@ class ReferenceDC:
 # ------------------------------------------------------------------------------------ evaluation
 
 
-def train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-                batch_size: int, dsa_strategy: str | None, param: ParamDiffAug | None = None) -> None:
+def train_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    dsa_strategy: str | None,
+    param: ParamDiffAug | None = None,
+) -> None:
     """``utils.epoch('train', ...)``: shuffled batches, DSA (a random draw per image), CE, SGD step."""
     net.train()
     perm = torch.randperm(images.shape[0])
     for start in range(0, images.shape[0], batch_size):
-        idx = perm[start:start + batch_size].to(images.device)
+        idx = perm[start : start + batch_size].to(images.device)
         img, lab = images[idx], labels[idx]
         if dsa_strategy is not None:
             img = diff_augment(img, dsa_strategy, seed=-1, param=param if param is not None else ParamDiffAug())
@@ -401,14 +448,23 @@ def test_accuracy(net: nn.Module, images: Tensor, labels: Tensor, batch_size: in
     net.eval()
     correct = 0
     for start in range(0, images.shape[0], batch_size):
-        out = net(images[start:start + batch_size])
-        correct += int((out.argmax(-1) == labels[start:start + batch_size]).sum())
+        out = net(images[start : start + batch_size])
+        correct += int((out.argmax(-1) == labels[start : start + batch_size]).sum())
     return correct / images.shape[0]
 
 
-def evaluate_synset(images: Tensor, labels: Tensor, test_images: Tensor, test_labels: Tensor, num_classes: int,
-                    epochs: int = 1000, dsa_strategy: str | None = "color_crop_cutout_flip_scale_rotate",
-                    lr: float = 0.01, batch_train: int = 256, seed: int = 0) -> float:
+def evaluate_synset(
+    images: Tensor,
+    labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    epochs: int = 1000,
+    dsa_strategy: str | None = "color_crop_cutout_flip_scale_rotate",
+    lr: float = 0.01,
+    batch_train: int = 256,
+    seed: int = 0,
+) -> float:
     """``utils.evaluate_synset`` for one fresh ConvNet: SGD (momentum 0.9, weight decay 5e-4), lr x 0.1 (and
     a new optimizer) at ``epochs // 2``, DSA on every batch; returns the test accuracy after the last epoch."""
     torch.manual_seed(seed)

@@ -27,8 +27,38 @@ from ptmdd_lightning.errors import PtmddError
 __all__ = ["compare_runs", "final_rows", "main", "paired_difference", "t_quantile_975"]
 
 #: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t_quantile_975(df: int) -> float:
@@ -56,12 +86,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
         PtmddError: different lengths or fewer than 2 pairs.
     """
     if len(a) != len(b) or len(a) < 2:
-        raise PtmddError(f"a paired difference needs two equally long lists of >= 2 values, got {len(a)} and "
-                         f"{len(b)}.")
+        raise PtmddError(f"a paired difference needs two equally long lists of >= 2 values, got {len(a)} and {len(b)}.")
     diffs = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
     n = len(diffs)
-    return {"mean": statistics.fmean(diffs),
-            "half_width": t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n), "n": n}
+    return {
+        "mean": statistics.fmean(diffs),
+        "half_width": t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n),
+        "n": n,
+    }
 
 
 def final_rows(run: str | Path) -> dict[tuple[str, str], dict]:
@@ -72,8 +104,9 @@ def final_rows(run: str | Path) -> dict[tuple[str, str], dict]:
     """
     path = Path(run) / "results.json"
     if not path.is_file():
-        raise PtmddError(f"{path} does not exist; give the run folder of a finished run "
-                         "(lightning_logs/<name>/version_<n>).")
+        raise PtmddError(
+            f"{path} does not exist; give the run folder of a finished run (lightning_logs/<name>/version_<n>)."
+        )
     rows = json.loads(path.read_text())
     last = max(int(r["step"]) for r in rows)
     return {(r["arch"], r["set"]): r for r in rows if int(r["step"]) == last}
@@ -103,24 +136,31 @@ def compare_runs(run_a: str | Path, run_b: str | Path, labels: tuple[str, str] =
         base = rows_a.get((arch, "random_real")) or rows_b.get((arch, "random_real"))
         other = rows_b.get((arch, "random_real"))
         if base is not None and other is not None and base["accs"] != other["accs"]:
-            raise PtmddError(f"{arch}: the random-real baselines of the two runs differ, so their evaluation "
-                             "protocols (data, epochs, seed, precision or machine) are not identical.")
+            raise PtmddError(
+                f"{arch}: the random-real baselines of the two runs differ, so their evaluation "
+                "protocols (data, epochs, seed, precision or machine) are not identical."
+            )
         if base is not None:
             lines.append(f"| {arch} | random real | {_pm(base)} | {base['n']} |")
         lines.append(f"| {arch} | {labels[0]} | {_pm(a)} | {a['n']} |")
         lines.append(f"| {arch} | {labels[1]} | {_pm(b)} | {b['n']} |")
         if a["n"] >= 2:
             d = paired_difference(a["accs"], b["accs"])
-            notes.append(f"{arch}: {labels[1]} - {labels[0]} = {100 * d['mean']:+.2f} points, 95 % CI "
-                         f"[{100 * (d['mean'] - d['half_width']):+.2f}, {100 * (d['mean'] + d['half_width']):+.2f}] "
-                         f"(paired over {d['n']} evaluation models; one distillation each)")
-    return "\n".join(lines + [""] + notes) + "\n"
+            notes.append(
+                f"{arch}: {labels[1]} - {labels[0]} = {100 * d['mean']:+.2f} points, 95 % CI "
+                f"[{100 * (d['mean'] - d['half_width']):+.2f}, {100 * (d['mean'] + d['half_width']):+.2f}] "
+                f"(paired over {d['n']} evaluation models; one distillation each)"
+            )
+    return "\n".join([*lines, "", *notes]) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ptmdd_lightning.compare RUN_A RUN_B [--labels A B]``; a user error exits 2 with one line."""
-    ap = argparse.ArgumentParser(prog="python -m ptmdd_lightning.compare", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ptmdd_lightning.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--labels", nargs=2, default=["A", "B"], metavar=("A", "B"))

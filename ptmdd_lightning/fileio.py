@@ -30,8 +30,17 @@ import torch
 
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["TMP_NAME", "atomic_save", "atomic_write", "atomic_write_text", "check_archive", "convert_legacy", "plain",
-           "remove_stray_temporaries", "safe_load"]
+__all__ = [
+    "TMP_NAME",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_text",
+    "check_archive",
+    "convert_legacy",
+    "plain",
+    "remove_stray_temporaries",
+    "safe_load",
+]
 
 
 def check_archive(path: str | os.PathLike, what: str, fix: str) -> None:
@@ -48,7 +57,7 @@ def check_archive(path: str | os.PathLike, what: str, fix: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except Exception as err:  # noqa: BLE001 - zipfile raises many types for a bad archive
+    except Exception as err:
         raise PtmddError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: {err}); {fix}.") from err
     if bad is not None:
         raise PtmddError(f"{what} {path} is corrupted (member {bad} fails its CRC check); {fix}.")
@@ -81,8 +90,9 @@ def safe_load(path: str | os.PathLike, what: str, fix: str) -> Any:
         raise PtmddError(
             f"{what} {path} holds Python objects that ptmdd does not unpickle (a shared file could run code on "
             f"load: {_global_named(err)}). If you wrote it with an older ptmdd and trust it, convert it "
-            f"once: python -m ptmdd_lightning.fileio convert {path}") from err
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+            f"once: python -m ptmdd_lightning.fileio convert {path}"
+        ) from err
+    except Exception as err:
         raise PtmddError(f"{what} {path} is truncated or corrupted ({type(err).__name__}: {err}); {fix}.") from err
 
 

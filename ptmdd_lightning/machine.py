@@ -20,10 +20,10 @@ import torch
 
 __all__ = [
     "auto_precision",
+    "backend_record",
     "busy_cpus",
     "contention_warning",
     "cpu_info",
-    "backend_record",
     "fast_paths_ran",
     "machine_record",
     "native_bf16_cpu",
@@ -72,8 +72,11 @@ def backend_record() -> dict[str, Any]:
     """``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
     paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
     built, why not, whether AMX runs)."""
-    return {"requested": sorted(_BACKENDS_ASKED), "ran": fast_paths_ran(),
-            **{name: status() for name, status in sorted(_BACKEND_STATUS.items())}}
+    return {
+        "requested": sorted(_BACKENDS_ASKED),
+        "ran": fast_paths_ran(),
+        **{name: status() for name, status in sorted(_BACKEND_STATUS.items())},
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,10 +223,12 @@ def contention_warning(threads: int | None = None, busy: float | None = None) ->
     idle = max(1, int(cpus - busy + 0.5))
     if threads <= idle:
         return None
-    return (f"about {busy:.1f} of the {cpus} CPUs this run may use are busy with other processes, and torch "
-            f"runs {threads} OpenMP threads: each step can run many times slower than alone (2 such runs on 2 "
-            f"cores: 23x). Give this run its share, e.g. OMP_NUM_THREADS={idle} (and taskset -c to pin it), or "
-            "stop the other work; docs/speed.md#contention.")
+    return (
+        f"about {busy:.1f} of the {cpus} CPUs this run may use are busy with other processes, and torch "
+        f"runs {threads} OpenMP threads: each step can run many times slower than alone (2 such runs on 2 "
+        f"cores: 23x). Give this run its share, e.g. OMP_NUM_THREADS={idle} (and taskset -c to pin it), or "
+        "stop the other work; docs/speed.md#contention."
+    )
 
 
 def machine_record(device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:

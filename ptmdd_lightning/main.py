@@ -35,8 +35,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 # Imported so that configs may name classes by their short name (class_path: Distiller).
-import ptmdd_lightning.callbacks  # noqa: F401
-import ptmdd_lightning.data  # noqa: F401
+import ptmdd_lightning.callbacks
+import ptmdd_lightning.data
 import ptmdd_lightning.modules  # noqa: F401
 from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
 from ptmdd_lightning.core.evaluate import EvalProtocol
@@ -84,10 +84,12 @@ def _moved_protocol_key(message: str) -> str | None:
     if not key or key not in _PROTOCOL_KEYS:
         return None
     new = _PROTOCOL_KEYS[key]
-    return (f"the evaluation setting {key!r} now lives in the evaluation's protocol: in YAML write "
-            f"`protocol: {{{new}: ...}}` under the init_args of SyntheticSetEvaluation / SyntheticSetEvaluator "
-            f"(on the command line --model.init_args.protocol.{new} or "
-            f"--trainer.callbacks.init_args.protocol.{new}).")
+    return (
+        f"the evaluation setting {key!r} now lives in the evaluation's protocol: in YAML write "
+        f"`protocol: {{{new}: ...}}` under the init_args of SyntheticSetEvaluation / SyntheticSetEvaluator "
+        f"(on the command line --model.init_args.protocol.{new} or "
+        f"--trainer.callbacks.init_args.protocol.{new})."
+    )
 
 
 class PtmddCLI(LightningCLI):
@@ -101,17 +103,22 @@ class PtmddCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
-            "--overwrite", action=ActionYesNo, default=False,
+            "--overwrite",
+            action=ActionYesNo,
+            default=False,
             help="Write into a run folder that already holds another run's config.yaml, checkpoints or results "
-                 "(a pinned --trainer.logger.init_args.version, or --trainer.logger false). Off: such a run stops "
-                 "before writing anything.")
+            "(a pinned --trainer.logger.init_args.version, or --trainer.logger false). Off: such a run stops "
+            "before writing anything.",
+        )
         parser.add_argument(
-            "--keep_freed_memory", action=ActionYesNo, default=False,
+            "--keep_freed_memory",
+            action=ActionYesNo,
+            default=False,
             help="Opt in to glibc keeping freed memory for reuse (mallopt; process-wide): faster CPU steps, a larger "
-                 "resident heap (docs/speed.md, lever 15). Recorded in results.json (machine.backend.cpu).")
+            "resident heap (docs/speed.md, lever 15). Recorded in results.json (machine.backend.cpu).",
+        )
         for name in LINKED:
-            parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name),
-                                  apply_on="instantiate")
+            parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name), apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; then resolve/check ``ckpt_path`` before LightningCLI reads its hyper-parameters."""
@@ -208,7 +215,8 @@ class GuardedSaveConfig(SaveConfigCallback):
                 f"{log_dir} already holds another run ({', '.join(taken)}); this run would overwrite it. Let the "
                 "logger pick a new version folder (leave trainer.logger.init_args.version unset), choose another "
                 "save_dir/name (or default_root_dir with --trainer.logger false), continue that run with "
-                "--ckpt_path last, or replace it with --overwrite.")
+                "--ckpt_path last, or replace it with --overwrite."
+            )
         # a logger's version folder that holds no run yet (the logger may have made it already): removable
         # after a failed start; never the working directory of a run without a logger
         is_version_folder = trainer.logger is not None and log_dir.resolve() != Path(trainer.default_root_dir).resolve()
@@ -222,8 +230,11 @@ def remove_failed_start() -> None:
     folder, GuardedSaveConfig.created = GuardedSaveConfig.created, None
     if folder is None or not folder.is_dir():
         return
-    keep = [p for p in folder.iterdir() if p.name not in ("config.yaml", "hparams.yaml")
-            and not p.name.startswith("events.out.tfevents.")]
+    keep = [
+        p
+        for p in folder.iterdir()
+        if p.name not in ("config.yaml", "hparams.yaml") and not p.name.startswith("events.out.tfevents.")
+    ]
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -232,9 +243,12 @@ def _pinned_logger(trainer: Namespace, version: int | str) -> Any:
     """The ``trainer.logger`` config with the first logger's ``version`` set (a default logger spelt out)."""
     logger = deepcopy(trainer.get("logger"))
     if logger is None or logger is True:
-        return Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                         init_args=Namespace(save_dir=trainer.get("default_root_dir") or os.getcwd(),
-                                             name="lightning_logs", version=version))
+        return Namespace(
+            class_path="lightning.pytorch.loggers.TensorBoardLogger",
+            init_args=Namespace(
+                save_dir=trainer.get("default_root_dir") or os.getcwd(), name="lightning_logs", version=version
+            ),
+        )
     first = logger[0] if isinstance(logger, list) else logger
     first.init_args.version = version
     return logger
@@ -271,7 +285,8 @@ def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
         raise PtmddError(
             "--ckpt_path last needs a logger with save_dir and name (TensorBoardLogger, CSVLogger) to find "
             f"the run folders; {logger.get('class_path', logger)} has none. Pass the checkpoint file "
-            "instead: --ckpt_path <run folder>/checkpoints/last.ckpt.")
+            "instead: --ckpt_path <run folder>/checkpoints/last.ckpt."
+        )
     folder = Path(init.get("save_dir") or root)
     name = init.get("name")
     if name:
@@ -280,8 +295,14 @@ def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
 
 
 #: what makes a run the same run for ``--ckpt_path last``: its seed, its model class, IPC, method and PTM pool
-RUN_IDENTITY = ("seed_everything", "model.class_path", "model.init_args.ipc", "model.init_args.method",
-                "model.init_args.ptms", "model.init_args.pool_root")
+RUN_IDENTITY = (
+    "seed_everything",
+    "model.class_path",
+    "model.init_args.ipc",
+    "model.init_args.method",
+    "model.init_args.ptms",
+    "model.init_args.pool_root",
+)
 
 
 def run_identity(config: Any) -> dict[str, str]:
@@ -364,13 +385,14 @@ def find_last_checkpoint(trainer: Namespace | None, config: Namespace | None = N
     for d in dirs:
         for stray in remove_stray_temporaries(d):
             rank_zero_info(f"[ptmdd] removed {stray}, a partial checkpoint of a killed save")
-    found = [p for d in dirs if d.is_dir() for p in d.iterdir()
-             if LAST_CKPT.fullmatch(p.name) and p.is_file()]
+    found = [p for d in dirs if d.is_dir() for p in d.iterdir() if LAST_CKPT.fullmatch(p.name) and p.is_file()]
     if not found:
         where = ", ".join(str(d) for d in dirs) if dirs else f"{folder}/*/checkpoints"
-        raise PtmddError(f"--ckpt_path last: no last.ckpt to resume from in {where}. Start a new run without "
-                         "--ckpt_path (the config needs a ModelCheckpoint with save_last: true), or pass a "
-                         "checkpoint file: --ckpt_path path/to/file.ckpt.")
+        raise PtmddError(
+            f"--ckpt_path last: no last.ckpt to resume from in {where}. Start a new run without "
+            "--ckpt_path (the config needs a ModelCheckpoint with save_last: true), or pass a "
+            "checkpoint file: --ckpt_path path/to/file.ckpt."
+        )
     candidates = found
     if config is not None:
         wanted = run_identity(config)
@@ -385,7 +407,8 @@ def find_last_checkpoint(trainer: Namespace | None, config: Namespace | None = N
                 "--ckpt_path last: no earlier run has this config's seed, model, IPC, method and PTM pool "
                 f"({', '.join(f'{k.rsplit(chr(46), 1)[-1]}={json.loads(v)}' for k, v in wanted.items())}); "
                 "the runs found:\n" + "\n".join(lines) + "\nStart a new run without --ckpt_path, or continue one "
-                "of them with its --ckpt_path (a branch of it, in a new version folder).")
+                "of them with its --ckpt_path (a branch of it, in a new version folder)."
+            )
     max_steps = trainer.get("max_steps")
     if len(candidates) > 1 and max_steps is not None and max_steps >= 0:
         path = min(candidates, key=lambda p: (_global_step(p) >= max_steps, -p.stat().st_mtime))
@@ -418,8 +441,10 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
             the file and the fix.
     """
     path = Path(path)
-    fix = ("use an intact checkpoint (e.g. last.ckpt of the run folder, or --ckpt_path last), or start a new "
-           "run without --ckpt_path")
+    fix = (
+        "use an intact checkpoint (e.g. last.ckpt of the run folder, or --ckpt_path last), or start a new "
+        "run without --ckpt_path"
+    )
     if not path.is_file():
         raise PtmddError(f"checkpoint {path} does not exist; {fix}.")
     if zipfile.is_zipfile(path):
@@ -432,12 +457,16 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
         blob = safe_load(path, "checkpoint", fix)  # the legacy (non-zip) format: loaded without pickle execution
     if isinstance(blob, dict) and "pytorch-lightning_version" not in blob:
         if {"images", "labels"} <= blob.keys():
-            kind = ("a synthetic-set export, not a training checkpoint; evaluate it with ptmdd test --config "
-                    "configs/evaluate.yaml --model.init_args.path " + str(path) + ", or resume its run from "
-                    "<run folder>/checkpoints/last.ckpt")
+            kind = (
+                "a synthetic-set export, not a training checkpoint; evaluate it with ptmdd test --config "
+                "configs/evaluate.yaml --model.init_args.path " + str(path) + ", or resume its run from "
+                "<run folder>/checkpoints/last.ckpt"
+            )
         elif "state_dict" in blob and "arch" in blob:
-            kind = ("a PTM pool member, not a distillation checkpoint; a pool is given by model.init_args.ptms and "
-                    "pool_root, and a run resumes from <run folder>/checkpoints/last.ckpt")
+            kind = (
+                "a PTM pool member, not a distillation checkpoint; a pool is given by model.init_args.ptms and "
+                "pool_root, and a run resumes from <run folder>/checkpoints/last.ckpt"
+            )
         else:
             kind = f"not a Lightning checkpoint (no 'pytorch-lightning_version' key); {fix}"
         raise PtmddError(f"--ckpt_path {path} is {kind}.")
@@ -474,8 +503,11 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
         )
     except SIGTERMException:
         if rank_zero_only.rank == 0:
-            print("ptmdd: stopped by SIGTERM after finishing the current step; continue the run with the "
-                  "same command plus --ckpt_path last.", file=sys.stderr)
+            print(
+                "ptmdd: stopped by SIGTERM after finishing the current step; continue the run with the "
+                "same command plus --ckpt_path last.",
+                file=sys.stderr,
+            )
         sys.exit(SIGTERM_EXIT)
     except Exception as err:
         remove_failed_start()  # a run that failed before writing a checkpoint or a result leaves no folder

@@ -50,8 +50,15 @@ class EvaluationProgress:
         if not shows_progress(self.trainer):
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit="epoch", dynamic_ncols=True, leave=False,
-                            file=sys.stdout, mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                desc=self.label,
+                unit="epoch",
+                dynamic_ncols=True,
+                leave=False,
+                file=sys.stdout,
+                mininterval=0.5,
+            )
         per_model = max(1, total // max(1, self.num_models))
         model = min(self.num_models, (done - 1) // per_model + 1)
         self.bar.set_postfix_str(f"model {model}/{self.num_models}", refresh=False)
@@ -83,5 +90,4 @@ class PoolProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        self.train_progress_bar.set_description(
-            f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")

@@ -38,13 +38,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of evaluation rows (``arch``, ``set``, ``mean``, ``std``, ``n``; accuracies in %)."""
     lines = ["| step | arch | set | test acc. (%) | models |", "|---:|---|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['arch']} | {r['set']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} "
-                     f"| {r['n']} |")
+        lines.append(
+            f"| {r['step']} | {r['arch']} | {r['set']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {r['n']} |"
+        )
     return "\n".join(lines)
 
 
-def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
-                  machine: dict[str, Any] | None = None) -> None:
+def write_results(
+    rows: list[dict[str, Any]], folder, stem: str = "results", machine: dict[str, Any] | None = None
+) -> None:
     """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``folder`` (atomic replace).
 
     ``machine`` (:func:`ptmdd_lightning.machine.machine_record`: CPU model and ISA, threads, torch version,
@@ -54,9 +56,11 @@ def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
     rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
     text = format_table(rows) + "\n"
     if machine is not None:
-        text += (f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
-                 f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
-                 f"{', '.join(machine['fast_paths']) or 'none'}\n")
+        text += (
+            f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
+            f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
+            f"{', '.join(machine['fast_paths']) or 'none'}\n"
+        )
     atomic_write_text(folder / f"{stem}.md", text)
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
     fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
@@ -67,8 +71,13 @@ def write_results(rows: list[dict[str, Any]], folder, stem: str = "results",
     for r in rows:
         flat = {**r, "accs": " ".join(f"{a:.4f}" for a in r["accs"])}
         if machine is not None:
-            flat.update(cpu=machine["cpu"]["model"], isa=" ".join(machine["cpu"]["isa"]),
-                        threads=machine["threads"], torch=machine["torch"], precision=machine["precision"],
-                        fast_paths=" ".join(machine["fast_paths"]))
+            flat.update(
+                cpu=machine["cpu"]["model"],
+                isa=" ".join(machine["cpu"]["isa"]),
+                threads=machine["threads"],
+                torch=machine["torch"],
+                precision=machine["precision"],
+                fast_paths=" ".join(machine["fast_paths"]),
+            )
         writer.writerow(flat)
     atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())

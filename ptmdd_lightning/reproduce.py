@@ -81,8 +81,11 @@ def table(outdir: str | Path) -> str:
     outdir = Path(outdir)
     if not outdir.is_dir():
         raise PtmddError(f"{outdir} does not exist; give the OUTDIR of scripts/reproduce.sh.")
-    lines = ["| setting | protocol | published (%) | ptmdd (%) | ptmdd - published | random real (%) | seeds | "
-             "commit | CPU |", "|---|---|---|---|---:|---|---|---|---|"]
+    lines = [
+        "| setting | protocol | published (%) | ptmdd (%) | ptmdd - published | random real (%) | seeds | "
+        "commit | CPU |",
+        "|---|---|---|---|---:|---|---|---|---|",
+    ]
     means: dict[str, dict[int, float]] = {}
     for row in ROWS:
         runs = _runs(outdir, row.name)
@@ -99,16 +102,22 @@ def table(outdir: str | Path) -> str:
         else:
             seed_means = list(means[row.name].values())
             mean = 100 * statistics.fmean(seed_means)
-            ours = (f"{_pm(seed_means)} over {len(seed_means)} seeds "
-                    f"({next(iter(synthetic.values()))['n']} models each)")
+            ours = f"{_pm(seed_means)} over {len(seed_means)} seeds ({next(iter(synthetic.values()))['n']} models each)"
         diff = f"{mean - row.published[0]:+.2f}" if row.published else ""
         base = next((rows.get(("ConvNet", "random_real")) for rows in seed_rows.values()), None)
         real = f"{_pm(base['accs'])}" if base else ""
-        commits = sorted({(outdir / f"{run.parent.name}.commit").read_text().strip()[:7]
-                          for run in runs.values() if (outdir / f"{run.parent.name}.commit").is_file()})
+        commits = sorted(
+            {
+                (outdir / f"{run.parent.name}.commit").read_text().strip()[:7]
+                for run in runs.values()
+                if (outdir / f"{run.parent.name}.commit").is_file()
+            }
+        )
         cpu = sorted({str(r.get("machine", {}).get("cpu", {}).get("kind", "")) for r in synthetic.values()})
-        lines.append(f"| {row.setting} | {row.protocol} | {published} | {ours} | {diff} | {real} | "
-                     f"{', '.join(map(str, sorted(runs)))} | {', '.join(commits)} | {', '.join(cpu)} |")
+        lines.append(
+            f"| {row.setting} | {row.protocol} | {published} | {ours} | {diff} | {real} | "
+            f"{', '.join(map(str, sorted(runs)))} | {', '.join(commits)} | {', '.join(cpu)} |"
+        )
     notes = ["", "Gain of CLoM (same seed with and without CLoM):"]
     for row in ROWS:
         if row.base is None or row.name not in means or row.base not in means:
@@ -121,11 +130,13 @@ def table(outdir: str | Path) -> str:
         if len(seeds) >= 2:
             d = paired_difference(without, with_clom)
             low, high = 100 * (d["mean"] - d["half_width"]), 100 * (d["mean"] + d["half_width"])
-            notes.append(f"- {row.setting}: {100 * d['mean']:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] over "
-                         f"seeds {seeds}")
+            notes.append(
+                f"- {row.setting}: {100 * d['mean']:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] over seeds {seeds}"
+            )
         else:
-            notes.append(f"- {row.setting}: {100 * (with_clom[0] - without[0]):+.2f} points (seed {seeds[0]} only: "
-                         "no interval)")
+            notes.append(
+                f"- {row.setting}: {100 * (with_clom[0] - without[0]):+.2f} points (seed {seeds[0]} only: no interval)"
+            )
     if len(notes) == 2:
         notes.append("- no row has both arms finished yet")
     return "\n".join(lines + notes) + "\n"
@@ -135,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ptmdd_lightning.reproduce OUTDIR``; a user error exits 2 with one line."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m ptmdd_lightning.reproduce OUTDIR   (the OUTDIR of scripts/reproduce.sh)",
-              file=sys.stderr)
+        print(
+            "usage: python -m ptmdd_lightning.reproduce OUTDIR   (the OUTDIR of scripts/reproduce.sh)", file=sys.stderr
+        )
         sys.exit(2)
     try:
         print(table(args[0]), end="")

@@ -212,9 +212,7 @@ def _dotted(mapping: Any, what: str) -> dict[str, Any]:
     if mapping is None:
         return {}
     if not isinstance(mapping, dict) or not all(isinstance(k, str) for k in mapping):
-        raise PtmddError(
-            f"{what} must be a mapping of dotted keys (e.g. trainer.max_steps: 300), got {mapping!r}."
-        )
+        raise PtmddError(f"{what} must be a mapping of dotted keys (e.g. trainer.max_steps: 300), got {mapping!r}.")
     return dict(mapping)
 
 
@@ -233,9 +231,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     except yaml.YAMLError as err:
         raise PtmddError(f"sweep file {path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict) or "base" not in raw:
-        raise PtmddError(
-            f"{path} is not a sweep file: it needs at least `base:` (a ptmdd config) and `axes:`."
-        )
+        raise PtmddError(f"{path} is not a sweep file: it needs at least `base:` (a ptmdd config) and `axes:`.")
     known = {
         "name",
         "title",
@@ -264,9 +260,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
         for v in values:
             if isinstance(v, dict):
                 if "label" not in v and "value" not in v:
-                    raise PtmddError(
-                        f"{path.name}: a mapping value of axis {name!r} needs `label` or `value`."
-                    )
+                    raise PtmddError(f"{path.name}: a mapping value of axis {name!r} needs `label` or `value`.")
                 value = v.get("value", v.get("label"))
                 vbase = _as_paths(v["base"], folder, f"{path.name}: axis {name}") if v.get("base") else None
                 parsed.append(
@@ -418,9 +412,7 @@ def expand(spec: SweepSpec) -> list[Point]:
         points.append(Point(f"baseline={_safe(name)}", "baseline", name, {}, {}, list(spec.base), overrides))
     ids = [p.id for p in points]
     if len(set(ids)) != len(ids):
-        raise PtmddError(
-            f"{spec.path.name}: two runs map to the same folder name ({ids}); use distinct labels."
-        )
+        raise PtmddError(f"{spec.path.name}: two runs map to the same folder name ({ids}); use distinct labels.")
     return points
 
 
@@ -690,9 +682,7 @@ def collect(spec: SweepSpec, out: Path, seeds: list[int] | None = None) -> list[
                 continue
             runs += 1
             for r in _final_rows(results):
-                per_arch.setdefault(r["arch"], {}).setdefault(r["set"], []).extend(
-                    float(a) for a in r["accs"]
-                )
+                per_arch.setdefault(r["arch"], {}).setdefault(r["set"], []).extend(float(a) for a in r["accs"])
         for arch, sets in per_arch.items():
             if "synthetic" not in sets:
                 continue
@@ -750,12 +740,12 @@ def collect(spec: SweepSpec, out: Path, seeds: list[int] | None = None) -> list[
 
 def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None:
-        return "–"
+        return "–"  # noqa: RUF001 - the typographic dash of an empty table cell
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def _gain(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:+.2f}"
+    return "–" if value is None else f"{100 * value:+.2f}"  # noqa: RUF001 - empty cell
 
 
 def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
@@ -864,11 +854,7 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
                 width = 0.8 / max(len(series), 1)
                 for i, s in enumerate(series):
                     by_label = {r[x_axis]: r for r in pts if r["series"] == s}
-                    pos = [
-                        j + (i - (len(series) - 1) / 2) * width
-                        for j, lab in enumerate(labels)
-                        if lab in by_label
-                    ]
+                    pos = [j + (i - (len(series) - 1) / 2) * width for j, lab in enumerate(labels) if lab in by_label]
                     sel = [by_label[lab] for lab in labels if lab in by_label]
                     ax.bar(
                         pos,
@@ -890,9 +876,7 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
             )
             ax.axhspan(lo, hi, color=color, alpha=0.12)
             ax.axhline(100 * b["synthetic_mean"], color=color, lw=1.6, label=f"{b['name']} (baseline)")
-        real = [
-            r["random_real_mean"] for r in rows if r["arch"] == arch and r["random_real_mean"] is not None
-        ]
+        real = [r["random_real_mean"] for r in rows if r["arch"] == arch and r["random_real_mean"] is not None]
         if real and max(real) - min(real) < 1e-9:
             ax.axhline(100 * real[0], color="grey", ls="--", lw=1.2, label="random real subset")
         ax.set_title(f"{spec.title} — {arch}", fontsize=10)

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .  # one formatting (ruff's, line length 120)
 .venv/bin/lint-imports --no-cache  # the one-way layering of pyproject.toml [tool.importlinter]
 exec .venv/bin/python -m pytest -m "not slow" "$@"

@@ -14,8 +14,7 @@ FILES = {
 }
 
 
-def write_fake_fashion_mnist(root: Path, n_train_per_class: int = 20, n_test_per_class: int = 5,
-                             seed: int = 0) -> Path:
+def write_fake_fashion_mnist(root: Path, n_train_per_class: int = 20, n_test_per_class: int = 5, seed: int = 0) -> Path:
     """Write un-gzipped idx files in torchvision's ``<root>/FashionMNIST/raw`` layout.
 
     Class ``k`` images are noise around a class-specific bright square, so nets can learn them; uint8 28x28.
@@ -28,12 +27,13 @@ def write_fake_fashion_mnist(root: Path, n_train_per_class: int = 20, n_test_per
         images = torch.randint(0, 60, (labels.numel(), 28, 28), generator=gen)
         for k in range(10):
             r, c = divmod(k, 4)
-            images[labels == k, 2 + 6 * r: 8 + 6 * r, 2 + 6 * c: 8 + 6 * c] += 180
+            images[labels == k, 2 + 6 * r : 8 + 6 * r, 2 + 6 * c : 8 + 6 * c] += 180
         images = images.clamp(0, 255).to(torch.uint8)
         img_name, lbl_name = FILES[split]
         (raw / img_name).write_bytes(struct.pack(">IIII", 0x803, labels.numel(), 28, 28) + images.numpy().tobytes())
-        (raw / lbl_name).write_bytes(struct.pack(">II", 0x801, labels.numel())
-                                     + labels.to(torch.uint8).numpy().tobytes())
+        (raw / lbl_name).write_bytes(
+            struct.pack(">II", 0x801, labels.numel()) + labels.to(torch.uint8).numpy().tobytes()
+        )
     return Path(root)
 
 

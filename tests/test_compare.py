@@ -34,8 +34,16 @@ def _run(folder, accs, baseline=(0.75, 0.76, 0.74), step=300):
     def row(which, values, s=step):
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-        return {"step": s, "arch": "ConvNet", "set": which, "mean": mean, "std": std, "n": len(values),
-                "accs": list(values), "seconds": 1.0}
+        return {
+            "step": s,
+            "arch": "ConvNet",
+            "set": which,
+            "mean": mean,
+            "std": std,
+            "n": len(values),
+            "accs": list(values),
+            "seconds": 1.0,
+        }
 
     folder.mkdir()
     rows = [row("synthetic", [0.1, 0.1, 0.1], s=50), row("synthetic", accs), row("random_real", baseline)]

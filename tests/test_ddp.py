@@ -26,7 +26,7 @@ from lightning import Callback, Trainer
 
 from ptmdd_lightning.core.guidance import PTMGroup, member_path
 from ptmdd_lightning.data import DistillDataModule
-from ptmdd_lightning.modules import Distiller
+from ptmdd_lightning.modules import Distiller, DMDistiller
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 5
@@ -47,9 +47,16 @@ class RankDump(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         images = pl_module.synthetic.images
-        self.record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
-                       "strategy": type(trainer.strategy).__name__, "initial": images.detach().clone(),
-                       "batches": [], "local_grads": [], "grads": [], "after": []}
+        self.record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
+            "initial": images.detach().clone(),
+            "batches": [],
+            "local_grads": [],
+            "grads": [],
+            "after": [],
+        }
         # a tensor hook sees this rank's own gradient, before DDP's all-reduce (which hooks AccumulateGrad)
         self._handle = images.register_hook(lambda g: self.record["local_grads"].append(g.detach().clone()))
 
@@ -69,15 +76,21 @@ class RankDump(Callback):
         from ptmdd_lightning.callbacks import SyntheticSetEvaluation, SyntheticSetExport
 
         self.record["trainable"] = [n for n, p in pl_module.named_parameters() if p.requires_grad]
-        self.record["pool"] = [{"state": {k: v.detach().cpu().clone() for k, v in m.net.state_dict().items()},
-                                "training": m.net.training,
-                                "requires_grad": any(p.requires_grad for p in m.net.parameters()),
-                                "has_grad": any(p.grad is not None for p in m.net.parameters())}
-                               for m in pl_module.pool.members]
-        self.record["evaluated_rows"] = sum(len(c.rows) for c in trainer.callbacks
-                                            if isinstance(c, SyntheticSetEvaluation))
-        self.record["exported"] = any(c.last_path is not None for c in trainer.callbacks
-                                      if isinstance(c, SyntheticSetExport))
+        self.record["pool"] = [
+            {
+                "state": {k: v.detach().cpu().clone() for k, v in m.net.state_dict().items()},
+                "training": m.net.training,
+                "requires_grad": any(p.requires_grad for p in m.net.parameters()),
+                "has_grad": any(p.grad is not None for p in m.net.parameters()),
+            }
+            for m in pl_module.pool.members
+        ]
+        self.record["evaluated_rows"] = sum(
+            len(c.rows) for c in trainer.callbacks if isinstance(c, SyntheticSetEvaluation)
+        )
+        self.record["exported"] = any(
+            c.last_path is not None for c in trainer.callbacks if isinstance(c, SyntheticSetExport)
+        )
         torch.save(self.record, Path(self.out_dir) / f"rank{trainer.global_rank}.pt")
 
 
@@ -85,26 +98,47 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
     config = {
         "seed_everything": SEED,
         "trainer": {
-            "max_steps": STEPS, "enable_progress_bar": False, "enable_model_summary": False,
+            "max_steps": STEPS,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
             "precision": "32-true",  # the single-process recomputation below runs in fp32 on every CPU
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "logs", "name": "ddp"}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "logs", "name": "ddp"},
+            },
             "callbacks": [
                 {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-                {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-                 "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "baseline": False,
-                               "protocol": {"epochs": 1, "precision": "32"}}},
+                {
+                    "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+                    "init_args": {
+                        "archs": ["ConvNetW32"],
+                        "num_models": 1,
+                        "baseline": False,
+                        "protocol": {"epochs": 1, "precision": "32"},
+                    },
+                },
                 {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1,
-                               "enable_version_counter": False, "save_on_exception": True}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "save_last": True,
+                        "save_top_k": 0,
+                        "every_n_train_steps": 1,
+                        "enable_version_counter": False,
+                        "save_on_exception": True,
+                    },
+                },
                 {"class_path": "tests.test_ddp.RankDump", "init_args": {"out_dir": str(dump_dir)}},
             ],
         },
-        "model": {"class_path": "ptmdd_lightning.modules.Distiller",
-                  "init_args": {**MODEL, "pool_root": str(pool_root), "ptms": [GROUP], "ptm_recipe": RECIPE}},
-        "data": {"class_path": "ptmdd_lightning.data.DistillDataModule",
-                 "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4}},
+        "model": {
+            "class_path": "ptmdd_lightning.modules.Distiller",
+            "init_args": {**MODEL, "pool_root": str(pool_root), "ptms": [GROUP], "ptm_recipe": RECIPE},
+        },
+        "data": {
+            "class_path": "ptmdd_lightning.data.DistillDataModule",
+            "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4},
+        },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -122,11 +156,27 @@ def ddp_run(tmp_path_factory, fake_fashion_root):
     env.pop("PL_GLOBAL_SEED", None)
     log = work / "ddp.log"
     with log.open("w") as out:  # own session: on a timeout the launcher's rank-1 child is killed too
-        proc = subprocess.Popen([sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config),
-                                 "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                                 "--trainer.accelerator", "cpu"],
-                                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ptmdd_lightning",
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.strategy",
+                "ddp",
+                "--trainer.devices",
+                "2",
+                "--trainer.accelerator",
+                "cpu",
+            ],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             code = proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
@@ -140,8 +190,8 @@ def ddp_run(tmp_path_factory, fake_fashion_root):
 
 
 def _as_rank(rank: int):
-    """Distiller / DistillDataModule subclasses that behave as DDP rank ``rank`` in a single process."""
-    model_cls = type(f"DistillerRank{rank}", (Distiller,), {"global_rank": property(lambda self: rank)})
+    """DMDistiller / DistillDataModule subclasses that behave as DDP rank ``rank`` in a single process."""
+    model_cls = type(f"DMDistillerRank{rank}", (DMDistiller,), {"global_rank": property(lambda self: rank)})
     data_cls = type(f"DistillDataRank{rank}", (DistillDataModule,), {"_rank": lambda self: rank})
     return model_cls, data_cls
 
@@ -155,15 +205,24 @@ class _FirstStep(Callback):
         self.grad = pl_module.synthetic.images.grad.detach().clone()
 
 
-def _single_process_first_step(rank: int, data_root: Path, pool_root: Path) -> tuple[_FirstStep, Distiller,
-                                                                                        DistillDataModule]:
+def _single_process_first_step(
+    rank: int, data_root: Path, pool_root: Path
+) -> tuple[_FirstStep, DMDistiller, DistillDataModule]:
     model_cls, data_cls = _as_rank(rank)
     data = data_cls(dataset="fashion_mnist", root=str(data_root), batch_real=4)
-    model = model_cls(**MODEL, pool_root=str(pool_root), ptms=[PTMGroup(**GROUP)], ptm_recipe=RECIPE)
+    dm_args = {k: v for k, v in MODEL.items() if k != "method"}  # DMDistiller is DM
+    model = model_cls(**dm_args, pool_root=str(pool_root), ptms=[PTMGroup(**GROUP)], ptm_recipe=RECIPE)
     probe = _FirstStep()
-    Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False,
-            callbacks=[probe]).fit(model, datamodule=data)
+    Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[probe],
+    ).fit(model, datamodule=data)
     return probe, model, data
 
 
@@ -179,8 +238,7 @@ def test_ranks_agree_draw_their_own_batches_and_keep_ptms_frozen(ddp_run):
         assert not torch.equal(r0["local_grads"][step], r1["local_grads"][step])
         # DDP's all-reduce is the mean of the ranks' gradients (g0/2 + g1/2 == (g0 + g1)/2 exactly in fp32)
         assert torch.equal(r0["grads"][step], (r0["local_grads"][step] + r1["local_grads"][step]) / 2)
-    on_disk = torch.load(member_path(ddp_run["pool_root"], "fashion_mnist", "ConvNetW32", 0, 1),
-                         weights_only=False)
+    on_disk = torch.load(member_path(ddp_run["pool_root"], "fashion_mnist", "ConvNetW32", 0, 1), weights_only=False)
     for record in (r0, r1):
         assert record["trainable"] == ["synthetic.images"]
         (member,) = record["pool"]
@@ -211,7 +269,7 @@ def test_ddp_step_is_the_single_process_step_with_the_mean_gradient(ddp_run, fak
     records = ddp_run["records"]
     grads = []
     for rank in (0, 1):
-        probe, model, data = _single_process_first_step(rank, fake_fashion_root, ddp_run["pool_root"])
+        probe, model, _data = _single_process_first_step(rank, fake_fashion_root, ddp_run["pool_root"])
         assert torch.equal(probe.initial, records[rank]["initial"])
         assert torch.equal(probe.batch[0], records[rank]["batches"][0][0])  # the batch that rank drew
         # same computation as that DDP rank (tolerance only for thread-count dependent reductions)
@@ -232,8 +290,12 @@ def test_model_data_and_callbacks_pickle(ddp_run, fake_fashion_root):
     model = Distiller(**MODEL, pool_root=str(ddp_run["pool_root"]), ptms=[PTMGroup(**GROUP)], ptm_recipe=RECIPE)
     model.setup("validate")  # loads the PTM pool (the fit-only part needs a trainer)
     assert model.pool is not None and len(model.pool) == 1
-    callbacks = [PretrainPTMPool(), SyntheticSetEvaluation(archs=["ConvNetW32"]), SyntheticSetExport(),
-                 RankDump(out_dir=str(ddp_run["work"]))]
+    callbacks = [
+        PretrainPTMPool(),
+        SyntheticSetEvaluation(archs=["ConvNetW32"]),
+        SyntheticSetExport(),
+        RankDump(out_dir=str(ddp_run["work"])),
+    ]
     for obj in (model, data, callbacks):
         clone = pickle.loads(pickle.dumps(obj))
         assert type(clone) is type(obj)

@@ -40,7 +40,8 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_distillation_is_bitwise_for_the_same_threads_and_close_for_another_count(
-        tmp_path, monkeypatch, threads, fake_fashion_root):
+    tmp_path, monkeypatch, threads, fake_fashion_root
+):
     monkeypatch.setenv("PL_GLOBAL_SEED", "0")
     threads(2)
     first = _distil(tmp_path, monkeypatch, fake_fashion_root, "a")

@@ -63,8 +63,7 @@ def test_missing_debian_fashion_mnist_without_root(tmp_path, capsys, monkeypatch
 
 
 # ------------------------------------------------------------------------------------------ PTM checkpoints
-def test_missing_pool_member_names_the_folder_and_the_pretraining_command(tmp_path, capsys,
-                                                                          fake_fashion_root):
+def test_missing_pool_member_names_the_folder_and_the_pretraining_command(tmp_path, capsys, fake_fashion_root):
     pool = tmp_path / "pool"
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, ptm_pool=pool)
     err = _fails(capsys, _fit(config))
@@ -103,10 +102,10 @@ def test_ptm_file_of_another_architecture_than_its_group(tmp_path, fake_fashion_
     assert str(path) in str(info.value) and "ConvNetW32" in str(info.value)
 
 
-@pytest.mark.parametrize(("channels", "image_size"), [(3, (28, 28)), (1, (32, 32))],
-                         ids=["channels", "image_size"])
-def test_ptm_of_another_channel_count_or_image_size_for_the_same_dataset(tmp_path, capsys, fake_fashion_root,
-                                                                         channels, image_size):
+@pytest.mark.parametrize(("channels", "image_size"), [(3, (28, 28)), (1, (32, 32))], ids=["channels", "image_size"])
+def test_ptm_of_another_channel_count_or_image_size_for_the_same_dataset(
+    tmp_path, capsys, fake_fashion_root, channels, image_size
+):
     pool = tmp_path / "pool"
     path = write_ptm(_member(pool), channels=channels, image_size=image_size)
     err = _fails(capsys, _fit(tiny_config(tmp_path / "c.yaml", fake_fashion_root, ptm_pool=pool)))
@@ -128,8 +127,14 @@ def test_corrupted_ptm_checkpoint(tmp_path, capsys, fake_fashion_root, damage):
 
 # ------------------------------------------------------------------------------------------ --ckpt_path
 def _checkpoint_like(path: Path) -> Path:
-    torch.save({"state_dict": {"w": torch.arange(16384, dtype=torch.float32)}, "global_step": 3,
-                "pytorch-lightning_version": "2.6.0"}, path)
+    torch.save(
+        {
+            "state_dict": {"w": torch.arange(16384, dtype=torch.float32)},
+            "global_step": 3,
+            "pytorch-lightning_version": "2.6.0",
+        },
+        path,
+    )
     return path
 
 
@@ -169,28 +174,37 @@ def test_truncated_last_checkpoint_on_resume(tmp_path, capsys, fake_fashion_root
 
 def test_checkpoint_of_another_synthetic_set_shape():
     model = Distiller(ipc=2, net_arch="ConvNetW32")
-    checkpoint = {"state_dict": {"synthetic.images": torch.zeros(10, 1, 28, 28)},
-                  "hyper_parameters": {"dataset_name": "fashion_mnist", "ipc": 1}}
-    with pytest.raises(PtmddError, match=r"holds \(10, 1, 28, 28\) synthetic images .* ipc 1\) but this run "
-                                         r"makes \(20, 1, 28, 28\)"):
+    checkpoint = {
+        "state_dict": {"synthetic.images": torch.zeros(10, 1, 28, 28)},
+        "hyper_parameters": {"dataset_name": "fashion_mnist", "ipc": 1},
+    }
+    with pytest.raises(
+        PtmddError,
+        match=r"holds \(10, 1, 28, 28\) synthetic images .* ipc 1\) but this run "
+        r"makes \(20, 1, 28, 28\)",
+    ):
         model.on_load_checkpoint(checkpoint)
 
 
 # ------------------------------------------------------------------------------------------ config values
-@pytest.mark.parametrize(("args", "model", "expected"), [
-    (["--model.init_args.ipc", "0"], {}, "ipc must be >= 1"),
-    (["--data.init_args.batch_real", "0"], {},
-     "data.batch_real (real images per class per step) must be >= 1"),
-    ([], {"ptms": [{**GROUP, "alpha": -0.5}]}, "PTM alpha must be >= 0, got -0.5"),
-    (["--model.init_args.net_arch", "ConvNetXL"], {}, "unknown network 'ConvNetXL'"),
-    ([], {"ptms": [{**GROUP, "arch": "ResNet99"}]}, "unknown network 'ResNet99'"),
-    (["--data.init_args.dataset", "imagenet_21k"], {}, "unknown dataset 'imagenet_21k'"),
-    ([], {"ptms": [{**GROUP, "loss": "cclom"}], "cclom_batch_real": 0},
-     "cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch)"),
-    ([], {"ptms": [{**GROUP, "source": "mnist"}]},
-     "CLoM needs PTMs of the target label space (fashion_mnist)"),
-], ids=["ipc", "batch_real", "alpha", "net_arch", "ptm_arch", "dataset", "cclom_batch_real",
-        "clom_label_space"])
+@pytest.mark.parametrize(
+    ("args", "model", "expected"),
+    [
+        (["--model.init_args.ipc", "0"], {}, "ipc must be >= 1"),
+        (["--data.init_args.batch_real", "0"], {}, "data.batch_real (real images per class per step) must be >= 1"),
+        ([], {"ptms": [{**GROUP, "alpha": -0.5}]}, "PTM alpha must be >= 0, got -0.5"),
+        (["--model.init_args.net_arch", "ConvNetXL"], {}, "unknown network 'ConvNetXL'"),
+        ([], {"ptms": [{**GROUP, "arch": "ResNet99"}]}, "unknown network 'ResNet99'"),
+        (["--data.init_args.dataset", "imagenet_21k"], {}, "unknown dataset 'imagenet_21k'"),
+        (
+            [],
+            {"ptms": [{**GROUP, "loss": "cclom"}], "cclom_batch_real": 0},
+            "cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch)",
+        ),
+        ([], {"ptms": [{**GROUP, "source": "mnist"}]}, "CLoM needs PTMs of the target label space (fashion_mnist)"),
+    ],
+    ids=["ipc", "batch_real", "alpha", "net_arch", "ptm_arch", "dataset", "cclom_batch_real", "clom_label_space"],
+)
 def test_bad_settings_are_refused_before_training(tmp_path, capsys, fake_fashion_root, args, model, expected):
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, **model)
     err = _fails(capsys, ["fit", "--config", str(config), *args])

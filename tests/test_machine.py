@@ -25,20 +25,31 @@ from ptmdd_lightning.machine import (
 )
 from ptmdd_lightning.reporting import write_results
 
-ROW = {"step": 3, "arch": "ConvNet", "set": "synthetic", "mean": 0.5, "std": 0.1, "n": 2, "accs": [0.4, 0.6],
-       "seconds": 1.0}
+ROW = {
+    "step": 3,
+    "arch": "ConvNet",
+    "set": "synthetic",
+    "mean": 0.5,
+    "std": 0.1,
+    "n": 2,
+    "accs": [0.4, 0.6],
+    "seconds": 1.0,
+}
 
 
 def test_cpu_kind_follows_the_isa_flags(monkeypatch, tmp_path):
     fake = tmp_path / "cpuinfo"
-    cases = {"fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16": "amx-bf16",
-             "fpu avx2 avx512f avx512_bf16": "avx512-bf16", "fpu avx2 avx512f": "avx512", "fpu avx2": "avx2",
-             "fpu sse2": "other"}
+    cases = {
+        "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16": "amx-bf16",
+        "fpu avx2 avx512f avx512_bf16": "avx512-bf16",
+        "fpu avx2 avx512f": "avx512",
+        "fpu avx2": "avx2",
+        "fpu sse2": "other",
+    }
     real_open = open
     for flags, kind in cases.items():
         fake.write_text(f"vendor_id\t: AuthenticAMD\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
-        monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p,
-                                                                         *a, **k))
+        monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
         cpu_info.cache_clear()
         info = cpu_info()
         assert info["kind"] == kind and info["model"] == "Test CPU" and info["vendor"] == "AuthenticAMD"
@@ -76,10 +87,16 @@ def test_write_results_puts_the_machine_into_json_csv_and_markdown(tmp_path):
 
 def test_auto_precision_is_bf16_only_on_an_amx_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for kind, native in [("amx-bf16", True), ("avx512-bf16", False), ("avx512", False), ("avx2", False),
-                         ("other", False)]:
-        monkeypatch.setattr(machine, "cpu_info", lambda kind=kind: {"model": "x", "vendor": "", "isa": [],
-                                                                   "kind": kind})
+    for kind, native in [
+        ("amx-bf16", True),
+        ("avx512-bf16", False),
+        ("avx512", False),
+        ("avx2", False),
+        ("other", False),
+    ]:
+        monkeypatch.setattr(
+            machine, "cpu_info", lambda kind=kind: {"model": "x", "vendor": "", "isa": [], "kind": kind}
+        )
         assert auto_precision("cpu") == ("bf16" if native else "32")
         assert auto_precision(None) == auto_precision("cpu")
         expected = "bf16-mixed" if native else "32-true"

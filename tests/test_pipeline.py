@@ -24,9 +24,21 @@ def tiny_quickstart(tmp_path, fake_fashion_root, monkeypatch):
             cb["init_args"].update(num_models=2, protocol={**cb["init_args"].get("protocol", {}), "epochs": 2})
     path = tmp_path / "quickstart_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return ["fit", "--config", str(path), "--data.init_args.root", str(fake_fashion_root),
-            "--data.init_args.batch_real", "8", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1",
-            "--trainer.enable_progress_bar", "false"]
+    return [
+        "fit",
+        "--config",
+        str(path),
+        "--data.init_args.root",
+        str(fake_fashion_root),
+        "--data.init_args.batch_real",
+        "8",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_path):
@@ -51,8 +63,7 @@ def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_p
     from ptmdd_lightning.machine import auto_precision, trainer_precision
 
     # the precision that ran, "auto" resolved on this machine (bf16 only where native)
-    assert machine["precision"] == (f"distillation {trainer_precision('cpu')}, "
-                                    f"evaluation {auto_precision('cpu')}")
+    assert machine["precision"] == (f"distillation {trainer_precision('cpu')}, evaluation {auto_precision('cpu')}")
     assert machine["fast_paths"] and set(machine["fast_paths"]) <= {"cpu_kernels", "amx", "compile", "eager"}
     # the backend asked for and its state (kernels built or why not, AMX, compile, allocator) on record
     backend = machine["backend"]
@@ -107,7 +118,7 @@ def test_evaluation_rows_survive_a_resume(tiny_quickstart, tmp_path):
     saved = next(v for k, v in last["callbacks"].items() if "SyntheticSetEvaluation" in k)
     assert 2 in {r["step"] for r in saved["rows"]}
 
-    resumed = main(tiny_quickstart + ["--trainer.max_steps", "5", "--ckpt_path", "last"])
+    resumed = main([*tiny_quickstart, "--trainer.max_steps", "5", "--ckpt_path", "last"])
     assert Path(resumed.trainer.log_dir) == run
     rows = json.loads((run / "results.json").read_text())
     assert {r["step"] for r in rows} >= {2, 4, 5}  # step 2 was evaluated before the resume

@@ -14,8 +14,9 @@ from ptmdd_lightning.progress import EvaluationProgress, PoolProgressBar
 
 
 def _trainer(**kw) -> SimpleNamespace:
-    return SimpleNamespace(**{"progress_bar_callback": object(), "is_global_zero": True, "received_sigterm": False,
-                              **kw})
+    return SimpleNamespace(
+        **{"progress_bar_callback": object(), "is_global_zero": True, "received_sigterm": False, **kw}
+    )
 
 
 def test_evaluation_progress_shows_model_k_of_k_and_the_epochs():
@@ -63,8 +64,14 @@ class _Tiny(LightningModule):
 
 def test_pool_progress_bar_names_the_member_and_its_epoch(capsys):
     loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,))), batch_size=4)
-    trainer = Trainer(max_epochs=2, callbacks=[PoolProgressBar("PTM 2/3 fashion_mnist/ConvNetW32/seed1")],
-                      logger=False, enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+    trainer = Trainer(
+        max_epochs=2,
+        callbacks=[PoolProgressBar("PTM 2/3 fashion_mnist/ConvNetW32/seed1")],
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(_Tiny(), train_dataloaders=loader)
     captured = capsys.readouterr()
     shown = captured.out + captured.err  # Lightning's tqdm bars write to stdout

@@ -17,9 +17,16 @@ def _run(outdir, row, seed, accs, commit="a" * 40, real=(0.40, 0.42)):
 
     def entry(which, values):
         m = sum(values) / len(values)
-        return {"step": 1000, "arch": "ConvNet", "set": which, "mean": m, "n": len(values), "accs": list(values),
-                "std": math.sqrt(sum((v - m) ** 2 for v in values) / len(values)),
-                "machine": {"cpu": {"kind": "amx-bf16"}}}
+        return {
+            "step": 1000,
+            "arch": "ConvNet",
+            "set": which,
+            "mean": m,
+            "n": len(values),
+            "accs": list(values),
+            "std": math.sqrt(sum((v - m) ** 2 for v in values) / len(values)),
+            "machine": {"cpu": {"kind": "amx-bf16"}},
+        }
 
     (folder / "results.json").write_text(json.dumps([entry("synthetic", accs), entry("random_real", real)]))
     (folder / "synthetic_set.pt").write_bytes(b"x")

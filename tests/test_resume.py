@@ -50,48 +50,91 @@ class Stall(Callback):
             time.sleep(0.02)
 
 
-def write_ptm(path: Path, arch: str = "ConvNetW32", channels: int = 1, num_classes: int = 10,
-              image_size: tuple[int, int] = (28, 28), seed: int = 0, **meta) -> Path:
+def write_ptm(
+    path: Path,
+    arch: str = "ConvNetW32",
+    channels: int = 1,
+    num_classes: int = 10,
+    image_size: tuple[int, int] = (28, 28),
+    seed: int = 0,
+    **meta,
+) -> Path:
     """A PTM checkpoint in the PTMCheckpoint format with randomly initialised weights (no training needed)."""
     from ptmdd_lightning.core.guidance import PTMRecipe
     from ptmdd_lightning.nets import build_net
 
     torch.manual_seed(seed)
     net = build_net(arch, channels, num_classes, image_size)
-    blob = {"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
-            "image_size": tuple(image_size), "dataset": "fashion_mnist", "classes": None,
-            "mean": (0.2861,) * channels, "std": (0.3530,) * channels, "epoch": 1, "seed": seed,
-            "val_acc": None, "recipe": PTMRecipe().record()}
+    blob = {
+        "state_dict": net.state_dict(),
+        "arch": arch,
+        "channels": channels,
+        "num_classes": num_classes,
+        "image_size": tuple(image_size),
+        "dataset": "fashion_mnist",
+        "classes": None,
+        "mean": (0.2861,) * channels,
+        "std": (0.3530,) * channels,
+        "epoch": 1,
+        "seed": seed,
+        "val_acc": None,
+        "recipe": PTMRecipe().record(),
+    }
     blob.update(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(blob, path)
     return path
 
 
-def tiny_config(path: Path, data_root: Path, method: str = "dm", max_steps: int = MAX_STEPS,
-                extra_callbacks: list | None = None, ptm_pool: Path | None = None, **model) -> Path:
+def tiny_config(
+    path: Path,
+    data_root: Path,
+    method: str = "dm",
+    max_steps: int = MAX_STEPS,
+    extra_callbacks: list | None = None,
+    ptm_pool: Path | None = None,
+    **model,
+) -> Path:
     """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic/on-exception last.ckpt)."""
     init_args = {"ipc": 1, "method": method, "net_arch": "ConvNetW32", **model}
     if method != "dm":
         init_args.update(outer_loop=3, inner_loop=2, batch_train=4)
     if ptm_pool is not None:
-        init_args.update(pool_root=str(ptm_pool), ptms=[{"arch": "ConvNetW32", "alpha": 0.1, "num_seeds": 1,
-                                                         "epoch": 1, "loss": "clom"}])
+        init_args.update(
+            pool_root=str(ptm_pool),
+            ptms=[{"arch": "ConvNetW32", "alpha": 0.1, "num_seeds": 1, "epoch": 1, "loss": "clom"}],
+        )
     config = {
         "seed_everything": 3,
         "trainer": {
-            "max_steps": max_steps, "accelerator": "cpu", "devices": 1,
-            "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": "logs", "name": "run"}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 2,
-                                         "enable_version_counter": False, "save_on_exception": True}},
-                          *(extra_callbacks or [])],
+            "max_steps": max_steps,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "logs", "name": "run"},
+            },
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "save_last": True,
+                        "save_top_k": 0,
+                        "every_n_train_steps": 2,
+                        "enable_version_counter": False,
+                        "save_on_exception": True,
+                    },
+                },
+                *(extra_callbacks or []),
+            ],
         },
         "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": init_args},
-        "data": {"class_path": "ptmdd_lightning.data.DistillDataModule",
-                 "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4}},
+        "data": {
+            "class_path": "ptmdd_lightning.data.DistillDataModule",
+            "init_args": {"dataset": "fashion_mnist", "root": str(data_root), "batch_real": 4},
+        },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -123,8 +166,13 @@ def _env() -> dict[str, str]:
 def _start(workdir: Path, config: Path) -> subprocess.Popen:
     """Start ``python -m ptmdd_lightning fit --config`` in ``workdir``, output to ``workdir/run.log``."""
     with (workdir / "run.log").open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config)],
-                                cwd=workdir, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ptmdd_lightning", "fit", "--config", str(config)],
+            cwd=workdir,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _kill_when_stalled(proc: subprocess.Popen, workdir: Path, sig: signal.Signals) -> tuple[int, str]:
@@ -149,23 +197,29 @@ def _images(cli) -> torch.Tensor:
     return cli.model.synthetic.images.detach().clone()
 
 
-@pytest.mark.parametrize(("method", "sig", "guided"), [
-    ("dm", signal.SIGTERM, True),
-    ("dc", signal.SIGKILL, False),
-    pytest.param("dsa", signal.SIGKILL, False, marks=pytest.mark.slow),
-    pytest.param("dc", signal.SIGTERM, False, marks=pytest.mark.slow),
-], ids=lambda v: v.name if isinstance(v, signal.Signals) else str(v))
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, fake_fashion_root, ptm_pool,
-                                                       method, sig, guided):
+@pytest.mark.parametrize(
+    ("method", "sig", "guided"),
+    [
+        ("dm", signal.SIGTERM, True),
+        ("dc", signal.SIGKILL, False),
+        pytest.param("dsa", signal.SIGKILL, False, marks=pytest.mark.slow),
+        pytest.param("dc", signal.SIGTERM, False, marks=pytest.mark.slow),
+    ],
+    ids=lambda v: v.name if isinstance(v, signal.Signals) else str(v),
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch, fake_fashion_root, ptm_pool, method, sig, guided
+):
     pool = ptm_pool if guided else None
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     ref_dir.mkdir()
     run_dir.mkdir()
     base = tiny_config(tmp_path / "base.yaml", fake_fashion_root, method, ptm_pool=pool)
-    stall = {"class_path": "tests.test_resume.Stall",
-             "init_args": {"at_step": STALL_AT, "marker": str(run_dir / "stalled")}}
-    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, method, ptm_pool=pool,
-                         extra_callbacks=[stall])
+    stall = {
+        "class_path": "tests.test_resume.Stall",
+        "init_args": {"at_step": STALL_AT, "marker": str(run_dir / "stalled")},
+    }
+    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, method, ptm_pool=pool, extra_callbacks=[stall])
 
     proc = _start(run_dir, killed)  # its start-up (imports) overlaps the in-process reference run
     try:
@@ -178,8 +232,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, f
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
         assert last["global_step"] == STALL_AT - 1  # the periodic checkpoint; step 5 is lost and redone
-        if method != "dm":  # saved before the Distiller's on_train_batch_end: resume runs that inner loop
-            assert last["dc_net"]["inner_loop_pending"]
+        if method != "dm":  # the inner loop is part of the step (manual optimisation): nothing is pending
+            assert not last["dc_net"]["inner_loop_pending"]
     else:
         assert code == 143, output
         assert "stopped by SIGTERM" in output
@@ -197,8 +251,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, f
     assert saved["ckpt_path"] == "last" and saved["trainer"]["logger"]["init_args"]["version"] is None
 
 
-def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeypatch, capsys,
-                                                               fake_fashion_root):
+def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeypatch, capsys, fake_fashion_root):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
     with pytest.raises(SystemExit) as exit_info:
@@ -231,21 +284,28 @@ class StallAtTrainEnd(Callback):
 
 
 def _evaluation(epochs: int) -> dict:
-    return {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-            "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "baseline": False,
-                          "protocol": {"epochs": epochs, "precision": "32"}}}
+    return {
+        "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+        "init_args": {
+            "archs": ["ConvNetW32"],
+            "num_models": 1,
+            "baseline": False,
+            "protocol": {"epochs": epochs, "precision": "32"},
+        },
+    }
 
 
 EXPORT = {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"}
 
 
 def test_a_run_killed_in_the_final_evaluation_window_resumes_to_its_results_and_export(
-        tmp_path, monkeypatch, fake_fashion_root):
+    tmp_path, monkeypatch, fake_fashion_root
+):
     """SIGKILL after the final checkpoint, before evaluation and export; ``--ckpt_path last`` (training already
     complete, so Lightning skips the loop) still evaluates and exports."""
     stall = {"class_path": "tests.test_resume.StallAtTrainEnd", "init_args": {"marker": str(tmp_path / "stalled")}}
     killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[stall, _evaluation(2), EXPORT])
-    code, output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGKILL)
+    code, _output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGKILL)
     assert code == -signal.SIGKILL
     folder = tmp_path / "logs" / "run" / "version_0"
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == MAX_STEPS
@@ -262,9 +322,11 @@ def test_a_run_killed_in_the_final_evaluation_window_resumes_to_its_results_and_
 
 
 def test_sigterm_stops_the_final_evaluation_promptly_and_the_resume_finishes_it(
-        tmp_path, monkeypatch, fake_fashion_root):
-    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root,
-                         extra_callbacks=[_evaluation(1_000_000), EXPORT])  # hours, unless stopped
+    tmp_path, monkeypatch, fake_fashion_root
+):
+    killed = tiny_config(
+        tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[_evaluation(1_000_000), EXPORT]
+    )  # hours, unless stopped
     proc = _start(tmp_path, killed)
     log = tmp_path / "run.log"
     try:
@@ -303,8 +365,12 @@ def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_pa
 
     callback = SyntheticSetEvaluation(archs=["ConvNetW32"], num_models=1, protocol=EvalProtocol(epochs=1))
     saved: list[str] = []
-    trainer = SimpleNamespace(world_size=1, global_step=8, save_checkpoint=saved.append,
-                              checkpoint_callbacks=[SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))])
+    trainer = SimpleNamespace(
+        world_size=1,
+        global_step=8,
+        save_checkpoint=saved.append,
+        checkpoint_callbacks=[SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))],
+    )
     callback.on_exception(trainer, None, SIGTERMException())
     assert saved == []  # nothing new since the last checkpoint
     callback.rows.append({"step": 8, "arch": "ConvNetW32", "set": "synthetic", "mean": 0.5})
@@ -316,8 +382,9 @@ def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_pa
     assert callback.state_dict()["rows"] == callback.rows and not callback._unsaved
 
 
-def test_last_resumes_only_a_run_with_the_same_seed_ipc_method_and_pool(tmp_path, monkeypatch, capsys,
-                                                                        fake_fashion_root):
+def test_last_resumes_only_a_run_with_the_same_seed_ipc_method_and_pool(
+    tmp_path, monkeypatch, capsys, fake_fashion_root
+):
     """Run A stopped early, run B (another seed and IPC) finished later: ``last`` meant for A resumes A."""
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "a.yaml", fake_fashion_root, max_steps=4)
@@ -350,8 +417,9 @@ def test_a_second_run_never_writes_into_the_first_runs_folder(tmp_path, monkeypa
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "already holds another run" in err and "--overwrite" in err
-    assert {p: (folder / ("checkpoints" if p == "last.ckpt" else "") / p).stat().st_mtime_ns
-            for p in before} == before  # nothing rewritten
+    assert {
+        p: (folder / ("checkpoints" if p == "last.ckpt" else "") / p).stat().st_mtime_ns for p in before
+    } == before  # nothing rewritten
     again = main(["fit", "--config", str(config), *pinned, "--seed_everything", "9", "--overwrite"])
     assert Path(again.trainer.log_dir) == folder
     assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 9
@@ -377,7 +445,8 @@ def test_a_failed_start_leaves_no_version_folder(tmp_path, monkeypatch, capsys, 
 
 
 def test_checkpoints_are_written_next_to_their_target_and_a_failed_save_keeps_the_old_one(
-        tmp_path, monkeypatch, fake_fashion_root):
+    tmp_path, monkeypatch, fake_fashion_root
+):
     from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
 
     monkeypatch.chdir(tmp_path)
@@ -401,8 +470,9 @@ def test_checkpoints_are_written_next_to_their_target_and_a_failed_save_keeps_th
     assert last.read_bytes() == before and not seen_tmp[0].exists()
 
 
-def test_stray_temporaries_of_killed_saves_are_removed_at_the_next_start(tmp_path, monkeypatch, capsys,
-                                                                          fake_fashion_root):
+def test_stray_temporaries_of_killed_saves_are_removed_at_the_next_start(
+    tmp_path, monkeypatch, capsys, fake_fashion_root
+):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
     folder = Path(main(["fit", "--config", str(config)]).trainer.log_dir) / "checkpoints"
@@ -416,8 +486,9 @@ def test_stray_temporaries_of_killed_saves_are_removed_at_the_next_start(tmp_pat
     assert not stray.exists() and live.exists()
 
 
-def test_the_command_printed_for_a_missing_pool_member_works_as_printed(tmp_path, monkeypatch, capsys,
-                                                                         fake_fashion_root):
+def test_the_command_printed_for_a_missing_pool_member_works_as_printed(
+    tmp_path, monkeypatch, capsys, fake_fashion_root
+):
     import shlex
 
     monkeypatch.chdir(tmp_path)
@@ -444,14 +515,17 @@ def test_a_ptm_group_without_members_is_refused():
     PTMGroup(arch="ConvNetW32", seeds=[3]).validate()  # a non-empty list is fine
 
 
-def test_ckpt_path_to_an_export_or_a_pool_member_says_what_the_file_is(tmp_path, monkeypatch, capsys,
-                                                                        fake_fashion_root, ptm_pool):
+def test_ckpt_path_to_an_export_or_a_pool_member_says_what_the_file_is(
+    tmp_path, monkeypatch, capsys, fake_fashion_root, ptm_pool
+):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2, extra_callbacks=[EXPORT])
     export = Path(main(["fit", "--config", str(config)]).trainer.log_dir) / "synthetic_set.pt"
     member = ptm_pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt"
-    for path, said in [(export, "is a synthetic-set export, not a training checkpoint"),
-                       (member, "is a PTM pool member, not a distillation checkpoint")]:
+    for path, said in [
+        (export, "is a synthetic-set export, not a training checkpoint"),
+        (member, "is a PTM pool member, not a distillation checkpoint"),
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", "--config", str(config), "--ckpt_path", str(path)])
         assert exit_info.value.code == 2
@@ -459,8 +533,9 @@ def test_ckpt_path_to_an_export_or_a_pool_member_says_what_the_file_is(tmp_path,
         assert said in err and "KeyError" not in err and "Traceback" not in err
 
 
-def test_a_diverging_run_stops_with_a_message_and_keeps_finite_checkpoints(tmp_path, monkeypatch, capsys,
-                                                                          fake_fashion_root):
+def test_a_diverging_run_stops_with_a_message_and_keeps_finite_checkpoints(
+    tmp_path, monkeypatch, capsys, fake_fashion_root
+):
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[EXPORT], lr_img=1e30)
     with pytest.raises(SystemExit) as exit_info:
@@ -475,16 +550,23 @@ def test_a_diverging_run_stops_with_a_message_and_keeps_finite_checkpoints(tmp_p
         assert torch.isfinite(torch.load(ckpt, weights_only=False)["state_dict"]["synthetic.images"]).all(), ckpt
 
 
-def test_pool_members_record_their_recipe_and_a_pool_never_mixes_recipes(tmp_path, monkeypatch, capsys,
-                                                                          fake_fashion_root):
+def test_pool_members_record_their_recipe_and_a_pool_never_mixes_recipes(
+    tmp_path, monkeypatch, capsys, fake_fashion_root
+):
     from ptmdd_lightning.core.guidance import PTMRecipe
 
     monkeypatch.chdir(tmp_path)
     pool = tmp_path / "pool"
     pretrain = {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"}
     scaled = {"name": "authors-scaled-3", "epochs": 3, "milestones": [1, 2]}
-    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=1, ptm_pool=pool, ptm_recipe=scaled,
-                         extra_callbacks=[pretrain])
+    config = tiny_config(
+        tmp_path / "c.yaml",
+        fake_fashion_root,
+        max_steps=1,
+        ptm_pool=pool,
+        ptm_recipe=scaled,
+        extra_callbacks=[pretrain],
+    )
     main(["fit", "--config", str(config)])
     member = torch.load(pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt", weights_only=True)
     assert member["recipe"] == PTMRecipe(**scaled).record()

@@ -28,9 +28,9 @@ def test_the_reproduction_campaign_refuses_runs_of_another_commit(tmp_path):
     assert proc.returncode != 0 and "usage: bash scripts/reproduce.sh OUTDIR" in proc.stderr
     (tmp_path / "lightning_logs" / "reproduce_dm_ipc10_seed0" / "version_0").mkdir(parents=True)
     (tmp_path / "reproduce_dm_ipc10_seed0.commit").write_text("0" * 40 + "\n")
-    proc = subprocess.run(["bash", str(script), str(tmp_path), "dm_ipc10"], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(["bash", str(script), str(tmp_path), "dm_ipc10"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "is a run of commit 0000" in proc.stderr
-    proc = subprocess.run(["bash", str(script), str(tmp_path / "new"), "no_such_row"], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "new"), "no_such_row"], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2 and "no row no_such_row" in proc.stderr

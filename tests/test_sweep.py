@@ -30,8 +30,10 @@ BASE = {
         "max_steps": 100,
         "callbacks": [
             {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-            {"class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-             "init_args": {"protocol": {"epochs": 300}}},
+            {
+                "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+                "init_args": {"protocol": {"epochs": 300}},
+            },
         ],
     },
     "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": {"ipc": 10, "ptms": []}},
@@ -111,9 +113,7 @@ def test_set_dotted_and_merge_configs():
     set_dotted(config, "a.l.Y.init_args.k", 2)
     set_dotted(config, "a.l.1", 6)
     set_dotted(config, "a.new.deep", [1])
-    assert config == {
-        "a": {"b": 1, "l": [{"class_path": "x.Y", "init_args": {"k": 2}}, 6], "new": {"deep": [1]}}
-    }
+    assert config == {"a": {"b": 1, "l": [{"class_path": "x.Y", "init_args": {"k": 2}}, 6], "new": {"deep": [1]}}}
     with pytest.raises(PtmddError, match="no item 'Z'"):
         set_dotted(config, "a.l.Z.init_args.k", 1)
     with pytest.raises(PtmddError, match="is a value"):
@@ -184,9 +184,7 @@ def test_collect_pools_the_seeds_and_writes_table_and_plot(tmp_path):
 
 
 def test_categorical_axis_plots_grouped_bars(tmp_path):
-    text = (
-        SWEEP.replace("N_m: [1, 4]", "N_m: [few, many]").replace('"${N_m}"', "1").replace("x: N_m", "x: N_m")
-    )
+    text = SWEEP.replace("N_m: [1, 4]", "N_m: [few, many]").replace('"${N_m}"', "1").replace("x: N_m", "x: N_m")
     spec = load_sweep(_write_sweep(tmp_path, text))
     out = tmp_path / "out"
     for i, point in enumerate(expand(spec)):
@@ -240,7 +238,5 @@ baselines:
     assert (run / "synthetic_set.pt").is_file() and (run / "config.yaml").is_file()
     records = run_sweep(load_sweep(sweep), out, log=lambda *_: None)
     assert [r["status"] for r in records] == ["skipped"] * 3  # resume: nothing runs again
-    records = run_sweep(
-        load_sweep(sweep), out, extra=["--trainer.max_steps", "3"], dry_run=True, log=lambda *_: None
-    )
+    records = run_sweep(load_sweep(sweep), out, extra=["--trainer.max_steps", "3"], dry_run=True, log=lambda *_: None)
     assert [r["status"] for r in records] == ["dry-run"] * 3  # changed arguments: would rerun

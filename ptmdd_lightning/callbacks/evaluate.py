@@ -56,17 +56,26 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``).
     """
 
-    def __init__(self, archs: list[str] | None = None, num_models: int = 5, protocol: EvalProtocol | None = None,
-                 mode: Literal["auto", "vmap", "loop"] = "auto", baseline: bool = True,
-                 every_n_steps: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        archs: list[str] | None = None,
+        num_models: int = 5,
+        protocol: EvalProtocol | None = None,
+        mode: Literal["auto", "vmap", "loop"] = "auto",
+        baseline: bool = True,
+        every_n_steps: int | None = None,
+        seed: int = 0,
+    ) -> None:
         archs = list(archs) if archs else ["ConvNet"]
         if num_models < 1:
             raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
         if isinstance(protocol, dict):
             protocol = EvalProtocol(**protocol)
         if protocol is not None and not isinstance(protocol, EvalProtocol):
-            raise PtmddError(f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
-                             f"{type(protocol).__name__}.")
+            raise PtmddError(
+                f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
+                f"{type(protocol).__name__}."
+            )
         self.archs = archs
         self.num_models = num_models
         self.protocol = protocol if protocol is not None else EvalProtocol()
@@ -98,8 +107,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             path = getattr(callback, "last_model_path", "")
             if path:
                 trainer.save_checkpoint(path)
-                rank_zero_info(f"[ptmdd] SIGTERM during the evaluation: saved the {len(self.rows)} rows evaluated "
-                               f"so far with the step-{trainer.global_step} state in {path}")
+                rank_zero_info(
+                    f"[ptmdd] SIGTERM during the evaluation: saved the {len(self.rows)} rows evaluated "
+                    f"so far with the step-{trainer.global_step} state in {path}"
+                )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (checkpoints written before this state existed restore nothing)."""
@@ -129,17 +140,29 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         trainer.strategy.barrier("synthetic_set_evaluation")
         return rows
 
-    def _run(self, trainer: Trainer, arch: str, which: str, images, labels, pl_module,
-             seed: int) -> tuple[torch.Tensor, float]:
+    def _run(
+        self, trainer: Trainer, arch: str, which: str, images, labels, pl_module, seed: int
+    ) -> tuple[torch.Tensor, float]:
         dm = trainer.datamodule
         num_models = 1 if trainer.fast_dev_run else self.num_models
         protocol = self._protocol(trainer)
         rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs")
         start = time.perf_counter()
         with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
-            accs = train_and_test(arch, images, labels, dm.test_images, dm.test_labels,
-                                  pl_module.hparams.num_classes, num_models, protocol, seed=seed,
-                                  device=pl_module.device, mode=self.mode, progress=progress)
+            accs = train_and_test(
+                arch,
+                images,
+                labels,
+                dm.test_images,
+                dm.test_labels,
+                pl_module.hparams.num_classes,
+                num_models,
+                protocol,
+                seed=seed,
+                device=pl_module.device,
+                mode=self.mode,
+                progress=progress,
+            )
         return accs, time.perf_counter() - start
 
     def _row_at(self, step: int, arch: str, which: str) -> dict[str, Any] | None:
@@ -149,8 +172,16 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
     @staticmethod
     def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
         s = summarize(accs)
-        return {"step": step, "arch": arch, "set": which, "mean": float(s["mean"]), "std": float(s["std"]),
-                "n": int(s["n"]), "accs": [float(a) for a in accs], "seconds": round(seconds, 2)}
+        return {
+            "step": step,
+            "arch": arch,
+            "set": which,
+            "mean": float(s["mean"]),
+            "std": float(s["std"]),
+            "n": int(s["n"]),
+            "accs": [float(a) for a in accs],
+            "seconds": round(seconds, 2),
+        }
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
         dm = trainer.datamodule
@@ -173,10 +204,18 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             if self.baseline:
                 if arch not in self._baseline_rows:
                     gen = torch.Generator().manual_seed(self.seed + 1)
-                    real_x, real_y = random_real_subset(dm.train_images, dm.train_labels, pl_module.hparams.ipc,
-                                                        pl_module.hparams.num_classes, gen)
-                    accs_b, secs_b = self._run(trainer, arch, "random_real", real_x.to(pl_module.device),
-                                               real_y.to(pl_module.device), pl_module, self.seed)
+                    real_x, real_y = random_real_subset(
+                        dm.train_images, dm.train_labels, pl_module.hparams.ipc, pl_module.hparams.num_classes, gen
+                    )
+                    accs_b, secs_b = self._run(
+                        trainer,
+                        arch,
+                        "random_real",
+                        real_x.to(pl_module.device),
+                        real_y.to(pl_module.device),
+                        pl_module,
+                        self.seed,
+                    )
                     self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
                     self._unsaved = True
                 base = self._row_at(step, arch, "random_real")
@@ -200,13 +239,17 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         """A short printable summary of the final evaluation."""
         hp = pl_module.hparams
         guide = "+".join(sorted({g.loss for g in getattr(pl_module, "ptm_groups", [])})) or "no PTM guidance"
-        lines = [f"\n[ptmdd] {hp.dataset_name}, IPC {hp.ipc}, {hp.method.upper()} + {guide}: "
-                 f"test accuracy over {self.num_models} models x {self.protocol.epochs} epochs"]
+        lines = [
+            f"\n[ptmdd] {hp.dataset_name}, IPC {hp.ipc}, {pl_module.method.upper()} + {guide}: "
+            f"test accuracy over {self.num_models} models x {self.protocol.epochs} epochs"
+        ]
         lines.append(format_table(rows))
         for arch in self.archs:
             syn = next((r for r in rows if r["arch"] == arch and r["set"] == "synthetic"), None)
             base = next((r for r in rows if r["arch"] == arch and r["set"] == "random_real"), None)
             if syn and base:
-                lines.append(f"{arch}: distilled {100 * syn['mean']:.2f}% vs random real {100 * base['mean']:.2f}% "
-                             f"-> gain {100 * (syn['mean'] - base['mean']):+.2f} points")
+                lines.append(
+                    f"{arch}: distilled {100 * syn['mean']:.2f}% vs random real {100 * base['mean']:.2f}% "
+                    f"-> gain {100 * (syn['mean'] - base['mean']):+.2f} points"
+                )
         return "\n".join(lines)

@@ -45,8 +45,10 @@ class EndOfTrainingWork(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._ran_this_fit and training_complete(trainer):
-            rank_zero_info(f"[ptmdd] training was already complete at step {trainer.global_step}: running the "
-                           f"missing end-of-training work of {type(self).__name__}")
+            rank_zero_info(
+                f"[ptmdd] training was already complete at step {trainer.global_step}: running the "
+                f"missing end-of-training work of {type(self).__name__}"
+            )
             self._ran_this_fit = True
             self.end_of_training(trainer, pl_module)
 
@@ -120,7 +122,8 @@ class SyntheticSetExport(EndOfTrainingWork):
         if not torch.isfinite(blob["images"]).all():
             raise PtmddError(
                 f"the synthetic images hold non-finite values (NaN/inf) at step {trainer.global_step}; nothing "
-                "exported. The distillation diverged: lower lr_img or the PTM alpha and distil again.")
+                "exported. The distillation diverged: lower lr_img or the PTM alpha and distil again."
+            )
         config_file = folder / "config.yaml"
         if config_file.is_file():
             blob["config_yaml"] = config_file.read_text()

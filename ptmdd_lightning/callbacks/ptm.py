@@ -47,8 +47,14 @@ class PTMCheckpoint(Callback):
         PtmddError: at fit start, for an epoch beyond ``max_epochs`` or an existing file without ``overwrite``.
     """
 
-    def __init__(self, epochs: list[int], pool_root: str = "ptm_pool", seed: int | None = None,
-                 source: str | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        epochs: list[int],
+        pool_root: str = "ptm_pool",
+        seed: int | None = None,
+        source: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
         if not epochs or any(int(e) < 0 for e in epochs):
             raise PtmddError(f"PTMCheckpoint epochs must be a non-empty list of epochs >= 0, got {epochs}.")
         self.epochs = sorted({int(e) for e in epochs})
@@ -88,13 +94,17 @@ class PTMCheckpoint(Callback):
             rank_zero_info(f"[ptmdd] fast_dev_run: PTM checkpoints go to {self.pool_root}")
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and max_epochs is not None and max_epochs >= 0 and self.epochs[-1] > max_epochs:
-            raise PtmddError(f"PTMCheckpoint epoch {self.epochs[-1]} is never reached with trainer.max_epochs="
-                             f"{max_epochs}; raise max_epochs or drop that epoch.")
+            raise PtmddError(
+                f"PTMCheckpoint epoch {self.epochs[-1]} is never reached with trainer.max_epochs="
+                f"{max_epochs}; raise max_epochs or drop that epoch."
+            )
         resuming = trainer.ckpt_path is not None
         existing = [p for e in self.epochs if (p := self.path(trainer, pl_module, e)).exists()]
         if existing and not (self.overwrite or resuming):
-            raise PtmddError(f"PTM checkpoints already exist ({existing[0]} and {len(existing) - 1} more); a new run "
-                             "does not overwrite them. Use another pool_root or seed, or set overwrite: true.")
+            raise PtmddError(
+                f"PTM checkpoints already exist ({existing[0]} and {len(existing) - 1} more); a new run "
+                "does not overwrite them. Use another pool_root or seed, or set overwrite: true."
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if 0 in self.epochs and trainer.current_epoch == 0:
@@ -116,9 +126,18 @@ class PTMCheckpoint(Callback):
         at = hp.get("lr_decay_at")
         milestones = [max(1, int(max_epochs * at))] if at is not None and max_epochs else []
         loader = trainer.train_dataloader
-        return {"name": "custom", "optimizer": "SGD", "lr": float(hp.lr), "momentum": float(hp.momentum),
-                "weight_decay": float(hp.weight_decay), "batch_size": getattr(loader, "batch_size", None),
-                "epochs": max_epochs, "milestones": milestones, "gamma": 0.1, "augmentation": None}
+        return {
+            "name": "custom",
+            "optimizer": "SGD",
+            "lr": float(hp.lr),
+            "momentum": float(hp.momentum),
+            "weight_decay": float(hp.weight_decay),
+            "batch_size": getattr(loader, "batch_size", None),
+            "epochs": max_epochs,
+            "milestones": milestones,
+            "gamma": 0.1,
+            "augmentation": None,
+        }
 
     def _save(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         path = self.path(trainer, pl_module, epoch)
@@ -172,17 +191,30 @@ class PretrainPTMPool(Callback):
         PtmddError: one of the removed arguments is set.
     """
 
-    def __init__(self, precision: str | None = None, roots: dict[str, str] | None = None,
-                 max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-                 momentum: float | None = None, weight_decay: float | None = None) -> None:
-        removed = {k: v for k, v in dict(max_epochs=max_epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                                         weight_decay=weight_decay).items() if v is not None}
+    def __init__(
+        self,
+        precision: str | None = None,
+        roots: dict[str, str] | None = None,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+    ) -> None:
+        removed = {
+            k: v
+            for k, v in dict(
+                max_epochs=max_epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay
+            ).items()
+            if v is not None
+        }
         if removed:
             raise PtmddError(
                 f"PretrainPTMPool no longer takes {', '.join(removed)}: a pool's members share one recipe, "
                 "model.init_args.ptm_recipe (default: the authors', SGD lr 0.01, momentum 0.9, weight decay 5e-3, "
                 "batch 256, 150 epochs, lr x0.1 after 50 and 100), e.g. ptm_recipe: {name: mine, epochs: 30, "
-                "milestones: [10, 20], batch_size: 64}. Remove these keys from the callback.")
+                "milestones: [10, 20], batch_size: 64}. Remove these keys from the callback."
+            )
         self.precision = precision
         self.roots = roots or {}
 
@@ -212,8 +244,7 @@ class PretrainPTMPool(Callback):
             recipe = getattr(pl_module, "ptm_recipe", None) or PTMRecipe()
             for k, ((source, arch, seed), epochs) in enumerate(sorted(need.items()), start=1):
                 label = f"PTM {k}/{len(need)} {source}/{arch}/seed{seed} ({recipe.name})"
-                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label,
-                               recipe)
+                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label, recipe)
         trainer.strategy.barrier("pretrain_ptm_pool")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -232,24 +263,46 @@ class PretrainPTMPool(Callback):
         src.setup("fit")
         return src.train_images, src.train_labels, src
 
-    def _pretrain(self, trainer: Trainer, pool_root: str, source: str, target: str, arch: str, seed: int,
-                  epochs: list[int], label: str = "PTM", recipe: PTMRecipe | None = None) -> None:
+    def _pretrain(
+        self,
+        trainer: Trainer,
+        pool_root: str,
+        source: str,
+        target: str,
+        arch: str,
+        seed: int,
+        epochs: list[int],
+        label: str = "PTM",
+        recipe: PTMRecipe | None = None,
+    ) -> None:
         from lightning.pytorch.utilities.seed import isolate_rng
         from torch.utils.data import DataLoader, TensorDataset
 
         images, labels, data = self._source_data(trainer, source, target)
         recipe = recipe or PTMRecipe()
         max_epochs = max(epochs)
-        rank_zero_info(f"[ptmdd] pretraining {label} for {max_epochs} epochs "
-                       f"(saving epochs {sorted(set(epochs))}) into {pool_root}")
+        rank_zero_info(
+            f"[ptmdd] pretraining {label} for {max_epochs} epochs "
+            f"(saving epochs {sorted(set(epochs))}) into {pool_root}"
+        )
         device = trainer.strategy.root_device
         with isolate_rng():
             torch.manual_seed(seed)
-            model = Classifier(arch=arch, num_classes=int(data.num_classes), channels=int(images.shape[1]),
-                               image_size=tuple(images.shape[-2:]), recipe=recipe)
+            model = Classifier(
+                arch=arch,
+                num_classes=int(data.num_classes),
+                channels=int(images.shape[1]),
+                image_size=tuple(images.shape[-2:]),
+                recipe=recipe,
+            )
             gen = torch.Generator().manual_seed(seed)
-            loader = DataLoader(TensorDataset(images, labels), batch_size=recipe.batch_size, shuffle=True,
-                                generator=gen, drop_last=False)
+            loader = DataLoader(
+                TensorDataset(images, labels),
+                batch_size=recipe.batch_size,
+                shuffle=True,
+                generator=gen,
+                drop_last=False,
+            )
             ckpt = PTMCheckpoint(epochs=sorted(set(epochs)), pool_root=pool_root, seed=seed, source=source)
             ckpt.data_info = data
             bar = [PoolProgressBar(label)] if shows_progress(trainer) else []
@@ -257,9 +310,15 @@ class PretrainPTMPool(Callback):
                 accelerator="gpu" if device.type == "cuda" else "cpu",
                 devices=[device.index or 0] if device.type == "cuda" else 1,
                 precision=self.precision or trainer.precision,
-                max_epochs=max_epochs, callbacks=[ckpt, *bar], logger=False, enable_checkpointing=False,
-                limit_train_batches=1 if trainer.fast_dev_run else None, limit_val_batches=0,
-                enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
+                max_epochs=max_epochs,
+                callbacks=[ckpt, *bar],
+                logger=False,
+                enable_checkpointing=False,
+                limit_train_batches=1 if trainer.fast_dev_run else None,
+                limit_val_batches=0,
+                enable_model_summary=False,
+                enable_progress_bar=bool(bar),
+                num_sanity_val_steps=0,
             )
             nested.fit(model, train_dataloaders=loader)
 

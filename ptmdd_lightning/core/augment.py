@@ -151,7 +151,7 @@ def sample_dsa(
     strategy: str | Sequence[str],
     num_groups: int,
     image_size: tuple[int, int],
-    params: DSAParams = DSAParams(),  # noqa: B008 - frozen dataclass, immutable default
+    params: DSAParams = DSAParams(),
     single_op: bool = True,
     shared_op: bool = False,
     generator: torch.Generator | None = None,
@@ -334,7 +334,7 @@ def _memory_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def apply_dsa(x: Tensor, draw: DSADraw, group_index: Tensor, params: DSAParams = DSAParams()) -> Tensor:  # noqa: B008
+def apply_dsa(x: Tensor, draw: DSADraw, group_index: Tensor, params: DSAParams = DSAParams()) -> Tensor:
     """Apply a sampled draw: image ``i`` uses parameter set ``group_index[i]``.
 
     With ``draw.choice`` set, the images are sorted by their group's op, each op runs once on its contiguous
@@ -358,9 +358,7 @@ def apply_dsa(x: Tensor, draw: DSADraw, group_index: Tensor, params: DSAParams =
         raise PtmddError(_NOT_4D.format(shape=tuple(x.shape)))
     n = x.shape[0]
     if group_index.shape != (n,):
-        raise PtmddError(
-            f"DSA group index must have shape ({n},) like the images, got {tuple(group_index.shape)}"
-        )
+        raise PtmddError(f"DSA group index must have shape ({n},) like the images, got {tuple(group_index.shape)}")
     if not draw.ops or n == 0:
         return x
     fmt = _memory_format(x)
@@ -380,9 +378,7 @@ def apply_dsa(x: Tensor, draw: DSADraw, group_index: Tensor, params: DSAParams =
     perm = torch.argsort(choice, stable=True)
     xs = x.index_select(0, perm).split(counts)
     gs = gidx.index_select(0, perm).split(counts)
-    outs = [
-        _OP_FNS[draw.ops[pos]](xs[pos], _gather(draw.values[pos], gs[pos]), params) for pos in present
-    ]
+    outs = [_OP_FNS[draw.ops[pos]](xs[pos], _gather(draw.values[pos], gs[pos]), params) for pos in present]
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(n, device=perm.device)
     out = torch.cat(outs, 0).index_select(0, inv)
@@ -402,7 +398,7 @@ def dsa_augment(
     x: Tensor,
     strategy: str,
     groups: Tensor | None = None,
-    params: DSAParams = DSAParams(),  # noqa: B008
+    params: DSAParams = DSAParams(),
     siamese: bool = True,
     single_op: bool = True,
     generator: torch.Generator | None = None,
@@ -449,9 +445,7 @@ def dsa_augment(
                 "or siamese=True to share parameters within groups"
             )
         gidx, g, shared_op = torch.arange(n, device=x.device), n, True
-    draw = sample_dsa(
-        ops, g, (x.shape[2], x.shape[3]), params, single_op, shared_op, generator, device=x.device
-    )
+    draw = sample_dsa(ops, g, (x.shape[2], x.shape[3]), params, single_op, shared_op, generator, device=x.device)
     return apply_dsa(x, draw, gidx, params)
 
 
@@ -461,7 +455,7 @@ def siamese_augment(
     syn: Tensor,
     syn_groups: Tensor,
     strategy: str,
-    params: DSAParams = DSAParams(),  # noqa: B008
+    params: DSAParams = DSAParams(),
     single_op: bool = True,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:

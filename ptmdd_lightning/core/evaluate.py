@@ -49,12 +49,12 @@ from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backe
 __all__ = [
     "EVAL_DSA_STRATEGY",
     "EvalProtocol",
-    "lr_for_epoch",
-    "train_models",
     "evaluate_models",
-    "train_and_test",
+    "lr_for_epoch",
     "random_real_subset",
     "summarize",
+    "train_and_test",
+    "train_models",
 ]
 
 #: the DSA strategy of the reference evaluation (DSA/DM code ``--dsa_strategy`` default)
@@ -137,13 +137,9 @@ class EvalProtocol:
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise PtmddError(
-                f"EvalProtocol.epochs must be an int >= 1, got {self.epochs!r}; set e.g. epochs=300."
-            )
+            raise PtmddError(f"EvalProtocol.epochs must be an int >= 1, got {self.epochs!r}; set e.g. epochs=300.")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise PtmddError(
-                f"EvalProtocol.batch_size must be an int >= 1, got {self.batch_size!r}; use 256."
-            )
+            raise PtmddError(f"EvalProtocol.batch_size must be an int >= 1, got {self.batch_size!r}; use 256.")
         if not isinstance(self.test_batch_size, int) or self.test_batch_size < 1:
             raise PtmddError(
                 f"EvalProtocol.test_batch_size must be an int >= 1, got {self.test_batch_size!r}; use 2000."
@@ -160,9 +156,7 @@ class EvalProtocol:
                 "epochs) or 1.0 for no decay."
             )
         if str(self.precision) not in _PRECISIONS:
-            raise PtmddError(
-                f"EvalProtocol.precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}."
-            )
+            raise PtmddError(f"EvalProtocol.precision must be one of {sorted(_PRECISIONS)}, got {self.precision!r}.")
         self.precision = _PRECISIONS[str(self.precision)]
         if self.dsa_strategy is not None and not isinstance(self.dsa_strategy, str):
             raise PtmddError(
@@ -199,14 +193,11 @@ def _check_data(images: Tensor, labels: Tensor, num_classes: int | None, what: s
     """Raise :class:`PtmddError` unless ``images`` is ``(N, C, H, W)`` float and ``labels`` ``(N,)`` ints."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise PtmddError(
-            f"{what} images must be a float tensor (N, C, H, W), got {shape}; normalize them first."
-        )
+        raise PtmddError(f"{what} images must be a float tensor (N, C, H, W), got {shape}; normalize them first.")
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
         raise PtmddError(
-            f"{what} labels must be a (N,) int64 tensor with N = {images.shape[0]} (one per image), "
-            f"got {shape}."
+            f"{what} labels must be a (N,) int64 tensor with N = {images.shape[0]} (one per image), got {shape}."
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise PtmddError(f"{what} labels must be int64 class ids, got {labels.dtype}; use labels.long().")
@@ -234,9 +225,7 @@ def _seed_from(generator: torch.Generator) -> int:
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()
-    )
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -421,8 +410,9 @@ def _train_vmap(
         lr = lr_for_epoch(protocol, ep)
         if opt is None or (lr != opt_lr and protocol.reset_momentum_at_decay):
             # the reference builds a new optimizer (fresh momentum) at the decay epoch
-            opt = torch.optim.SGD(plist, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay,
-                                  foreach=True)
+            opt = torch.optim.SGD(
+                plist, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay, foreach=True
+            )
         for group in opt.param_groups:
             group["lr"] = lr
         opt_lr = lr
@@ -443,9 +433,7 @@ def _train_vmap(
                 p.copy_(params[name][m])
 
 
-def _resolve_mode(
-    mode: str, models: Sequence[nn.Module], images: Tensor, labels: Tensor, precision: str
-) -> str:
+def _resolve_mode(mode: str, models: Sequence[nn.Module], images: Tensor, labels: Tensor, precision: str) -> str:
     """``"vmap"`` or ``"loop"``; ``"auto"`` is ``"vmap"`` on CUDA when a trial step works, else ``"loop"``.
 
     On CPU ``"auto"`` is ``"loop"``: measured on the AMX CPU (1 thread; 5 ConvNet-3, 100 images of
@@ -664,11 +652,7 @@ def train_and_test(
     """
     protocol = protocol if protocol is not None else EvalProtocol()
     _check_data(test_images, test_labels, num_classes, "test")
-    if (
-        isinstance(images, Tensor)
-        and images.dim() == 4
-        and tuple(test_images.shape[1:]) != tuple(images.shape[1:])
-    ):
+    if isinstance(images, Tensor) and images.dim() == 4 and tuple(test_images.shape[1:]) != tuple(images.shape[1:]):
         raise PtmddError(
             f"test images are {tuple(test_images.shape[1:])} but the synthetic images are "
             f"{tuple(images.shape[1:])}; evaluate on the test split of the dataset that was distilled."

@@ -9,6 +9,7 @@ every iteration.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 import shlex
@@ -40,12 +41,15 @@ def clom(logits_syn: Tensor, syn_labels: Tensor) -> Tensor:
             use CCLoM instead).
     """
     if logits_syn.ndim != 2 or logits_syn.shape[0] != syn_labels.shape[0]:
-        raise PtmddError(f"clom expects logits (N, K) and labels (N,), got {tuple(logits_syn.shape)} and "
-                         f"{tuple(syn_labels.shape)}.")
+        raise PtmddError(
+            f"clom expects logits (N, K) and labels (N,), got {tuple(logits_syn.shape)} and {tuple(syn_labels.shape)}."
+        )
     if syn_labels.numel() and int(syn_labels.max()) >= logits_syn.shape[1]:
-        raise PtmddError(f"CLoM needs a PTM of the target label space: the PTM has {logits_syn.shape[1]} classes but "
-                         f"the labels go up to {int(syn_labels.max())}; use loss: cclom for PTMs of another label "
-                         "space.")
+        raise PtmddError(
+            f"CLoM needs a PTM of the target label space: the PTM has {logits_syn.shape[1]} classes but "
+            f"the labels go up to {int(syn_labels.max())}; use loss: cclom for PTMs of another label "
+            "space."
+        )
     return F.cross_entropy(logits_syn.float(), syn_labels)
 
 
@@ -71,8 +75,9 @@ def cclom(feat_real: Tensor, real_labels: Tensor, feat_syn: Tensor, syn_labels: 
         PtmddError: if the feature widths differ or the batch is empty.
     """
     if feat_real.ndim != 2 or feat_syn.ndim != 2 or feat_real.shape[1] != feat_syn.shape[1]:
-        raise PtmddError(f"cclom expects features (B, D) and (N, D), got {tuple(feat_real.shape)} and "
-                         f"{tuple(feat_syn.shape)}.")
+        raise PtmddError(
+            f"cclom expects features (B, D) and (N, D), got {tuple(feat_real.shape)} and {tuple(feat_syn.shape)}."
+        )
     if feat_real.shape[0] == 0 or feat_syn.shape[0] == 0:
         raise PtmddError("CCLoM needs a real batch: set model.init_args.cclom_batch_real >= 1.")
     fr = F.normalize(feat_real.float(), dim=1)
@@ -116,8 +121,10 @@ class PTMGroup:
         if self.seeds is None and self.num_seeds < 1:
             raise PtmddError(f"PTM num_seeds (N_m) must be >= 1, got {self.num_seeds} for arch {self.arch}.")
         if self.seeds is not None and len(self.seeds) == 0:
-            raise PtmddError(f"PTM group {self.arch} has seeds: [] (no member, so no guidance); list the member "
-                             "seeds (e.g. seeds: [0, 1]), or drop seeds and set num_seeds (N_m).")
+            raise PtmddError(
+                f"PTM group {self.arch} has seeds: [] (no member, so no guidance); list the member "
+                "seeds (e.g. seeds: [0, 1]), or drop seeds and set num_seeds (N_m)."
+            )
         if self.epoch < 0:
             raise PtmddError(f"PTM epoch must be >= 0, got {self.epoch} for arch {self.arch}.")
         if self.loss not in ("clom", "cclom"):
@@ -126,22 +133,40 @@ class PTMGroup:
 
 #: the authors' CLoM weight alpha (DDInterpreter 1c96cb3, "docs/weight of clom.png"): (method, dataset, IPC) -> alpha
 AUTHORS_CLOM_ALPHA: dict[tuple[str, str, int], float] = {
-    ("dc", "fashion_mnist", 10): 100.0, ("dc", "fashion_mnist", 50): 100.0,
-    ("dc", "cifar10", 10): 1000.0, ("dc", "cifar10", 50): 5000.0,
-    ("dc", "cifar100", 10): 10000.0, ("dc", "cifar100", 50): 1000.0,
-    ("dsa", "fashion_mnist", 10): 100.0, ("dsa", "fashion_mnist", 50): 100.0,
-    ("dsa", "cifar10", 10): 5000.0, ("dsa", "cifar10", 50): 1000.0,
-    ("dsa", "cifar100", 10): 10000.0, ("dsa", "cifar100", 50): 10.0,
-    ("dm", "fashion_mnist", 10): 100.0, ("dm", "fashion_mnist", 50): 100.0,
-    ("dm", "cifar10", 10): 2000.0, ("dm", "cifar10", 50): 1000.0,
-    ("dm", "cifar100", 10): 500.0, ("dm", "cifar100", 50): 1.0,
+    ("dc", "fashion_mnist", 10): 100.0,
+    ("dc", "fashion_mnist", 50): 100.0,
+    ("dc", "cifar10", 10): 1000.0,
+    ("dc", "cifar10", 50): 5000.0,
+    ("dc", "cifar100", 10): 10000.0,
+    ("dc", "cifar100", 50): 1000.0,
+    ("dsa", "fashion_mnist", 10): 100.0,
+    ("dsa", "fashion_mnist", 50): 100.0,
+    ("dsa", "cifar10", 10): 5000.0,
+    ("dsa", "cifar10", 50): 1000.0,
+    ("dsa", "cifar100", 10): 10000.0,
+    ("dsa", "cifar100", 50): 10.0,
+    ("dm", "fashion_mnist", 10): 100.0,
+    ("dm", "fashion_mnist", 50): 100.0,
+    ("dm", "cifar10", 10): 2000.0,
+    ("dm", "cifar10", 50): 1000.0,
+    ("dm", "cifar100", 10): 500.0,
+    ("dm", "cifar100", 50): 1.0,
 }
 #: the authors' per-architecture alpha of a model pool on CIFAR-10 at IPC 50 (DDInterpreter 1c96cb3,
 #: "docs/weight of clom with a model pool (C10-50).png"): (method, arch) -> alpha
 AUTHORS_POOL_ALPHA_CIFAR10_IPC50: dict[tuple[str, str], float] = {
-    ("dc", "ConvNet"): 5000.0, ("dc", "VGG11"): 5000.0, ("dc", "ResNet18"): 5000.0, ("dc", "AlexNet"): 100.0,
-    ("dsa", "ConvNet"): 1000.0, ("dsa", "VGG11"): 1000.0, ("dsa", "ResNet18"): 1000.0, ("dsa", "AlexNet"): 2000.0,
-    ("dm", "ConvNet"): 1000.0, ("dm", "VGG11"): 1000.0, ("dm", "ResNet18"): 1000.0, ("dm", "AlexNet"): 1000.0,
+    ("dc", "ConvNet"): 5000.0,
+    ("dc", "VGG11"): 5000.0,
+    ("dc", "ResNet18"): 5000.0,
+    ("dc", "AlexNet"): 100.0,
+    ("dsa", "ConvNet"): 1000.0,
+    ("dsa", "VGG11"): 1000.0,
+    ("dsa", "ResNet18"): 1000.0,
+    ("dsa", "AlexNet"): 2000.0,
+    ("dm", "ConvNet"): 1000.0,
+    ("dm", "VGG11"): 1000.0,
+    ("dm", "ResNet18"): 1000.0,
+    ("dm", "AlexNet"): 1000.0,
 }
 
 
@@ -186,14 +211,23 @@ class PTMRecipe:
     def validate(self) -> None:
         """Raise :class:`PtmddError` for a value out of range."""
         ms = [int(m) for m in self.milestones]
-        increasing = all(b > a for a, b in zip(ms, ms[1:], strict=False))
+        increasing = all(b > a for a, b in itertools.pairwise(ms))
         if self.epochs < 1 or not increasing or any(not 1 <= m <= self.epochs for m in ms):
-            raise PtmddError(f"PTM recipe {self.name!r}: epochs must be >= 1 and milestones strictly increasing in "
-                             f"[1, epochs]; got epochs={self.epochs}, milestones={self.milestones}.")
-        if self.lr <= 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0 or self.batch_size < 1 or \
-                not 0 < self.gamma <= 1:
-            raise PtmddError(f"PTM recipe {self.name!r}: needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, "
-                             f"batch_size >= 1, 0 < gamma <= 1; got {self.record()}.")
+            raise PtmddError(
+                f"PTM recipe {self.name!r}: epochs must be >= 1 and milestones strictly increasing in "
+                f"[1, epochs]; got epochs={self.epochs}, milestones={self.milestones}."
+            )
+        if (
+            self.lr <= 0
+            or not 0 <= self.momentum < 1
+            or self.weight_decay < 0
+            or self.batch_size < 1
+            or not 0 < self.gamma <= 1
+        ):
+            raise PtmddError(
+                f"PTM recipe {self.name!r}: needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, "
+                f"batch_size >= 1, 0 < gamma <= 1; got {self.record()}."
+            )
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of (0-based) training epoch ``epoch``: ``lr * gamma ** #milestones <= epoch``."""
@@ -201,10 +235,18 @@ class PTMRecipe:
 
     def record(self) -> dict:
         """The plain dict stored in member files (``optimizer`` and ``augmentation`` spelt out)."""
-        return {"name": self.name, "optimizer": "SGD", "lr": float(self.lr), "momentum": float(self.momentum),
-                "weight_decay": float(self.weight_decay), "batch_size": int(self.batch_size),
-                "epochs": int(self.epochs), "milestones": [int(m) for m in self.milestones],
-                "gamma": float(self.gamma), "augmentation": None}
+        return {
+            "name": self.name,
+            "optimizer": "SGD",
+            "lr": float(self.lr),
+            "momentum": float(self.momentum),
+            "weight_decay": float(self.weight_decay),
+            "batch_size": int(self.batch_size),
+            "epochs": int(self.epochs),
+            "milestones": [int(m) for m in self.milestones],
+            "gamma": float(self.gamma),
+            "augmentation": None,
+        }
 
 
 def pool_key(dataset: str, classes: list[int] | None = None) -> str:
@@ -219,8 +261,15 @@ def member_path(pool_root: str | Path, source: str, arch: str, seed: int, epoch:
     return Path(pool_root) / source / arch / f"seed{seed}" / f"epoch{epoch}.pt"
 
 
-def pretrain_command(source: str, arch: str, seed: int, epoch: int, pool_root: str | Path,
-                     data_root: str | Path | None = None, recipe: PTMRecipe | None = None) -> str:
+def pretrain_command(
+    source: str,
+    arch: str,
+    seed: int,
+    epoch: int,
+    pool_root: str | Path,
+    data_root: str | Path | None = None,
+    recipe: PTMRecipe | None = None,
+) -> str:
     """The ``ptmdd fit`` command that pretrains one missing pool member into ``pool_root``.
 
     It runs ``configs/pretrain/fashion_mnist.yaml`` (a :class:`~ptmdd_lightning.modules.Classifier` with a
@@ -250,9 +299,18 @@ def pretrain_command(source: str, arch: str, seed: int, epoch: int, pool_root: s
     if recipe.record() != PTMRecipe().record():
         parts += ["--model.init_args.recipe", shlex.quote(json.dumps(dataclasses.asdict(recipe)))]
     parts += ["--data.init_args.batch_size", str(recipe.batch_size)]
-    parts += ["--model.init_args.arch", arch, "--seed_everything", str(seed), "--trainer.max_epochs",
-              str(max(epoch, 1)), "--trainer.callbacks.init_args.epochs", shlex.quote(f"[{epoch}]"),
-              "--trainer.callbacks.init_args.pool_root", shlex.quote(str(pool_root))]
+    parts += [
+        "--model.init_args.arch",
+        arch,
+        "--seed_everything",
+        str(seed),
+        "--trainer.max_epochs",
+        str(max(epoch, 1)),
+        "--trainer.callbacks.init_args.epochs",
+        shlex.quote(f"[{epoch}]"),
+        "--trainer.callbacks.init_args.pool_root",
+        shlex.quote(str(pool_root)),
+    ]
     return " ".join(parts)
 
 
@@ -273,15 +331,19 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     blob = safe_load(path, "PTM checkpoint", "delete it and pretrain that member again")
     needed = ("state_dict", "arch", "channels", "num_classes", "image_size", "mean", "std")
     if not isinstance(blob, dict) or any(k not in blob for k in needed):
-        raise PtmddError(f"{path} is not a ptmdd PTM checkpoint (needs keys {needed}); pretrain it with a "
-                         "configs/pretrain/*.yaml config.")
+        raise PtmddError(
+            f"{path} is not a ptmdd PTM checkpoint (needs keys {needed}); pretrain it with a "
+            "configs/pretrain/*.yaml config."
+        )
     net = build_net(blob["arch"], blob["channels"], blob["num_classes"], tuple(blob["image_size"]))
     try:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
-        raise PtmddError(f"PTM checkpoint {path} does not match architecture {blob['arch']} "
-                         f"({blob['channels']} channels, {blob['num_classes']} classes, image size "
-                         f"{tuple(blob['image_size'])}): {str(err).splitlines()[0]}") from err
+        raise PtmddError(
+            f"PTM checkpoint {path} does not match architecture {blob['arch']} "
+            f"({blob['channels']} channels, {blob['num_classes']} classes, image size "
+            f"{tuple(blob['image_size'])}): {str(err).splitlines()[0]}"
+        ) from err
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -304,8 +366,15 @@ class PTMMember(nn.Module):
         target_mean, target_std: the target dataset's per-channel mean/std.
     """
 
-    def __init__(self, net: nn.Module, meta: dict, alpha: float, loss: str,
-                 target_mean: tuple[float, ...], target_std: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        meta: dict,
+        alpha: float,
+        loss: str,
+        target_mean: tuple[float, ...],
+        target_std: tuple[float, ...],
+    ) -> None:
         super().__init__()
         self.net = net
         self.meta = meta
@@ -317,8 +386,11 @@ class PTMMember(nn.Module):
         self.register_buffer("t_std", torch.tensor(target_std).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("s_mean", torch.tensor(meta["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("s_std", torch.tensor(meta["std"]).view(1, -1, 1, 1), persistent=False)
-        self.same_domain = (len(target_mean) == self.channels and tuple(target_mean) == tuple(meta["mean"])
-                            and tuple(target_std) == tuple(meta["std"]))
+        self.same_domain = (
+            len(target_mean) == self.channels
+            and tuple(target_mean) == tuple(meta["mean"])
+            and tuple(target_std) == tuple(meta["std"])
+        )
 
     def adapt(self, x: Tensor) -> Tensor:
         """Map normalised target images ``(N, C_t, H_t, W_t)`` to this PTM's input ``(N, C_s, H_s, W_s)``."""
@@ -357,10 +429,19 @@ class PTMPool(nn.Module):
             class count does not fit CLoM, or a corrupted file.
     """
 
-    def __init__(self, groups: list[PTMGroup], pool_root: str | Path, target: str, num_classes: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], channels: int | None = None,
-                 image_size: tuple[int, int] | None = None, data_root: str | Path | None = None,
-                 recipe: PTMRecipe | None = None) -> None:
+    def __init__(
+        self,
+        groups: list[PTMGroup],
+        pool_root: str | Path,
+        target: str,
+        num_classes: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        channels: int | None = None,
+        image_size: tuple[int, int] | None = None,
+        data_root: str | Path | None = None,
+        recipe: PTMRecipe | None = None,
+    ) -> None:
         super().__init__()
 
         recipe = recipe if recipe is not None else PTMRecipe()
@@ -371,8 +452,10 @@ class PTMPool(nn.Module):
         for group in groups:
             group.validate()
             if group.epoch > recipe.epochs:
-                raise PtmddError(f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the {recipe.epochs} "
-                                 f"epochs of recipe {recipe.name!r}; lower the epoch or use a longer recipe.")
+                raise PtmddError(
+                    f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the {recipe.epochs} "
+                    f"epochs of recipe {recipe.name!r}; lower the epoch or use a longer recipe."
+                )
             source = group.source or target
             for seed in group.member_seeds():
                 path = member_path(pool_root, source, group.arch, seed, group.epoch)
@@ -386,31 +469,45 @@ class PTMPool(nn.Module):
                 net, meta = load_ptm(path)
                 got = meta.get("recipe")
                 if got != wanted:
-                    what = ("records no recipe (pretrained before ptmdd recorded recipes, or by hand)" if got is None
-                            else f"was pretrained with recipe {got}")
+                    what = (
+                        "records no recipe (pretrained before ptmdd recorded recipes, or by hand)"
+                        if got is None
+                        else f"was pretrained with recipe {got}"
+                    )
                     raise PtmddError(
                         f"PTM checkpoint {path} {what}, but this pool uses recipe {wanted}; a pool never mixes "
                         "recipes. Use another pool_root for this recipe (PretrainPTMPool pretrains its members), "
-                        "set ptm_recipe to the members' recipe, or delete the file and pretrain that member again.")
+                        "set ptm_recipe to the members' recipe, or delete the file and pretrain that member again."
+                    )
                 if canonical_net_name(str(meta["arch"])) != canonical_net_name(group.arch):
-                    raise PtmddError(f"PTM checkpoint {path} holds a {meta['arch']}, but its pool group asks for "
-                                     f"{group.arch}; delete the file and pretrain that member again.")
+                    raise PtmddError(
+                        f"PTM checkpoint {path} holds a {meta['arch']}, but its pool group asks for "
+                        f"{group.arch}; delete the file and pretrain that member again."
+                    )
                 shape = (int(meta["channels"]), tuple(int(s) for s in meta["image_size"]))
-                if source == target and channels is not None and image_size is not None and \
-                        shape != (int(channels), tuple(int(s) for s in image_size)):
+                if (
+                    source == target
+                    and channels is not None
+                    and image_size is not None
+                    and shape != (int(channels), tuple(int(s) for s in image_size))
+                ):
                     what = "channels" if shape[0] != int(channels) else "image size"
-                    raise PtmddError(f"PTM checkpoint {path} does not match the target {target}: its {what} "
-                                     f"({shape[0]} channels, image size {shape[1]}) differ from the data's "
-                                     f"({channels} channels, image size {tuple(image_size)}); delete it and "
-                                     "pretrain that member again.")
+                    raise PtmddError(
+                        f"PTM checkpoint {path} does not match the target {target}: its {what} "
+                        f"({shape[0]} channels, image size {shape[1]}) differ from the data's "
+                        f"({channels} channels, image size {tuple(image_size)}); delete it and "
+                        "pretrain that member again."
+                    )
                 if group.loss == "clom" and int(meta["num_classes"]) != num_classes:
                     raise PtmddError(
                         f"CLoM needs PTMs of the target label space, but {path} has {meta['num_classes']} classes and "
-                        f"the target has {num_classes}; use loss: cclom for PTMs of another label space.")
+                        f"the target has {num_classes}; use loss: cclom for PTMs of another label space."
+                    )
                 if group.loss == "clom" and source != target:
                     raise PtmddError(
                         f"CLoM needs PTMs trained on the target label space ({target}), but group {group.arch} uses "
-                        f"source {source}; use loss: cclom for PTMs of another dataset or class split.")
+                        f"source {source}; use loss: cclom for PTMs of another dataset or class split."
+                    )
                 self.members.append(PTMMember(net, meta, group.alpha, group.loss, mean, std))
 
     def __len__(self) -> int:

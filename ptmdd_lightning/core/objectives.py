@@ -136,13 +136,9 @@ def dm_loss(
         ms, cs = _class_means(syn_emb, syn_labels.to(syn_emb.device), num_classes)
         if validate:
             nr, ns = real_labels.shape[0], syn_labels.shape[0]
-            flags = torch.stack(
-                [cr.sum() != nr, cs.sum() != ns, ((cr > 0) != (cs.to(cr.device) > 0)).any()]
-            ).tolist()
+            flags = torch.stack([cr.sum() != nr, cs.sum() != ns, ((cr > 0) != (cs.to(cr.device) > 0)).any()]).tolist()
             if flags[0] or flags[1]:
-                raise PtmddError(
-                    f"dm_loss labels must lie in [0, {num_classes}); fix num_classes or the labels"
-                )
+                raise PtmddError(f"dm_loss labels must lie in [0, {num_classes}); fix num_classes or the labels")
             if flags[2]:
                 only_r = torch.nonzero((cr > 0) & (cs == 0)).flatten().tolist()
                 only_s = torch.nonzero((cs > 0) & (cr == 0)).flatten().tolist()
@@ -158,9 +154,7 @@ def dm_loss(
 # DC: the match distance
 
 
-def match_distance_per_class(
-    gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: str = "ours"
-) -> Tensor:
+def match_distance_per_class(gw_syn: Sequence[Tensor], gw_real: Sequence[Tensor], metric: str = "ours") -> Tensor:
     """The reference ``match_loss`` for ``K`` classes at once: every tensor has a leading class dimension.
 
     * ``'ours'`` (``distance_wb`` summed over layers): each layer's gradient ``(K, out, ...)`` is viewed as
@@ -506,8 +500,10 @@ def dc_loss(
     if gs is not None:
         absent = [n for n in names if n not in gs]
         if absent:
-            raise PtmddError(f"syn_class_grads returned no gradient for {absent}; it must return every parameter "
-                             "of net (or None to use the generic path)")
+            raise PtmddError(
+                f"syn_class_grads returned no gradient for {absent}; it must return every parameter "
+                "of net (or None to use the generic path)"
+            )
         gw_syn = [gs[n] for n in names]
     else:
         gw_syn = _dc_grads(net, syn, syn_labels, sc, None, True, batched)

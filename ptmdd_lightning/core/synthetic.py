@@ -56,8 +56,11 @@ class SyntheticSet(nn.Module):
         self.images.copy_(torch.randn(self.images.shape, generator=generator, device="cpu").to(self.images))
 
     @torch.no_grad()
-    def init_real(self, sample_real: Callable[[int, torch.Generator | None], tuple[Tensor, Tensor]],
-                  generator: torch.Generator | None = None) -> None:
+    def init_real(
+        self,
+        sample_real: Callable[[int, torch.Generator | None], tuple[Tensor, Tensor]],
+        generator: torch.Generator | None = None,
+    ) -> None:
         """Initialise the images with real samples, IPC per class (DC/DM ``init='real'``).
 
         Args:
@@ -76,8 +79,14 @@ class SyntheticSet(nn.Module):
             )
         self.images.copy_(images.to(self.images))
 
-    def export(self, mean: tuple[float, ...], std: tuple[float, ...], dataset: str,
-               class_names: list[str] | None = None, config: Any = None) -> dict[str, Any]:
+    def export(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        dataset: str,
+        class_names: list[str] | None = None,
+        config: Any = None,
+    ) -> dict[str, Any]:
         """The synthetic set as a plain dict for ``torch.save``.
 
         Returns:
@@ -110,11 +119,12 @@ def load_synthetic_set(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise PtmddError(f"synthetic set file {path} does not exist; point to the synthetic_set.pt of a distillation "
-                         "run (lightning_logs/<run>/version_<n>/synthetic_set.pt).")
+        raise PtmddError(
+            f"synthetic set file {path} does not exist; point to the synthetic_set.pt of a distillation "
+            "run (lightning_logs/<run>/version_<n>/synthetic_set.pt)."
+        )
     # no pickle execution, CRC-checked (a shared export is user-supplied input; ptmdd_lightning/fileio.py)
-    blob = safe_load(path, "synthetic set file",
-                     "re-export it from the run's checkpoint or rerun the distillation")
+    blob = safe_load(path, "synthetic set file", "re-export it from the run's checkpoint or rerun the distillation")
     missing = [k for k in ("images", "labels", "mean", "std", "dataset") if not isinstance(blob, dict) or k not in blob]
     if missing:
         raise PtmddError(f"{path} is not a ptmdd synthetic-set export (missing keys {missing}).")

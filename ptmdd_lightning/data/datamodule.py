@@ -51,8 +51,9 @@ def batch_seed(seed: int, rank: int, step: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def sample_balanced_indices(padded_index: torch.Tensor, counts: torch.Tensor, num_per_class: int,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_balanced_indices(
+    padded_index: torch.Tensor, counts: torch.Tensor, num_per_class: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Draw ``num_per_class`` distinct indices of every class, without a Python loop over classes or images.
 
     One ``torch.rand(K, M)`` gives every candidate a random key; padding slots get the key 2 (> any key); the
@@ -158,9 +159,7 @@ class _StreamLoader(DataLoader):
     iterator is created, so a new epoch or a resumed run continues the stream where the optimizer is.
     """
 
-    def __init__(
-        self, dataset: BalancedBatchStream, step_fn: Callable[[], int], num_workers: int = 0
-    ) -> None:
+    def __init__(self, dataset: BalancedBatchStream, step_fn: Callable[[], int], num_workers: int = 0) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
         self.step_fn = step_fn
 
@@ -197,9 +196,17 @@ class RealDataModule(pl.LightningDataModule):
             ``classes`` (in ``__init__``); missing data (in :meth:`prepare_data`/:meth:`setup`).
     """
 
-    def __init__(self, dataset: str = "fashion_mnist", root: str | None = None, download: bool = False,
-                 classes: list[int] | None = None, batch_size: int = 256, num_workers: int = 0, seed: int = 0,
-                 eval_batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        dataset: str = "fashion_mnist",
+        root: str | None = None,
+        download: bool = False,
+        classes: list[int] | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_batch_size: int = 1024,
+    ) -> None:
         super().__init__()
         self._info: DatasetInfo = get_dataset_info(dataset)
         if int(batch_size) < 1:
@@ -327,8 +334,7 @@ class RealDataModule(pl.LightningDataModule):
         if bool((counts == 0).any()):
             empty = [int(c) for c in torch.nonzero(counts == 0).flatten()]
             raise PtmddError(
-                f"classes {empty} of {self.dataset_name} have no training images; check data.root and "
-                "data.classes"
+                f"classes {empty} of {self.dataset_name} have no training images; check data.root and data.classes"
             )
         order = torch.argsort(train_y, stable=True)
         self.indices_by_class = list(torch.split(order, counts.tolist()))
@@ -353,8 +359,9 @@ class RealDataModule(pl.LightningDataModule):
             raise IndexError(f"class {k} out of range [0, {self.num_classes})")
         return self.indices_by_class[int(k)]
 
-    def sample_real(self, num_per_class: int, generator: torch.Generator | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_real(
+        self, num_per_class: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``num_per_class`` random training images of every class (e.g. to initialise a synthetic set).
 
         Sampled without replacement within a class, like the reference ``get_images(c, n)``.
@@ -442,13 +449,20 @@ class DistillDataModule(RealDataModule):
             (``setup``).
     """
 
-    def __init__(self, dataset: str = "fashion_mnist", root: str | None = None, download: bool = False,
-                 classes: list[int] | None = None, batch_size: int = 256, num_workers: int = 0, seed: int = 0,
-                 eval_batch_size: int = 1024, batch_real: int = 256) -> None:
+    def __init__(
+        self,
+        dataset: str = "fashion_mnist",
+        root: str | None = None,
+        download: bool = False,
+        classes: list[int] | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_batch_size: int = 1024,
+        batch_real: int = 256,
+    ) -> None:
         if int(batch_real) < 1:
-            raise PtmddError(
-                f"data.batch_real (real images per class per step) must be >= 1, got {batch_real}"
-            )
+            raise PtmddError(f"data.batch_real (real images per class per step) must be >= 1, got {batch_real}")
         self.batch_real = int(batch_real)
         super().__init__(
             dataset=dataset,

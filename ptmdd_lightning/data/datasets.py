@@ -82,9 +82,7 @@ class DatasetInfo:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"{self.name}: mean/std need {self.channels} values")
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes"
-            )
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
 
 
 _DIGITS = tuple(str(i) for i in range(10))
@@ -262,8 +260,9 @@ def _idx_file_complete(path: Path) -> bool:
     return size == 4 + len(dims) + n
 
 
-def prepare_fashion_mnist(cache: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
-                          download: bool = False) -> Path:
+def prepare_fashion_mnist(
+    cache: str | os.PathLike | None = None, source: str | os.PathLike | None = None, download: bool = False
+) -> Path:
     """Make ``<cache>/FashionMNIST/raw/`` hold the four un-gzipped idx files and return ``<cache>``.
 
     Files already present and complete (size matching their idx header) are kept. Missing ones are
@@ -318,9 +317,7 @@ def prepare_fashion_mnist(cache: str | os.PathLike | None = None, source: str | 
                 try:
                     torchvision.datasets.FashionMNIST(root=str(cache), train=train, download=True)
                 except Exception as e:  # network errors come in many types
-                    raise PtmddError(
-                        f"downloading Fashion-MNIST into {cache} failed ({e}); {FASHION_MNIST_FIX}"
-                    ) from e
+                    raise PtmddError(f"downloading Fashion-MNIST into {cache} failed ({e}); {FASHION_MNIST_FIX}") from e
         else:
             raise PtmddError(
                 f"Fashion-MNIST not found: {', '.join(missing)} missing from {source} and from {raw}; "
@@ -444,8 +441,9 @@ def _tiny_imagenet(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]
     return images, label_t
 
 
-def load_split(name: str, root: str | os.PathLike | None, train: bool, download: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    name: str, root: str | os.PathLike | None, train: bool, download: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load one split of a real dataset into memory.
 
     Args:
@@ -515,14 +513,14 @@ def load_split(name: str, root: str | os.PathLike | None, train: bool, download:
         )
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
         raise PtmddError(
-            f"{info.name} ({split}) under {root_path} has labels outside [0, {info.num_classes}); "
-            "check data.root"
+            f"{info.name} ({split}) under {root_path} has labels outside [0, {info.num_classes}); check data.root"
         )
     return images, labels
 
 
-def subset_classes(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], num_classes: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def subset_classes(
+    images: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the samples whose label is in ``classes`` and remap label ``classes[i]`` to ``i``.
 
     Used to pretrain PTMs on one part of the label space and distill another (e.g. Fashion-MNIST classes 0-4
@@ -542,9 +540,7 @@ def subset_classes(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     """
     classes = [int(c) for c in classes]
     if not classes or len(set(classes)) != len(classes) or not all(0 <= c < num_classes for c in classes):
-        raise PtmddError(
-            f"data.classes must be distinct ints in [0, {num_classes}) and not empty; got {classes}"
-        )
+        raise PtmddError(f"data.classes must be distinct ints in [0, {num_classes}) and not empty; got {classes}")
     lut = torch.full((num_classes,), -1, dtype=torch.int64)
     lut[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes), dtype=torch.int64)
     new = lut[labels]

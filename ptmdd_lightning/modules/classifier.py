@@ -44,17 +44,31 @@ class Classifier(LightningModule):
             backend.
     """
 
-    def __init__(self, arch: str = "ConvNet", num_classes: int = 10, channels: int = 1,
-                 image_size: tuple[int, int] = (28, 28), mean: tuple[float, ...] = (0.2861,),
-                 std: tuple[float, ...] = (0.3530,), dataset_name: str = "fashion_mnist",
-                 class_names: list[str] | None = None, classes: list[int] | None = None, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, lr_decay_at: float | None = 0.5,
-                 recipe: PTMRecipe | None = None, backend: BackendName = "auto") -> None:
+    def __init__(
+        self,
+        arch: str = "ConvNet",
+        num_classes: int = 10,
+        channels: int = 1,
+        image_size: tuple[int, int] = (28, 28),
+        mean: tuple[float, ...] = (0.2861,),
+        std: tuple[float, ...] = (0.3530,),
+        dataset_name: str = "fashion_mnist",
+        class_names: list[str] | None = None,
+        classes: list[int] | None = None,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_decay_at: float | None = 0.5,
+        recipe: PTMRecipe | None = None,
+        backend: BackendName = "auto",
+    ) -> None:
         super().__init__()
         resolve_backend(backend)  # an unknown name fails here, before anything runs
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
-            raise PtmddError(f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
-                             f"momentum={momentum}, weight_decay={weight_decay}.")
+            raise PtmddError(
+                f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
+                f"momentum={momentum}, weight_decay={weight_decay}."
+            )
         if isinstance(recipe, dict):
             recipe = PTMRecipe(**recipe)
         if recipe is not None:
@@ -111,8 +125,12 @@ class Classifier(LightningModule):
             opt = torch.optim.SGD(self.net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(r.milestones), gamma=r.gamma)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        opt = torch.optim.SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-                              weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.SGD(
+            self.net.parameters(),
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+            weight_decay=self.hparams.weight_decay,
+        )
         max_epochs = self.trainer.max_epochs if self.trainer is not None else None
         if self.hparams.lr_decay_at is None or not max_epochs or max_epochs < 0:
             return opt

@@ -1,109 +1,66 @@
-"""Distiller: learns the synthetic set with DC / DSA / DM plus PTM guidance (CLoM / CCLoM).
-
-Sources:
-- DC: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021 (Alg. 1).
-- DSA: Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021 (Eq. 5).
-- DM: Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023 (Eq. 4).
-- CLoM/CCLoM: Lu et al., "Can pre-trained models assist in dataset distillation?", 2023 (Eq. 2, 3).
-"""
+"""Distiller: the method-selecting entry of older configs (``class_path: ptmdd_lightning.modules.Distiller`` with
+``method: dm | dc | dsa``). New configs name the algorithm's class: :class:`~ptmdd_lightning.modules.DMDistiller` or
+:class:`~ptmdd_lightning.modules.GradientMatchingDistiller`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
+import inspect
 from typing import Any, Literal
 
-import torch
 from lightning import LightningModule
-from torch import Tensor, nn
 
-from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
-from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
-from ptmdd_lightning.core.objectives import (
-    DC_BN_IMAGES_PER_CLASS,
-    dc_loss,
-    dc_outer_inner,
-    dm_loss,
-    freeze_batchnorm_stats,
-)
-from ptmdd_lightning.core.synthetic import SyntheticSet
+from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.machine import machine_record
-from ptmdd_lightning.nets import build_net, reinit_
-from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
+from ptmdd_lightning.modules.base import DistillerBase
+from ptmdd_lightning.modules.dm import DMDistiller
+from ptmdd_lightning.modules.gradient_matching import GradientMatchingDistiller
+from ptmdd_lightning.nets.forward import BackendName
 
-#: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
-DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
+__all__ = ["Distiller"]
 
-
-def mix_seed(*parts: int) -> int:
-    """A deterministic 63-bit seed from integers (splitmix-style), so a step's randomness depends only on them."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
+#: the DC/DSA-only arguments and their defaults (a DM run given another value is refused, not silently dropped)
+_GRADIENT_MATCHING_ONLY = {
+    name: p.default
+    for name, p in inspect.signature(GradientMatchingDistiller.__init__).parameters.items()
+    if name not in ("self", "method", "kwargs")
+}
 
 
 class Distiller(LightningModule):
-    """Optimise ``K * IPC`` synthetic images against a base DD objective plus frozen-PTM guidance.
-
-    One training step takes a class-balanced real batch ``(K * batch_real, C, H, W)`` (from
-    :class:`ptmdd_lightning.data.DistillDataModule`) and:
-
-    1. reseeds the RNG from ``(seed, rank, step)`` so every step is reproducible and a resumed run continues exactly;
-    2. augments real and synthetic images with DSA, one parameter set per class shared by both (``dsa``/``dm``);
-    3. computes the base loss: DM (embedding means of a freshly initialised ``net_arch``) or DC/DSA (per-class
-       gradient matching on a net that is re-sampled every ``outer_loop`` steps and trained on the synthetic set for
-       ``inner_loop`` epochs in between);
-    4. adds ``sum alpha * CLoM`` / ``alpha * CCLoM`` of the PTM member(s) drawn for this step;
-    5. backpropagates into the synthetic images only (SGD, momentum 0.5). PTMs are frozen and in eval mode.
+    """``Distiller(method=..., ...)`` builds the algorithm's class: ``"dm"`` -> :class:`DMDistiller`, ``"dc"`` /
+    ``"dsa"`` -> :class:`GradientMatchingDistiller` (same arguments, same numbers). Kept so that configs and code
+    written before the split still run; the object returned is an instance of that class, not of ``Distiller``.
 
     Args:
-        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
-            DataModule (``classes`` is its class subset, ``None`` for all classes); never set them in YAML.
-        ipc: images per class (>= 1).
-        method: ``"dm"``, ``"dc"`` or ``"dsa"`` (DC + differentiable siamese augmentation).
-        dsa_strategy: DSA strategy for ``dsa``/``dm``; ``None`` = the DSA default (without ``flip`` for digits);
-            ``"none"`` turns augmentation off.
-        init: ``"real"`` (random real images per class) or ``"noise"`` (standard normal).
-        lr_img: learning rate of the images; ``None`` = reference default (DC/DSA 0.1, DM 1.0).
-        momentum_img: SGD momentum of the images (0.5 in DC/DSA/DM).
-        net_arch: the randomly initialised net of the base objective (``ConvNet`` = ConvNet-3).
-        lr_net: DC/DSA inner-loop learning rate of the net (0.01).
-        outer_loop, inner_loop: DC/DSA loop lengths; ``None`` = the DC code's schedule for this IPC.
-        batch_train: DC/DSA batch size when the net trains on the synthetic set (256).
-        dc_metric: DC gradient distance: ``"ours"`` (per-output-row cosine, 1-D params skipped), ``"mse"``, ``"cos"``.
-        ptms: the PTM pool, one :class:`PTMGroup` per architecture (alpha, N_m, epoch, loss, source).
-        ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weight
-            alpha/|pool|).
-        pool_root: the pool folder.
-        ptm_recipe: how the pool's members are pretrained (:class:`PTMRecipe`; ``None``: the authors' 150-epoch
-            recipe). One recipe per pool: members of another recipe are refused (use another ``pool_root``).
-        cclom_real: where CCLoM's real batch comes from. ``"uniform"`` (default, the authors'): ``cclom_batch_size``
-            images drawn uniformly with replacement from the whole training set, independently of the base
-            objective's batch (DDInterpreter 19a4767 ``utils_clom/CLoM.py``, ``CCLoM.__get_images_randomly``:
-            ``np.random.randint(0, len, size=B)``). ``"batch"`` (ptmdd's earlier default): the first
-            ``cclom_batch_real`` images per class of the step's class-balanced real batch.
-        cclom_batch_size: B of ``cclom_real: uniform`` (>= 1); the authors' README command uses 8196.
-        cclom_batch_real: real images per class of ``cclom_real: batch`` (>= 1, <= data.batch_real).
-        guidance_view: what the PTMs see. ``"raw"`` (default, the authors': ``our_loss.calculate_loss(image_syn,
-            label_syn)`` on the un-augmented images, DDInterpreter 19a4767 ``methods/DC_DSA_DM/main_DM.py`` line 248
-            and ``main.py``) or ``"augmented"`` (the step's DSA view of the synthetic images; CCLoM's real images
-            are then augmented too: the siamese view of the step's batch for ``cclom_real: batch``, their own DSA
-            draw for ``uniform``, so that real and synthetic features always come from the same view).
-        channels_last: run the nets in channels_last. Off by default: on the 2-core AMX CPU, ConvNet-3's instance
-            norm in channels_last + bf16 made a DM step about 2x slower (see docs/DESIGN.md).
-        backend: how the distillation nets run (:mod:`ptmdd_lightning.nets.forward`): ``"auto"`` (default: on a
-            CPU, ConvNet-3 through ptmdd's C++ kernels and a compiled formulation where they apply; the module
-            elsewhere), ``"eager"`` (the module itself: the reference), ``"cpu_kernels"``, ``"compile"``.
-            ``PTMDD_BACKEND`` overrides it; ``results.json`` records what ran (``machine.backend``).
+        method: ``"dm"``, ``"dc"`` or ``"dsa"``.
+        lr_net, outer_loop, inner_loop, batch_train, dc_metric: DC/DSA only (see
+            :class:`GradientMatchingDistiller`); a DM run must leave them at their defaults.
+        **other: :class:`~ptmdd_lightning.modules.base.DistillerBase`'s arguments.
 
     Raises:
-        PtmddError: bad settings (ipc < 1, unknown method, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at
-            construction time, i.e. when the CLI instantiates the config.
+        PtmddError: an unknown method, or a DC/DSA-only argument set for DM (naming the class to use).
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DistillerBase:  # type: ignore[misc]
+        if args:
+            raise PtmddError("Distiller takes keyword arguments only (as a config gives them).")
+        method = kwargs.pop("method", "dm")
+        if method == "dm":
+            extra = {
+                k: v for k, v in kwargs.items() if k in _GRADIENT_MATCHING_ONLY and v != _GRADIENT_MATCHING_ONLY[k]
+            }
+            if extra:
+                raise PtmddError(
+                    f"{', '.join(sorted(extra))} only apply to DC/DSA, not to method dm; remove them, or "
+                    "use class_path: ptmdd_lightning.modules.DMDistiller."
+                )
+            return DMDistiller(**{k: v for k, v in kwargs.items() if k not in _GRADIENT_MATCHING_ONLY})
+        if method in ("dc", "dsa"):
+            return GradientMatchingDistiller(method=method, **kwargs)
+        raise PtmddError(
+            f"unknown method {method!r}; choose one of 'dm', 'dc', 'dsa' (or name the class: "
+            "ptmdd_lightning.modules.DMDistiller / GradientMatchingDistiller)."
+        )
 
     def __init__(
         self,
@@ -138,380 +95,5 @@ class Distiller(LightningModule):
         channels_last: bool = False,
         backend: BackendName = "auto",
     ) -> None:
-        super().__init__()
-
-        if method not in ("dm", "dc", "dsa"):
-            raise PtmddError(f"unknown method {method!r}; choose one of 'dm', 'dc', 'dsa'.")
-        resolve_backend(backend)  # an unknown name fails here, before anything runs
-        if init not in ("real", "noise"):
-            raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
-        if ptm_sampling not in ("random", "all"):
-            raise PtmddError(f"unknown ptm_sampling {ptm_sampling!r}; choose 'random' or 'all'.")
-        if cclom_batch_real < 1 or cclom_batch_size < 1:
-            raise PtmddError(f"cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch), got "
-                             f"{cclom_batch_real} and {cclom_batch_size}.")
-        if cclom_real not in ("uniform", "batch"):
-            raise PtmddError(f"unknown cclom_real {cclom_real!r}; choose 'uniform' (the authors') or 'batch'.")
-        if guidance_view not in ("raw", "augmented"):
-            raise PtmddError(f"unknown guidance_view {guidance_view!r}; choose 'raw' (the authors') or 'augmented'.")
-        if batch_train < 1 or lr_net <= 0 or (lr_img is not None and lr_img <= 0):
-            raise PtmddError("batch_train must be >= 1 and lr_net, lr_img > 0.")
-        ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
-        if isinstance(ptm_recipe, dict):
-            ptm_recipe = PTMRecipe(**ptm_recipe)
-        self.ptm_recipe = ptm_recipe if ptm_recipe is not None else PTMRecipe()
-        self.ptm_recipe.validate()
-        target = pool_key(dataset_name, classes)
-        for group in ptms:
-            group.validate()
-            if group.epoch > self.ptm_recipe.epochs:
-                raise PtmddError(f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the "
-                                 f"{self.ptm_recipe.epochs} epochs of ptm_recipe {self.ptm_recipe.name!r}; lower "
-                                 "the epoch or use a longer recipe.")
-            build_net(group.arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
-            if group.loss == "clom" and group.source not in (None, target):
-                raise PtmddError(
-                    f"CLoM needs PTMs of the target label space ({target}), but the {group.arch} group uses source "
-                    f"{group.source}; use loss: cclom for PTMs of another dataset or class split.")
-        build_net(net_arch, channels, num_classes, tuple(image_size))
-        self.save_hyperparameters()
-        self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
-        if dsa_strategy is None:  # the DSA readme's strategy; digits drop flip (a flipped digit is another digit)
-            dsa_strategy = dsa_strategy_for(dataset_name.split("-")[0])
-        self.dsa_strategy = None if method == "dc" or dsa_strategy.lower() == "none" else dsa_strategy
-        self.lr_img = DEFAULT_LR_IMG[method] if lr_img is None else lr_img
-        if method in ("dc", "dsa"):
-            default_outer, default_inner = dc_outer_inner(ipc)
-            self.outer_loop = outer_loop or default_outer
-            self.inner_loop = default_inner if inner_loop is None else inner_loop
-        self.ptm_groups = ptms
-        # Unregistered on purpose: the random net and the frozen pool are not part of the learnable state, must not be
-        # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
-        self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None}
-        self._seed = 0
-
-    # ------------------------------------------------------------------ set-up
-    def setup(self, stage: str) -> None:
-        """Initialise the synthetic images (real or noise, seeded) and load the PTM pool on every rank."""
-        self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        if stage == "fit":
-            gen = torch.Generator().manual_seed(mix_seed(self._seed, 0xD1))
-            if self.hparams.init == "real":
-                dm = self.trainer.datamodule if self.trainer is not None else None
-                if dm is None or not hasattr(dm, "sample_real"):
-                    raise PtmddError("init: real needs a DistillDataModule (data.class_path: "
-                                     "ptmdd_lightning.data.DistillDataModule).")
-                self.synthetic.init_real(dm.sample_real, gen)
-            else:
-                self.synthetic.init_noise(gen)
-        if self.ptm_groups and self._aux["pool"] is None:
-            dm = self.trainer.datamodule if self._trainer is not None else None
-            target = pool_key(self.hparams.dataset_name, self.hparams.classes)
-            self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
-                                        tuple(self.hparams.mean), tuple(self.hparams.std),
-                                        channels=self.hparams.channels, image_size=tuple(self.hparams.image_size),
-                                        data_root=getattr(dm, "root", None), recipe=self.ptm_recipe)
-
-    @property
-    def pool(self) -> PTMPool | None:
-        """The frozen PTM pool (``None`` without guidance)."""
-        return self._aux["pool"]
-
-    def _place(self, module: nn.Module) -> nn.Module:
-        mf = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
-        return module.to(device=self.device, memory_format=mf)
-
-    def _view(self, x: Tensor) -> Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
-
-    def _fresh_net(self, seed: int, trainable: bool) -> nn.Module:
-        """The base objective's net, re-initialised in place from ``seed`` (as DC/DM sample a new net)."""
-        net = self._aux["net"]
-        if net is None:
-            hp = self.hparams
-            net = self._place(build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size)))
-            self._aux["net"] = net
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        reinit_(net, generator=gen)
-        for p in net.parameters():
-            p.requires_grad_(trainable)
-        net.train()
-        self._fast(net)
-        return net
-
-    def _fast(self, net: nn.Module) -> NetForward:
-        """The forward of ``net`` through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`),
-        kept while ``net`` is the same object (it is re-initialised in place)."""
-        fast = self._aux.get("fast")
-        if fast is None or fast.net is not net:
-            trainer = self._trainer
-            steps = None
-            if trainer is not None:
-                steps = 1 if trainer.fast_dev_run else (trainer.max_steps if trainer.max_steps > 0 else None)
-            fast = net_forward(net, self.hparams.get("backend", "auto"), total_steps=steps)
-            self._aux["fast"] = fast
-        return fast
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD([self.synthetic.images], lr=self.lr_img, momentum=self.hparams.momentum_img)
-
-    # ------------------------------------------------------------------ the step
-    def _step_rng(self) -> random.Random:
-        seed = mix_seed(self._seed, self.global_rank, self.global_step)
-        torch.manual_seed(seed)
-        return random.Random(seed)
-
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        real, real_labels = batch
-        rng = self._step_rng()
-        syn, syn_labels = self.synthetic.images, self.synthetic.labels
-        if self.dsa_strategy is not None:
-            real_v, syn_v = siamese_augment(real, real_labels, syn, syn_labels, self.dsa_strategy)
-        else:
-            real_v, syn_v = real, syn
-        real_v, syn_v = self._view(real_v), self._view(syn_v)
-
-        if self.hparams.method == "dm":
-            base = self._dm_loss(real_v, real_labels, syn_v, syn_labels)
-        else:
-            base = self._dc_loss(real, real_v, real_labels, syn_v, syn_labels)
-        self.log(f"train/loss_{self.hparams.method}", base, prog_bar=True)
-        loss = base
-        augmented = self.hparams.guidance_view == "augmented"
-        for name, value in self._guidance(real_v if augmented else self._view(real), real_labels,
-                                          syn_v if augmented else self._view(syn), syn_labels, rng).items():
-            self.log(f"train/loss_{name}", value, prog_bar=True)
-            loss = loss + value
-        self.log("train/loss", loss)
-        if not torch.isfinite(loss):
-            self._stop_non_finite(f"the loss is {loss.item()}")
-        return loss
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Stop before an update with a non-finite gradient of the synthetic images (they would turn NaN/inf)."""
-        grad = self.synthetic.images.grad
-        if grad is not None and not torch.isfinite(grad).all():
-            self._stop_non_finite("the gradient of the synthetic images is not finite")
-
-    def _stop_non_finite(self, what: str) -> None:
-        """Raise the :class:`PtmddError` of a diverged run, before the step that would write non-finite images.
-
-        The checkpoints written so far hold finite images; ``ModelCheckpoint(save_on_exception=True)`` saves the
-        current (finite) state once more.
-        """
-        alphas = ", ".join(f"{g.arch}: {g.alpha}" for g in self.ptm_groups) or "no PTM guidance"
-        raise PtmddError(
-            f"distillation diverged at step {self.global_step}: {what}. The synthetic images were not updated with "
-            f"it, and the checkpoints so far hold finite images. Lower lr_img (now {self.lr_img}) or the PTM alpha "
-            f"({alphas}), then start again (or resume with --ckpt_path last and the smaller value).")
-
-    def _dm_loss(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DM (Zhao & Bilen 2023, Eq. 4): class-wise embedding-mean matching on a fresh random net."""
-        net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
-        fast = self._fast(net)  # same function as net.embed, faster (the backend; nets/forward.py)
-        with torch.no_grad():
-            emb_real = fast.embed(real)
-        emb_syn = fast.embed(syn)
-        return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.hparams.num_classes)
-
-    def _dc_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net."""
-        net_index, outer_step = divmod(self.global_step, self.outer_loop)
-        if self._aux["net_index"] != net_index or self._aux["net"] is None:
-            # a new random net every outer loop; rank-independent so DDP ranks train the same net
-            net = self._fresh_net(mix_seed(self._seed, net_index, 0xDC), trainable=True)
-            self._aux["net_index"] = net_index
-            self._aux["net_opt"] = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
-        net = self._aux["net"]
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-            # DC code: BN statistics from real data (16 per class), then frozen for the matching passes
-            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :DC_BN_IMAGES_PER_CLASS]
-            freeze_batchnorm_stats(net, self._view(per_class.flatten(0, 1)))
-        # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
-        # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
-        # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).
-        fast = self._fast(net)
-        loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric,
-                       batched=None, forward=fast.forward, syn_class_grads=fast.class_grads if fast.compiled else None)
-        net.train()
-        return loss
-
-    def _guidance(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor,
-                  rng: random.Random) -> dict[str, Tensor]:
-        """alpha-weighted CLoM / CCLoM of the PTMs picked for this step (Lu et al. 2023, Eq. 2-3)."""
-        pool = self.pool
-        if pool is None or not len(pool):
-            return {}
-        if next(pool.parameters()).device != self.device:
-            self._place(pool)
-        terms: dict[str, Tensor] = {}
-        for member, weight in pool.pick(self.hparams.ptm_sampling, rng):
-            if member.loss == "clom":
-                value = clom(member.net(member.adapt(syn)), syn_labels)
-            else:
-                real_c, labels_c = self._cclom_real(real, real_labels, rng)
-                with torch.no_grad():
-                    feat_real = member.net.embed(self._view(member.adapt(real_c)))
-                value = cclom(feat_real, labels_c, member.net.embed(member.adapt(syn)), syn_labels)
-            terms[member.loss] = terms.get(member.loss, 0.0) + weight * value
-        return terms
-
-    def _cclom_real(self, real: Tensor, real_labels: Tensor, rng: random.Random) -> tuple[Tensor, Tensor]:
-        """CCLoM's real batch ``((B, C, H, W), (B,))`` in the guidance view (see ``cclom_real``).
-
-        ``real``/``real_labels``: the step's class-balanced batch ``(K * batch_real, ...)``, already in the guidance
-        view. ``uniform`` draws its indices from a generator seeded by the step's ``rng`` (reproducible, resumable).
-        """
-        hp = self.hparams
-        if hp.cclom_real == "batch":
-            k, n = hp.num_classes, hp.cclom_batch_real
-            per_class = real.view(k, -1, *real.shape[1:])
-            if per_class.shape[1] < n:
-                raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
-            return per_class[:, :n].flatten(0, 1), real_labels.view(k, -1)[:, :n].flatten()
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or getattr(dm, "train_images", None) is None:
-            raise PtmddError("cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
-                             "use cclom_real: batch without one.")
-        gen = torch.Generator().manual_seed(rng.getrandbits(63))
-        idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
-        images = dm.train_images.index_select(0, idx).to(self.device, non_blocking=True)
-        labels = dm.train_labels.index_select(0, idx).to(self.device, non_blocking=True)
-        if hp.guidance_view == "augmented" and self.dsa_strategy is not None:
-            images = dsa_augment(images, self.dsa_strategy, siamese=False, generator=gen)
-        return self._view(images), labels
-
-    # ------------------------------------------------------------------ DC inner loop
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """DC/DSA: train the current net on the synthetic set for ``inner_loop`` epochs between outer steps."""
-        if self.hparams.method == "dm":
-            return
-        if self.global_step % self.outer_loop == 0:  # the net was just re-sampled for the next outer loop
-            return
-        self._train_net_on_synthetic()
-
-    def _train_net_on_synthetic(self) -> None:
-        net, opt = self._aux["net"], self._aux["net_opt"]
-        images = self.synthetic.images.detach()
-        labels = self.synthetic.labels
-        gen = torch.Generator().manual_seed(mix_seed(self._seed, self.global_step, 0x1A))
-        # rank-independent: every DDP rank must train the same DC net (the DSA draws below use the global RNG)
-        torch.manual_seed(mix_seed(self._seed, self.global_step, 0x1B))
-        ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
-        net.train()
-        fast = self._fast(net)  # net's forward, faster (the backend; nets/forward.py)
-        with ctx:
-            for _ in range(self.inner_loop):
-                order = torch.randperm(images.shape[0], generator=gen).to(images.device)
-                for start in range(0, images.shape[0], self.hparams.batch_train):
-                    idx = order[start:start + self.hparams.batch_train]
-                    x = images[idx]
-                    if self.dsa_strategy is not None:
-                        x = dsa_augment(x, self.dsa_strategy, siamese=False)
-                    loss = nn.functional.cross_entropy(fast(self._view(x)), labels[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Make a checkpoint that a resumed run continues bit for bit.
-
-        - ``hyper_parameters["ptms"]`` as plain dicts: LightningCLI re-reads a checkpoint's hyper-parameters
-          with ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
-        - DC/DSA: ``checkpoint["dc_net"]`` = the outer-loop net's ``state_dict``, its SGD state and its index.
-          ModelCheckpoint saves in its ``on_train_batch_end``, which Lightning calls BEFORE this module's
-          ``on_train_batch_end`` (the inner loop that trains the net on the synthetic set). Such a checkpoint
-          (``batch_progress.processed > completed``) gets ``inner_loop_pending`` and the global RNG state(s)
-          of that moment; :meth:`on_train_start` of the resumed run runs that inner loop first. A SIGTERM
-          checkpoint is written after the whole step, its inner loop included.
-        """
-        import dataclasses
-
-        hp = checkpoint.get("hyper_parameters")
-        if hp is not None and hp.get("ptms"):
-            checkpoint["hyper_parameters"] = {**hp, "ptms": [
-                dataclasses.asdict(g) if dataclasses.is_dataclass(g) else dict(g) for g in hp["ptms"]]}
-        if self.hparams.method != "dm" and self._aux["net"] is not None:
-            state = {
-                "index": self._aux["net_index"],
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self._aux["net"].state_dict().items()},
-                "optimizer": self._aux["net_opt"].state_dict(),
-                "inner_loop_pending": False,
-            }
-            trainer = self._trainer
-            if trainer is not None and self.global_step % self.outer_loop != 0:
-                progress = trainer.fit_loop.epoch_loop.batch_progress.current
-                if progress.processed > progress.completed:  # our on_train_batch_end is still to run
-                    state["inner_loop_pending"] = True
-                    state["rng_cpu"] = torch.get_rng_state()
-                    if self.device.type == "cuda":
-                        state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-            checkpoint["dc_net"] = state
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint's synthetic set fits this model; restore the DC outer-loop net.
-
-        Raises:
-            PtmddError: the checkpoint's synthetic images have another shape ``(K * IPC, C, H, W)``.
-        """
-        images = checkpoint.get("state_dict", {}).get("synthetic.images")
-        if images is not None and tuple(images.shape) != tuple(self.synthetic.images.shape):
-            hp = checkpoint.get("hyper_parameters", {})
-            raise PtmddError(
-                f"the checkpoint holds {tuple(images.shape)} synthetic images (dataset "
-                f"{hp.get('dataset_name')}, ipc {hp.get('ipc')}) but this run makes "
-                f"{tuple(self.synthetic.images.shape)} (dataset {self.hparams.dataset_name}, ipc "
-                f"{self.hparams.ipc}); resume with the config of that run, or start a new run without "
-                "--ckpt_path.")
-        state = checkpoint.get("dc_net")
-        if state is None or self.hparams.method == "dm":
-            return
-
-        hp = self.hparams
-        net = build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size))
-        net.load_state_dict(state["state_dict"])
-        self._aux["net"] = net
-        self._aux["net_index"] = state["index"]
-        self._aux["pending_opt_state"] = state["optimizer"]
-        if state.get("inner_loop_pending"):
-            self._aux["pending_inner_loop"] = (state["rng_cpu"], state.get("rng_cuda"))
-
-    def on_fit_start(self) -> None:
-        """Place the DC net (restored or not) and the PTM pool on this device."""
-        net = self._aux["net"]
-        if net is not None:
-            self._place(net)
-            opt = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
-            if "pending_opt_state" in self._aux:
-                opt.load_state_dict(self._aux.pop("pending_opt_state"))
-            self._aux["net_opt"] = opt
-        if self.pool is not None:
-            self._place(self.pool)
-
-    def on_train_start(self) -> None:
-        """Resume: run the DC inner loop of the restored step if the checkpoint was written before it.
-
-        Here, not in :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop)
-        after ``on_fit_start`` and before ``on_train_start``.
-        """
-        pending = self._aux.pop("pending_inner_loop", None)
-        if pending is not None and self._aux["net"] is not None:
-            rng_cpu, rng_cuda = pending
-            torch.set_rng_state(rng_cpu)
-            if rng_cuda is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng_cuda, self.device)
-            self._train_net_on_synthetic()
-
-    def on_train_end(self) -> None:
-        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`, with
-        ``backend``) in the run's ``hparams.yaml``, beside the config's ``backend``."""
-        if self.logger is not None:
-            self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
-
-    # ------------------------------------------------------------------ export
-    def export(self) -> dict[str, Any]:
-        """The synthetic set and its metadata (see :meth:`SyntheticSet.export`)."""
-        hp = self.hparams
-        return self.synthetic.export(tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names,
-                                     config=dict(hp))
+        """The union of both classes' arguments, for the config parser; never runs (see :meth:`__new__`)."""
+        raise AssertionError("unreachable: Distiller.__new__ returns a DMDistiller or a GradientMatchingDistiller")

@@ -82,8 +82,7 @@ def check_export(
             else "--data.init_args.classes null (all classes)"
         )
         raise PtmddError(
-            f"{path} was distilled on the class subset {export_classes} but the DataModule uses "
-            f"{classes}; set {fix}."
+            f"{path} was distilled on the class subset {export_classes} but the DataModule uses {classes}; set {fix}."
         )
     k = int(blob.get("num_classes") or int(labels.max()) + 1)
     if k != num_classes:
@@ -193,8 +192,10 @@ class SyntheticSetEvaluator(LightningModule):
         if isinstance(protocol, dict):
             protocol = EvalProtocol(**protocol)
         if protocol is not None and not isinstance(protocol, EvalProtocol):
-            raise PtmddError(f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
-                             f"{type(protocol).__name__}.")
+            raise PtmddError(
+                f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
+                f"{type(protocol).__name__}."
+            )
         for arch in archs:
             build_net(arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
         self.protocol = protocol if protocol is not None else EvalProtocol()
@@ -314,13 +315,25 @@ class SyntheticSetEvaluator(LightningModule):
                 sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
             for arch in self.archs:
                 for which, x, y in sets:
-                    rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x "
-                                   f"{protocol.epochs} epochs")
+                    rank_zero_info(
+                        f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs"
+                    )
                     start = time.perf_counter()
                     with EvaluationProgress(f"eval {arch} {which}", num_models, self.trainer) as progress:
-                        accs = train_and_test(arch, x, y, test_x, test_y, k, num_models, protocol,
-                                              seed=int(hp.eval_seed), device=self.device, mode=hp.mode,
-                                              progress=progress)
+                        accs = train_and_test(
+                            arch,
+                            x,
+                            y,
+                            test_x,
+                            test_y,
+                            k,
+                            num_models,
+                            protocol,
+                            seed=int(hp.eval_seed),
+                            device=self.device,
+                            mode=hp.mode,
+                            progress=progress,
+                        )
                     rows.append(self._row(arch, which, accs, time.perf_counter() - start))
         return rows
 
@@ -345,8 +358,12 @@ class SyntheticSetEvaluator(LightningModule):
                     self.log(f"{stage}/{r['arch']}/gain", r["mean"] - base["mean"])
         if self.trainer.is_global_zero:
             folder = self._output_dir()
-            write_results(rows, folder, self.hparams.stem,
-                          machine=machine_record(self.device, f"evaluation {self._eval_precision()}"))
+            write_results(
+                rows,
+                folder,
+                self.hparams.stem,
+                machine=machine_record(self.device, f"evaluation {self._eval_precision()}"),
+            )
             blob = self.export_blob
             rank_zero_info(
                 f"\n[ptmdd] {self.hparams.path}: {blob['dataset']}, IPC {self.ipc}, "

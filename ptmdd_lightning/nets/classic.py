@@ -23,7 +23,7 @@ from torch import nn
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.nets.base import DDNet, check_feature_size
 
-__all__ = ["MLP", "LeNet", "AlexNet", "VGG", "VGG11_CFG"]
+__all__ = ["MLP", "VGG", "VGG11_CFG", "AlexNet", "LeNet"]
 
 
 class MLP(DDNet):

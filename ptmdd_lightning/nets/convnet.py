@@ -15,7 +15,7 @@ from torch import nn
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.nets.base import DDNet, check_feature_size, check_positive_int
 
-__all__ = ["ConvNet", "CONVNET_ACTS", "CONVNET_NORMS", "CONVNET_POOLS"]
+__all__ = ["CONVNET_ACTS", "CONVNET_NORMS", "CONVNET_POOLS", "ConvNet"]
 
 #: allowed ``norm`` values (the DC code's ``net_norm``)
 CONVNET_NORMS: tuple[str, ...] = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")

@@ -48,8 +48,11 @@ __all__ = [
 BACKENDS = ("auto", "eager", "cpu_kernels", "compile")
 BackendName = Literal["auto", "eager", "cpu_kernels", "compile"]
 #: the module that implements each non-eager backend (imported on first use; it provides ``make_forward``)
-BACKEND_MODULES = {"auto": "ptmdd_lightning.backends.cpu", "cpu_kernels": "ptmdd_lightning.backends.cpu",
-                   "compile": "ptmdd_lightning.backends.cpu"}
+BACKEND_MODULES = {
+    "auto": "ptmdd_lightning.backends.cpu",
+    "cpu_kernels": "ptmdd_lightning.backends.cpu",
+    "compile": "ptmdd_lightning.backends.cpu",
+}
 #: images per chunk of a large CPU batch (keeps the first block's maps of ConvNet-3 in a few MiB; the result is the
 #: same because every image is processed on its own, unless a BatchNorm is in training mode, which is never split)
 DEFAULT_CHUNK = 32
@@ -163,8 +166,9 @@ def resolve_backend(backend: str) -> str:
     return name
 
 
-def net_forward(net: nn.Module, backend: str = "auto", *, total_steps: int | None = None,
-                compile: bool | None = None) -> NetForward:
+def net_forward(
+    net: nn.Module, backend: str = "auto", *, total_steps: int | None = None, compile: bool | None = None
+) -> NetForward:
     """The forward of ``net`` through ``backend`` (see the module docstring).
 
     Args:

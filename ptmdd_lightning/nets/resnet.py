@@ -21,7 +21,7 @@ from torch import nn
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.nets.base import DDNet, check_feature_size
 
-__all__ = ["BasicBlock", "ResNet", "RESNET_NORMS"]
+__all__ = ["RESNET_NORMS", "BasicBlock", "ResNet"]
 
 #: allowed ``norm`` values of :class:`ResNet`
 RESNET_NORMS: tuple[str, ...] = ("instancenorm", "batchnorm")
@@ -29,9 +29,7 @@ RESNET_NORMS: tuple[str, ...] = ("instancenorm", "batchnorm")
 
 def _norm(norm: str, channels: int) -> nn.Module:
     """Instance norm as ``GroupNorm(C, C, affine=True)`` or ``BatchNorm2d(C)`` (the DC code's choice)."""
-    return (
-        nn.GroupNorm(channels, channels, affine=True) if norm == "instancenorm" else nn.BatchNorm2d(channels)
-    )
+    return nn.GroupNorm(channels, channels, affine=True) if norm == "instancenorm" else nn.BatchNorm2d(channels)
 
 
 class BasicBlock(nn.Module):
@@ -63,9 +61,7 @@ class BasicBlock(nn.Module):
         self.bn2 = _norm(norm, planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            shortcut: list[nn.Module] = [
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=conv_stride, bias=False)
-            ]
+            shortcut: list[nn.Module] = [nn.Conv2d(in_planes, planes, kernel_size=1, stride=conv_stride, bias=False)]
             if avgpool_downsample:
                 shortcut.append(nn.AvgPool2d(kernel_size=2, stride=2))
             shortcut.append(_norm(norm, planes))

@@ -33,8 +33,7 @@ def one(op: str, **vals: list) -> DSADraw:
     for k, v in vals.items():
         dtype = torch.int64 if isinstance(v[0], int) else torch.float32
         tensors[k] = torch.tensor(v, dtype=dtype)
-    return DSADraw(ops=(op,), choice=torch.zeros(len(next(iter(vals.values()))), dtype=torch.int64),
-                   values=(tensors,))
+    return DSADraw(ops=(op,), choice=torch.zeros(len(next(iter(vals.values()))), dtype=torch.int64), values=(tensors,))
 
 
 def ids(n: int) -> torch.Tensor:
@@ -61,7 +60,12 @@ def test_parse_strategy_and_defaults():
     assert dsa_strategy_for("FashionMNIST") == DEFAULT_STRATEGY
     # the reference ParamDiffAug defaults
     assert (P.prob_flip, P.ratio_scale, P.ratio_rotate, P.ratio_crop_pad, P.ratio_cutout) == (
-        0.5, 1.2, 15.0, 0.125, 0.5)
+        0.5,
+        1.2,
+        15.0,
+        0.125,
+        0.5,
+    )
     assert (P.brightness, P.saturation, P.contrast) == (1.0, 2.0, 0.5)
 
 
@@ -117,7 +121,8 @@ def test_crop_exact_hand_numbers():
 def reference_crop(x, tx, ty):
     """Literal rand_crop (pad 1, clamp, index)."""
     grid_batch, grid_x, grid_y = torch.meshgrid(
-        torch.arange(x.size(0)), torch.arange(x.size(2)), torch.arange(x.size(3)), indexing="ij")
+        torch.arange(x.size(0)), torch.arange(x.size(2)), torch.arange(x.size(3)), indexing="ij"
+    )
     grid_x = torch.clamp(grid_x + tx.view(-1, 1, 1) + 1, 0, x.size(2) + 1)
     grid_y = torch.clamp(grid_y + ty.view(-1, 1, 1) + 1, 0, x.size(3) + 1)
     x_pad = F.pad(x, [1, 1, 1, 1, 0, 0, 0, 0])

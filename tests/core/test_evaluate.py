@@ -155,9 +155,7 @@ def hand_sgd(epochs: int, lr: float, momentum: float, wd: float, reset: bool) ->
 def test_training_follows_hand_computed_sgd_with_decay_at_half(mode, reset):
     x = torch.zeros(4, 1, 2, 2)
     y = torch.zeros(4, dtype=torch.int64)
-    p = EvalProtocol(
-        epochs=6, lr=0.5, momentum=0.9, weight_decay=0.01, reset_momentum_at_decay=reset, **NO_AUG
-    )
+    p = EvalProtocol(epochs=6, lr=0.5, momentum=0.9, weight_decay=0.01, reset_momentum_at_decay=reset, **NO_AUG)
     (model,) = train_models(ScalarNet, x, y, 2, 1, p, seed=0, mode=mode)
     expected = hand_sgd(6, 0.5, 0.9, 0.01, reset)
     assert float(model.w.detach()) == pytest.approx(expected, abs=1e-6)
@@ -263,9 +261,7 @@ def test_dsa_training_is_deterministic_and_the_same_in_both_modes():
     vm = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="vmap")
     lp = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="loop")
     again = train_models(tiny_net, x, y, 2, 2, p, seed=1, mode="vmap")
-    plain = train_models(
-        tiny_net, x, y, 2, 2, EvalProtocol(epochs=3, batch_size=8, lr=0.05, **NO_AUG), seed=1
-    )
+    plain = train_models(tiny_net, x, y, 2, 2, EvalProtocol(epochs=3, batch_size=8, lr=0.05, **NO_AUG), seed=1)
     assert max_param_diff(vm, lp) < 1e-5
     assert max_param_diff(vm, again) == 0.0
     assert max_param_diff(vm, plain) > 1e-4  # DSA changed the batches
@@ -306,11 +302,7 @@ def test_random_real_subset_gives_ipc_distinct_images_per_class():
     xs2, _ = random_real_subset(images, labels, 3, 3, torch.Generator().manual_seed(0))
     assert torch.equal(xs, xs2)
     picks = {
-        tuple(
-            random_real_subset(images, labels, 2, 3, torch.Generator().manual_seed(s))[0][
-                :2, 0, 0, 0
-            ].tolist()
-        )
+        tuple(random_real_subset(images, labels, 2, 3, torch.Generator().manual_seed(s))[0][:2, 0, 0, 0].tolist())
         for s in range(10)
     }
     assert len(picks) > 1  # random

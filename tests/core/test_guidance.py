@@ -70,24 +70,36 @@ def test_pool_key_and_layout(tmp_path):
     assert member_path(tmp_path, "mnist", "ConvNet", 3, 5) == tmp_path / "mnist" / "ConvNet" / "seed3" / "epoch5.pt"
 
 
-def _write_member(root, source="toy", arch="ConvNetW32", seed=0, epoch=1, num_classes=3, channels=1, size=(8, 8),
-                  recipe=None):
+def _write_member(
+    root, source="toy", arch="ConvNetW32", seed=0, epoch=1, num_classes=3, channels=1, size=(8, 8), recipe=None
+):
     from ptmdd_lightning.nets import build_net
 
     net = build_net(arch, channels, num_classes, size)
     path = member_path(root, source, arch, seed, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": net.state_dict(), "arch": arch, "channels": channels, "num_classes": num_classes,
-                "image_size": size, "mean": (0.5,), "std": (0.25,), "epoch": epoch, "seed": seed,
-                "recipe": (recipe or PTMRecipe()).record()}, path)
+    torch.save(
+        {
+            "state_dict": net.state_dict(),
+            "arch": arch,
+            "channels": channels,
+            "num_classes": num_classes,
+            "image_size": size,
+            "mean": (0.5,),
+            "std": (0.25,),
+            "epoch": epoch,
+            "seed": seed,
+            "recipe": (recipe or PTMRecipe()).record(),
+        },
+        path,
+    )
     return path, net
 
 
 def test_pool_loads_frozen_members_in_eval_mode(tmp_path):
     _write_member(tmp_path, seed=0)
     _write_member(tmp_path, seed=1)
-    pool = PTMPool([PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1, alpha=0.5)], tmp_path, "toy", 3,
-                   (0.5,), (0.25,))
+    pool = PTMPool([PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1, alpha=0.5)], tmp_path, "toy", 3, (0.5,), (0.25,))
     assert len(pool) == 2
     pool.train()  # a parent module switching to train mode must not unfreeze BatchNorm statistics
     assert all(not m.training for m in pool.modules())
@@ -103,7 +115,8 @@ def test_pool_missing_member_names_folder_and_command(tmp_path):
     assert str(member_path(tmp_path, "toy", "ConvNetW32", 0, 1)) in str(err.value)
     assert "configs/pretrain/fashion_mnist.yaml --data.init_args.dataset toy" in str(err.value)
     assert f"--trainer.callbacks.init_args.epochs '[1]' --trainer.callbacks.init_args.pool_root {tmp_path}" in str(
-        err.value)
+        err.value
+    )
 
 
 def test_clom_refuses_ptms_with_another_class_count(tmp_path):
@@ -126,8 +139,9 @@ def test_mismatched_and_corrupted_checkpoints(tmp_path):
 
 def test_cross_domain_member_adapts_channels_size_and_normalisation(tmp_path):
     _write_member(tmp_path, source="rgb", channels=3, size=(16, 16))
-    pool = PTMPool([PTMGroup(arch="ConvNetW32", epoch=1, loss="cclom", source="rgb")], tmp_path, "toy", 3,
-                   (0.0,), (1.0,))
+    pool = PTMPool(
+        [PTMGroup(arch="ConvNetW32", epoch=1, loss="cclom", source="rgb")], tmp_path, "toy", 3, (0.0,), (1.0,)
+    )
     member = pool.members[0]
     x = torch.full((2, 1, 8, 8), 0.75)  # target-normalised with mean 0, std 1 -> pixel value 0.75
     y = member.adapt(x)

@@ -95,8 +95,7 @@ def reference_distance_wb(gwr, gws):
         gws = gws.reshape(shape[0], shape[1] * shape[2])
     elif len(shape) == 1:
         return torch.tensor(0, dtype=torch.float)
-    return torch.sum(1 - torch.sum(gwr * gws, dim=-1) / (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1)
-                                                          + 0.000001))
+    return torch.sum(1 - torch.sum(gwr * gws, dim=-1) / (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1) + 0.000001))
 
 
 def reference_match_loss(gw_syn, gw_real, metric):
@@ -171,9 +170,16 @@ def tiny_convnet(k=3, norm="instance", seed=0):
         return nn.GroupNorm(c, c, affine=True) if norm == "instance" else nn.BatchNorm2d(c)
 
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nrm(4), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(4, 4, 3, padding=1), nrm(4), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(16, k),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nrm(4),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nrm(4),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, k),
     )
     return net.double()
 
@@ -194,8 +200,11 @@ def reference_dc_loss(net, real, rl, syn, sl, k, metric="ours"):
 
 def dc_data(k=3, nr=5, ns=2, counts=None, seed=1):
     g = torch.Generator().manual_seed(seed)
-    rl = torch.cat([torch.full((c,), i) for i, c in enumerate(counts)]) if counts else \
-        torch.arange(k).repeat_interleave(nr)
+    rl = (
+        torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+        if counts
+        else torch.arange(k).repeat_interleave(nr)
+    )
     rl = rl[torch.randperm(rl.numel(), generator=g)]  # unsorted labels
     sl = torch.arange(k).repeat_interleave(ns)
     real = torch.randn(rl.numel(), 1, 8, 8, generator=g, dtype=torch.float64)

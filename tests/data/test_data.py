@@ -105,12 +105,12 @@ def test_missing_fashion_mnist_names_apt_get(tmp_path, monkeypatch):
 
 
 def test_other_datasets_need_root_and_name_download(tmp_path):
-    with pytest.raises(PtmddError, match="data.root"):
+    with pytest.raises(PtmddError, match=r"data\.root"):
         load_split("cifar10", None, True)
-    with pytest.raises(PtmddError, match="data.download: true") as e:
+    with pytest.raises(PtmddError, match=r"data\.download: true") as e:
         load_split("mnist", tmp_path, True)
     assert "data.root" in str(e.value)
-    with pytest.raises(PtmddError, match="data.download: true"):
+    with pytest.raises(PtmddError, match=r"data\.download: true"):
         load_split("cifar100", tmp_path, False)
 
 
@@ -264,7 +264,7 @@ def test_sample_real(fake_data):
         assert ids[y == k].unique().numel() == 5  # without replacement
     x2, _ = dm.sample_real(5, torch.Generator().manual_seed(0))
     assert torch.equal(x, x2)
-    x6, y6 = dm.sample_real(6)  # the whole smallest class
+    x6, _y6 = dm.sample_real(6)  # the whole smallest class
     assert _decode(dm, x6)[1][:6].sort().values.tolist() == sorted(dm.real_by_class(0).tolist())
     with pytest.raises(PtmddError, match="1 to 6"):
         dm.sample_real(7)
@@ -371,9 +371,17 @@ def test_stream_under_lightning_trainer(fake_data):
 
     dm = DistillDataModule(batch_real=2, seed=9)
     model = Recorder()
-    trainer = pl.Trainer(max_steps=5, limit_train_batches=2, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_steps=5,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, datamodule=dm)
     ref = dm.balanced_stream(rank=0)
     assert [s for s, _, _ in model.seen] == [0, 1, 2, 3, 4]
@@ -384,8 +392,10 @@ def test_stream_under_lightning_trainer(fake_data):
 
 
 # --------------------------------------------------------------------------------------------- real data
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_real_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("PTMDD_DATA", str(tmp_path))
     dm = DistillDataModule(batch_real=256)

@@ -8,12 +8,19 @@ from lightning import Callback, Trainer
 
 from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path
 from ptmdd_lightning.data import DistillDataModule, RealDataModule
+from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.modules import Classifier, Distiller
 
 
 def _trainer(**kwargs):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False)
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     return Trainer(**{**defaults, **kwargs})
 
 
@@ -27,8 +34,9 @@ def pool_root(tmp_path, fake_fashion_root):
         torch.manual_seed(seed)
         data = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=64)
         model = Classifier(arch="ConvNetW32", num_classes=10, channels=1, image_size=(28, 28), recipe=PTMRecipe())
-        _trainer(max_epochs=1, limit_val_batches=0,
-                 callbacks=[PTMCheckpoint(epochs=[1], pool_root=str(root), seed=seed)]).fit(model, data)
+        _trainer(
+            max_epochs=1, limit_val_batches=0, callbacks=[PTMCheckpoint(epochs=[1], pool_root=str(root), seed=seed)]
+        ).fit(model, data)
     return root
 
 
@@ -46,10 +54,12 @@ class _GradProbe(Callback):
 def test_step_changes_only_the_synthetic_images_and_ptms_stay_frozen(fake_fashion_root, pool_root, sampling):
     dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
     group = PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1, alpha=1.0)
-    model = Distiller(ipc=2, method="dm", net_arch="ConvNetW32", ptms=[group], pool_root=str(pool_root),
-                      ptm_sampling=sampling)
-    on_disk = [torch.load(member_path(pool_root, "fashion_mnist", "ConvNetW32", s, 1), weights_only=False)
-               for s in (0, 1)]
+    model = Distiller(
+        ipc=2, method="dm", net_arch="ConvNetW32", ptms=[group], pool_root=str(pool_root), ptm_sampling=sampling
+    )
+    on_disk = [
+        torch.load(member_path(pool_root, "fashion_mnist", "ConvNetW32", s, 1), weights_only=False) for s in (0, 1)
+    ]
     probe = _GradProbe()
     init = {}
 
@@ -106,3 +116,46 @@ def test_same_seed_same_synthetic_set(fake_fashion_root, monkeypatch):
         _trainer(max_steps=3).fit(model, datamodule=dm)
         results.append(model.synthetic.images.detach().clone())
     assert torch.equal(results[0], results[1])
+
+
+# ------------------------------------------------------------------ one algorithm per class
+def test_distiller_selects_the_algorithms_class_and_refuses_dc_arguments_for_dm():
+    from ptmdd_lightning.modules import DMDistiller, GradientMatchingDistiller
+
+    dm = Distiller(ipc=1, method="dm", net_arch="ConvNetW32")
+    assert type(dm) is DMDistiller and dm.method == "dm" and dm.lr_img == 1.0 and "method" not in dm.hparams
+    dc = Distiller(ipc=1, method="dc", net_arch="ConvNetW32")
+    assert type(dc) is GradientMatchingDistiller and dc.dsa_strategy is None and dc.lr_img == 0.1
+    assert not dc.automatic_optimization  # the outer step and its inner loop are one training_step
+    assert GradientMatchingDistiller(ipc=10).dsa_strategy is not None  # DSA by default
+    with pytest.raises(PtmddError, match=r"outer_loop only apply to DC/DSA.*DMDistiller"):
+        Distiller(ipc=1, method="dm", outer_loop=3)
+    with pytest.raises(PtmddError, match="runs method 'dc' or 'dsa', not 'dm'"):
+        GradientMatchingDistiller(method="dm")
+    with pytest.raises(PtmddError, match="unknown method 'dx'"):
+        Distiller(method="dx")
+
+
+@pytest.mark.parametrize("method", ["dm", "dc"])
+def test_an_older_distiller_config_gives_the_same_synthetic_set_as_the_algorithms_class(
+    tmp_path, monkeypatch, fake_fashion_root, method
+):
+    import yaml
+
+    from ptmdd_lightning.main import main
+    from tests.test_resume import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    old = tiny_config(tmp_path / "old.yaml", fake_fashion_root, method, max_steps=3)
+    cfg = yaml.safe_load(old.read_text())
+    cfg["model"]["class_path"] = (
+        "ptmdd_lightning.modules.DMDistiller" if method == "dm" else "ptmdd_lightning.modules.GradientMatchingDistiller"
+    )
+    if method == "dm":
+        cfg["model"]["init_args"].pop("method")
+    cfg["trainer"]["logger"]["init_args"]["name"] = "new"
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(cfg))
+    a = main(["fit", "--config", str(old), "--trainer.precision", "32-true"]).model.synthetic.images.detach()
+    b = main(["fit", "--config", str(new), "--trainer.precision", "32-true"]).model.synthetic.images.detach()
+    assert torch.equal(a, b)

@@ -224,8 +224,17 @@ def test_an_export_holding_nan_is_refused(tmp_path, monkeypatch, capsys, fake_fa
     path = atomic_save(_export(images, 1), tmp_path / "synthetic_set.pt")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["test", "--config", EVALUATE, "--model.init_args.path", str(path), "--data.init_args.root",
-              str(fake_fashion_root)])
+        main(
+            [
+                "test",
+                "--config",
+                EVALUATE,
+                "--model.init_args.path",
+                str(path),
+                "--data.init_args.root",
+                str(fake_fashion_root),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "1 non-finite pixel values" in capsys.readouterr().err
     assert not list(tmp_path.glob("lightning_logs/evaluate/*/results.json"))

@@ -137,9 +137,7 @@ def test_convnet_padding3_and_avgpool_by_hand():
         conv.weight.zero_()
         conv.weight[0, 0, 1, 1] = 1.0
         conv.bias.zero_()
-    img = torch.tensor(
-        [[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0], [0.0, 1.0, 2.0, 3.0], [4.0, -5.0, 6.0, 7.0]]
-    )
+    img = torch.tensor([[1.0, -2.0, 3.0, 4.0], [5.0, 6.0, -7.0, 8.0], [0.0, 1.0, 2.0, 3.0], [4.0, -5.0, 6.0, 7.0]])
     padded = F.pad(img.clamp(min=0), (2, 2, 2, 2))
     expected = padded.view(4, 2, 4, 2).mean(dim=(1, 3)).flatten()
     # e.g. the top-left window holds only zeros of the padding; the second row's window (rows 2-3, cols 2-3)
@@ -156,7 +154,7 @@ def test_names_are_case_insensitive_and_sizes_can_be_ints():
 
 
 def test_unknown_names_and_bad_arguments_raise_ptmdd_error():
-    with pytest.raises(PtmddError, match="ConvNetD4.*ResNet18BN_AP"):
+    with pytest.raises(PtmddError, match=r"ConvNetD4.*ResNet18BN_AP"):
         build_net("ResNet50", 3, 10, (32, 32))
     with pytest.raises(PtmddError, match="positive integer"):
         build_net("ConvNet", 0, 10, (32, 32))
@@ -254,8 +252,7 @@ def test_bf16_autocast_works_and_tracks_fp32(name):
 # every ConvNet variant, and one of each other family (the BN/IN twins share their code paths)
 @pytest.mark.parametrize(
     "name",
-    [n for n in NAMES if n.startswith("ConvNet")]
-    + ["AlexNetBN", "VGG11", "ResNet18", "ResNet18BN_AP", "LeNet", "MLP"],
+    [n for n in NAMES if n.startswith("ConvNet")] + ["AlexNetBN", "VGG11", "ResNet18", "ResNet18BN_AP", "LeNet", "MLP"],
 )
 def test_channels_last_inputs_give_the_same_outputs(name):
     torch.manual_seed(0)
@@ -274,9 +271,7 @@ _VMAP_NETS = {
     "ConvNet": lambda: build_net("ConvNet", 1, 10, (28, 28)),
     "ConvNetBN": lambda: build_net("ConvNetBN", 1, 10, (28, 28)),
     # the ResNet18BN_AP blocks (in-place residual add, avg-pool downsampling, BN), 1 block per stage: fast
-    "ResNetBN_AP-1111": lambda: ResNet(
-        1, 10, (16, 16), "batchnorm", avgpool_downsample=True, num_blocks=(1,) * 4
-    ),
+    "ResNetBN_AP-1111": lambda: ResNet(1, 10, (16, 16), "batchnorm", avgpool_downsample=True, num_blocks=(1,) * 4),
 }
 
 

@@ -39,8 +39,9 @@ def state() -> dict[str, Any]:
     }
 
 
-def make_forward(net: nn.Module, backend: str, *, total_steps: int | None = None,
-                 compile: bool | None = None) -> FastNet | None:
+def make_forward(
+    net: nn.Module, backend: str, *, total_steps: int | None = None, compile: bool | None = None
+) -> FastNet | None:
     """The forward of ``net`` through this backend, or ``None`` where it does not apply (then the module runs).
 
     Args:

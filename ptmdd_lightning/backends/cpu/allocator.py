@@ -39,7 +39,11 @@ def keep_freed_memory() -> bool:
         whether both settings were applied.
     """
     if not sys.platform.startswith("linux") or os.environ.get("PTMDD_MALLOC_TUNE", "1").strip().lower() in (
-            "0", "off", "false", "no"):
+        "0",
+        "off",
+        "false",
+        "no",
+    ):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -76,9 +76,9 @@ __all__ = [
     "compile_choice",
     "convnet_class_grads",
     "convnet_features_cl",
+    "convnet_kernels_ok",
     "convnet_supported",
     "first_block_kernel",
-    "convnet_kernels_ok",
 ]
 
 #: images per chunk on the CPU kernel path (no large temporaries left to bound; larger batches suit the
@@ -102,7 +102,7 @@ def can_compile() -> bool:
         return False
     try:
         import torch._dynamo  # noqa: F401
-    except Exception:  # pragma: no cover - broken installs
+    except Exception:  # noqa: BLE001  # pragma: no cover - a broken install fails in many ways
         return False
     return True
 
@@ -131,8 +131,7 @@ def convnet_supported(net: nn.Module) -> bool:
     if not isinstance(net, ConvNet) or net.norm not in ("instancenorm", "none"):
         return False
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
-    return all(c.groups == 1 and c.stride == (1, 1) and c.dilation == (1, 1) and c.kernel_size == (3, 3)
-               for c in convs)
+    return all(c.groups == 1 and c.stride == (1, 1) and c.dilation == (1, 1) and c.kernel_size == (3, 3) for c in convs)
 
 
 def _blocks(net: ConvNet) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
@@ -166,8 +165,9 @@ def _at_least_f32(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
-                        pool: str, eps: float) -> Tensor:
+def convnet_features_cl(
+    x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str, eps: float
+) -> Tensor:
     """The feature map of a ConvNet, channels-last: ``(N, C, H, W) -> (N, h, w, width)``.
 
     Exactly the blocks of :class:`ConvNet` (DC/DSA/DM ``networks.py``): conv3x3 (with bias) -> instance norm
@@ -226,15 +226,17 @@ def convnet_features_cl(x: Tensor, params: Sequence[Tensor], paddings: Sequence[
     return h.contiguous()
 
 
-def _convnet_embed(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str,
-                   eps: float) -> Tensor:
+def _convnet_embed(
+    x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str, eps: float
+) -> Tensor:
     """``ConvNet.embed``: the channels-last features flattened in NCHW order ``(N, width * h * w)``."""
     f = convnet_features_cl(x, params, paddings, norm, act, pool, eps)
     return f.permute(0, 3, 1, 2).flatten(1)
 
 
-def _convnet_forward(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str,
-                     eps: float) -> Tensor:
+def _convnet_forward(
+    x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str, pool: str, eps: float
+) -> Tensor:
     """``ConvNet.forward``: logits ``(N, K)`` = classifier(embed)."""
     e = _convnet_embed(x, params[:-2], paddings, norm, act, pool, eps)
     return F.linear(e, params[-2], params[-1])
@@ -266,8 +268,7 @@ def _autocast_bf16() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, pad: int,
-                       eps: float) -> Tensor:
+def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, pad: int, eps: float) -> Tensor:
     """The first ConvNet block (conv3x3 -> instance norm -> ReLU -> 2x2 average pooling) through the CPU kernel.
 
     With ``k = C_in * 9`` patch values ``c_p`` per position ``p`` (``cols``, im2col), the conv is ``z_p = W c_p + b``
@@ -330,7 +331,7 @@ def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int
     """
     h = first_block_kernel(x, *params[:4], paddings[0], eps)
     for b, pad in enumerate(paddings[1:], start=1):
-        w, bias, gamma, beta = params[4 * b: 4 * b + 4]
+        w, bias, gamma, beta = params[4 * b : 4 * b + 4]
         if cpu_kernels.conv3x3_shapes_ok(h, w, bias, pad) and cpu_kernels.amx_available():
             record_fast_path("amx")
             z = cpu_kernels.channels_last_conv3x3(h, w, bias)  # weight gradient on AMX (conv3x3_weight_grad)
@@ -350,8 +351,16 @@ def _convnet_forward_kernel(x: Tensor, params: Sequence[Tensor], paddings: Seque
     return F.linear(_convnet_embed_kernel(x, params[:-2], paddings, eps), params[-2], params[-1])
 
 
-def convnet_class_grads(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], norm: str, act: str,
-                        pool: str, eps: float, num_classes: int) -> list[Tensor]:
+def convnet_class_grads(
+    x: Tensor,
+    params: Sequence[Tensor],
+    paddings: Sequence[int],
+    norm: str,
+    act: str,
+    pool: str,
+    eps: float,
+    num_classes: int,
+) -> list[Tensor]:
     """Per-class gradients of the mean cross-entropy of a ConvNet, for every parameter, differentiable w.r.t. ``x``.
 
     For class ``k``: ``d/dtheta CE_mean(net_theta(x[k*B:(k+1)*B]), k)`` -- what DC's ``main.py`` computes with one
@@ -424,8 +433,9 @@ class FastNet(EagerForward):
     module's (autocast respected).
     """
 
-    def __init__(self, net: nn.Module, compile: bool | None = None, chunk: int | None = None,
-                 kernels: bool | None = None) -> None:
+    def __init__(
+        self, net: nn.Module, compile: bool | None = None, chunk: int | None = None, kernels: bool | None = None
+    ) -> None:
         super().__init__(net, chunk)
         dev = next(net.parameters()).device
         supported = convnet_supported(net)
@@ -433,8 +443,11 @@ class FastNet(EagerForward):
             compile = supported and dev.type == "cpu" and can_compile()
         self.compiled = bool(compile) and supported
         # ConvNet-3 through the hand-written CPU kernels (backends/cpu/kernels.py) where they apply
-        self.kernels = kernels is not False and dev.type == "cpu" and convnet_kernels_ok(
-            net, tuple(getattr(net, "image_size", (0, 0))))
+        self.kernels = (
+            kernels is not False
+            and dev.type == "cpu"
+            and convnet_kernels_ok(net, tuple(getattr(net, "image_size", (0, 0))))
+        )
         if self.compiled or self.kernels:
             blocks = _blocks(net)  # type: ignore[arg-type]
             self._paddings = tuple(int(c.padding[0]) for c, _ in blocks)
@@ -446,8 +459,13 @@ class FastNet(EagerForward):
         net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
         side). Not for image-gradient calls (DM's and DC's synthetic side), which stay on the compiled tensor
         formulation (docs/speed.md, levers 12, 14 and 19)."""
-        return (self.kernels and not x.requires_grad and x.device.type == "cpu"
-                and x.dtype != torch.float64 and (not torch.is_autocast_enabled("cpu") or _autocast_bf16()))
+        return (
+            self.kernels
+            and not x.requires_grad
+            and x.device.type == "cpu"
+            and x.dtype != torch.float64
+            and (not torch.is_autocast_enabled("cpu") or _autocast_bf16())
+        )
 
     def _run(self, kind: str, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         kernel = self._use_kernel(x)
@@ -465,8 +483,9 @@ class FastNet(EagerForward):
                     record_fast_path("compile")
                     with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                         fn = _compiled(kind)
-                        outs = [fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps)
-                                for p in parts]
+                        outs = [
+                            fn(p, flat, self._paddings, self._norm, self._act, self._pool, self._eps) for p in parts
+                        ]
                 return outs[0] if len(outs) == 1 else torch.cat(outs)
             except Exception as e:  # noqa: BLE001 - any compiler/kernel failure: fall back to the module
                 self._give_up(e, "the CPU kernels" if kernel else "torch.compile")
@@ -526,7 +545,10 @@ class FastNet(EagerForward):
         self.kernels = False
         if "compile" not in _WARNED:
             _WARNED.add("compile")
-            warnings.warn(f"ptmdd: {what} on the fast ConvNet path failed ({type(error).__name__}: "
-                          f"{str(error)[:300]}); using the eager module instead.", stacklevel=4)
+            warnings.warn(
+                f"ptmdd: {what} on the fast ConvNet path failed ({type(error).__name__}: "
+                f"{str(error)[:300]}); using the eager module instead.",
+                stacklevel=4,
+            )
 
     __call__ = forward

@@ -47,7 +47,6 @@ then cached).
 Pure torch; never imports Lightning.
 """
 
-
 from __future__ import annotations
 
 import functools
@@ -127,24 +126,34 @@ def status() -> KernelStatus:
     if sys.platform.startswith("win"):
         return KernelStatus(False, "not built on Windows")
     source = SOURCE.read_text()
-    key = hashlib.sha256("\0".join([source, " ".join(_CFLAGS + _LDFLAGS), _cpu_signature(),
-                                    torch.__version__]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join([source, " ".join(_CFLAGS + _LDFLAGS), _cpu_signature(), torch.__version__]).encode()
+    ).hexdigest()[:16]
     build = _cache_dir() / key
     try:
         from torch.utils import cpp_extension
 
         build.mkdir(parents=True, exist_ok=True)
         # cpp_extension locks the build folder, so concurrent ranks/processes build once and load the same file
-        path = cpp_extension.load(name="ptmdd_cpu_kernels", sources=[str(SOURCE)], extra_cflags=_CFLAGS,
-                                  extra_ldflags=_LDFLAGS, build_directory=str(build), is_python_module=False,
-                                  verbose=False)
+        path = cpp_extension.load(
+            name="ptmdd_cpu_kernels",
+            sources=[str(SOURCE)],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
         _register_python_side()
     except Exception as e:  # noqa: BLE001 - any build/load failure: the callers use the other paths
         detail = " ".join(str(e).split())  # one line: the compiler's last words are the useful ones
         reason = f"build or load failed: {type(e).__name__}: {detail[-300:]}"
-        warnings.warn(f"ptmdd: the CPU kernels for ConvNet-3 could not be built or loaded ({reason}); using the "
-                      "compiled tensor formulation or the module instead (slower). Install the `cpu` extra "
-                      "(ninja) and a C++ compiler, or set PTMDD_CPU_KERNELS=0 to silence this.", stacklevel=3)
+        warnings.warn(
+            f"ptmdd: the CPU kernels for ConvNet-3 could not be built or loaded ({reason}); using the "
+            "compiled tensor formulation or the module instead (slower). Install the `cpu` extra "
+            "(ninja) and a C++ compiler, or set PTMDD_CPU_KERNELS=0 to silence this.",
+            stacklevel=3,
+        )
         return KernelStatus(False, reason)
     return KernelStatus(True, None, str(path))
 
@@ -207,8 +216,9 @@ def _register_python_side() -> None:
 
     def inrp_backward(ctx, gout, _gmean, _grstd):
         z, gamma, beta, mean, rstd = ctx.saved_tensors
-        dz, dgamma, dbeta = ops.instance_norm_relu_pool_backward(z, gamma, beta, mean, rstd,
-                                                                 gout.to(z.dtype).contiguous())
+        dz, dgamma, dbeta = ops.instance_norm_relu_pool_backward(
+            z, gamma, beta, mean, rstd, gout.to(z.dtype).contiguous()
+        )
         return dz, dgamma.sum(0), dbeta.sum(0), None
 
     torch.library.register_autograd("ptmdd::instance_norm_relu_pool", inrp_backward, setup_context=inrp_setup)
@@ -222,17 +232,27 @@ def _require() -> None:
 
 def _check(cols: Tensor, a: Tensor, b: Tensor) -> tuple[int, int, int, int, int]:
     if cols.dim() != 4 or a.dim() != 3:
-        raise ValueError(f"pooled_relu_affine needs cols (N, H, W, K) and A (N, K, C); got {tuple(cols.shape)}, "
-                         f"{tuple(a.shape)}")
+        raise ValueError(
+            f"pooled_relu_affine needs cols (N, H, W, K) and A (N, K, C); got {tuple(cols.shape)}, {tuple(a.shape)}"
+        )
     n, h, w, k = cols.shape
     c = a.shape[-1]
-    if (cols.device.type != "cpu" or cols.dtype != torch.float32 or a.shape != (n, k, c) or b.shape != (n, c)
-            or h % 2 or w % 2 or c % 16 or k > 64):
-        raise ValueError(f"pooled_relu_affine needs float32 CPU cols (N, H, W, K) with even H, W and K <= 64, A (N, K, "
-                         f"C) with C a multiple of 16, B (N, C); got {tuple(cols.shape)} {cols.dtype} {cols.device}, "
-                         f"{tuple(a.shape)}, {tuple(b.shape)}")
+    if (
+        cols.device.type != "cpu"
+        or cols.dtype != torch.float32
+        or a.shape != (n, k, c)
+        or b.shape != (n, c)
+        or h % 2
+        or w % 2
+        or c % 16
+        or k > 64
+    ):
+        raise ValueError(
+            f"pooled_relu_affine needs float32 CPU cols (N, H, W, K) with even H, W and K <= 64, A (N, K, "
+            f"C) with C a multiple of 16, B (N, C); got {tuple(cols.shape)} {cols.dtype} {cols.device}, "
+            f"{tuple(a.shape)}, {tuple(b.shape)}"
+        )
     return n, k, c, h, w
-
 
 
 def pooled_relu_affine(cols: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
@@ -265,15 +285,23 @@ def pooled_relu_affine(cols: Tensor, a: Tensor, b: Tensor, out_dtype: torch.dtyp
 
 
 def _check_maps(z: Tensor, gamma: Tensor, beta: Tensor) -> tuple[int, int, int, int]:
-    if (z.dim() != 4 or z.device.type != "cpu" or z.dtype not in (torch.float32, torch.bfloat16) or z.shape[-1] % 16
-            or gamma.shape != (z.shape[-1],) or beta.shape != (z.shape[-1],) or z.shape[1] < 2 or z.shape[2] < 2):
-        raise ValueError(f"instance_norm_relu_pool needs float32/bfloat16 CPU maps (N, H, W, C) with H, W >= 2 and C a "
-                         f"multiple of 16, gamma and beta (C,); got {tuple(z.shape)} {z.dtype} {z.device}, "
-                         f"{tuple(gamma.shape)}, {tuple(beta.shape)}")
+    if (
+        z.dim() != 4
+        or z.device.type != "cpu"
+        or z.dtype not in (torch.float32, torch.bfloat16)
+        or z.shape[-1] % 16
+        or gamma.shape != (z.shape[-1],)
+        or beta.shape != (z.shape[-1],)
+        or z.shape[1] < 2
+        or z.shape[2] < 2
+    ):
+        raise ValueError(
+            f"instance_norm_relu_pool needs float32/bfloat16 CPU maps (N, H, W, C) with H, W >= 2 and C a "
+            f"multiple of 16, gamma and beta (C,); got {tuple(z.shape)} {z.dtype} {z.device}, "
+            f"{tuple(gamma.shape)}, {tuple(beta.shape)}"
+        )
     n, h, w, c = z.shape
     return n, h, w, c
-
-
 
 
 def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
@@ -302,8 +330,9 @@ def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) 
     _require()
     z = z.contiguous()
     _check_maps(z, gamma, beta)
-    out, _mean, _rstd = torch.ops.ptmdd.instance_norm_relu_pool(z, gamma.float().contiguous(),
-                                                                 beta.float().contiguous(), float(eps))
+    out, _mean, _rstd = torch.ops.ptmdd.instance_norm_relu_pool(
+        z, gamma.float().contiguous(), beta.float().contiguous(), float(eps)
+    )
     return out
 
 
@@ -339,16 +368,29 @@ def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: other shapes, dtypes or devices. RuntimeError: AMX is not :func:`amx_available`.
     """
-    if (x.dim() != 4 or gout.dim() != 4 or x.shape[:3] != gout.shape[:3] or x.dtype != torch.bfloat16
-            or gout.dtype != torch.bfloat16 or x.device.type != "cpu" or gout.device.type != "cpu"
-            or x.shape[-1] % 32 or gout.shape[-1] % 32 or x.shape[-1] > 1024 or gout.shape[-1] > 1024
-            or min(x.shape) < 1):
-        raise ValueError(f"conv3x3_weight_grad needs bfloat16 CPU maps x (N, H, W, Ci) and gout (N, H, W, Co) with Ci "
-                         f"and Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype} {x.device}, "
-                         f"{tuple(gout.shape)} {gout.dtype} {gout.device}")
+    if (
+        x.dim() != 4
+        or gout.dim() != 4
+        or x.shape[:3] != gout.shape[:3]
+        or x.dtype != torch.bfloat16
+        or gout.dtype != torch.bfloat16
+        or x.device.type != "cpu"
+        or gout.device.type != "cpu"
+        or x.shape[-1] % 32
+        or gout.shape[-1] % 32
+        or x.shape[-1] > 1024
+        or gout.shape[-1] > 1024
+        or min(x.shape) < 1
+    ):
+        raise ValueError(
+            f"conv3x3_weight_grad needs bfloat16 CPU maps x (N, H, W, Ci) and gout (N, H, W, Co) with Ci "
+            f"and Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype} {x.device}, "
+            f"{tuple(gout.shape)} {gout.dtype} {gout.device}"
+        )
     if not amx_available():
-        raise RuntimeError("conv3x3_weight_grad needs AMX (amx_available() is False); use "
-                           "torch.ops.aten.convolution_backward instead")
+        raise RuntimeError(
+            "conv3x3_weight_grad needs AMX (amx_available() is False); use torch.ops.aten.convolution_backward instead"
+        )
     return torch.ops.ptmdd.conv3x3_weight_grad(x.contiguous(), gout.contiguous())
 
 
@@ -359,9 +401,17 @@ def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1)
     if x.dim() != 4 or weight.dim() != 4 or min(x.shape) < 1:
         return False
     co, ci = weight.shape[0], x.shape[-1]
-    return (padding == 1 and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-            and tuple(weight.shape) == (co, ci, 3, 3) and tuple(bias.shape) == (co,)
-            and ci % 32 == 0 and co % 32 == 0 and ci <= 1024 and co <= 1024)
+    return (
+        padding == 1
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and tuple(weight.shape) == (co, ci, 3, 3)
+        and tuple(bias.shape) == (co,)
+        and ci % 32 == 0
+        and co % 32 == 0
+        and ci <= 1024
+        and co <= 1024
+    )
 
 
 class ChannelsLastConv3x3(torch.autograd.Function):
@@ -384,8 +434,18 @@ class ChannelsLastConv3x3(torch.autograd.Function):
         gx = dw = db = None
         if ctx.needs_input_grad[0]:
             gx = torch.ops.aten.convolution_backward(
-                gout.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), wb, [wb.shape[0]], [1, 1], [1, 1], [1, 1], False,
-                [0, 0], 1, [True, False, False])[0].permute(0, 2, 3, 1)
+                gout.permute(0, 3, 1, 2),
+                x.permute(0, 3, 1, 2),
+                wb,
+                [wb.shape[0]],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [True, False, False],
+            )[0].permute(0, 2, 3, 1)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dw, db = conv3x3_weight_grad(x, gout)
             dw, db = dw.to(ctx.param_dtypes[0]), db.to(ctx.param_dtypes[1])
@@ -411,9 +471,11 @@ def channels_last_conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ValueError: shapes or dtypes :func:`conv3x3_weight_grad` does not take. RuntimeError: no AMX.
     """
     if not conv3x3_shapes_ok(x, weight, bias):
-        raise ValueError(f"channels_last_conv3x3 needs bfloat16 CPU maps (N, H, W, Ci), weight (Co, Ci, 3, 3) and bias "
-                         f"(Co,) with Ci, Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype}, "
-                         f"{tuple(weight.shape)}, {tuple(bias.shape)}")
+        raise ValueError(
+            f"channels_last_conv3x3 needs bfloat16 CPU maps (N, H, W, Ci), weight (Co, Ci, 3, 3) and bias "
+            f"(Co,) with Ci, Co multiples of 32 (at most 1024); got {tuple(x.shape)} {x.dtype}, "
+            f"{tuple(weight.shape)}, {tuple(bias.shape)}"
+        )
     if not amx_available():
         raise RuntimeError("channels_last_conv3x3 needs AMX (amx_available() is False)")
     return ChannelsLastConv3x3.apply(x, weight, bias)

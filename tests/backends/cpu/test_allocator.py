@@ -7,17 +7,24 @@ import sys
 
 import pytest
 
-_PROBE = ("import ctypes, sys\n"
-          "from ptmdd_lightning.backends.cpu.allocator import keep_freed_memory\n"
-          "print(keep_freed_memory())\n")
+_PROBE = (
+    "import ctypes, sys\n"
+    "from ptmdd_lightning.backends.cpu.allocator import keep_freed_memory\n"
+    "print(keep_freed_memory())\n"
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_applies_on_glibc_and_obeys_the_opt_out():
     env_on = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True)
     assert env_on.stdout.strip() == "True"
-    off = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
-                         env={"PTMDD_MALLOC_TUNE": "0", "PATH": ""})
+    off = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PTMDD_MALLOC_TUNE": "0", "PATH": ""},
+    )
     assert off.stdout.strip() == "False"
 
 
@@ -41,8 +48,9 @@ print(allocator.keep_freed_memory.cache_info().currsize, backend_record()["cpu"]
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_importing_and_building_nets_change_no_process_state_until_a_run_opts_in():
     env = {"PTMDD_CPU_KERNELS": "0", "PATH": ""}  # the allocator only: no kernel build in this probe
-    out = subprocess.run([sys.executable, "-c", _NO_SIDE_EFFECT], capture_output=True, text=True, check=True,
-                         env=env).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_SIDE_EFFECT], capture_output=True, text=True, check=True, env=env
+    ).stdout.split("\n")
     assert out[0] == "0 False"  # imports, a net, a forward and a module: mallopt never called
     assert out[1] == "1 True"  # the explicit opt-in applies it and the run's record says so
 
@@ -66,9 +74,14 @@ def test_a_failed_kernel_build_runs_the_module_and_the_record_says_why(tmp_path)
     """No compiler (CXX points to a missing program, an empty cache): the module runs, results.json says why."""
     import os
 
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "PTMDD_CACHE": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", _NO_BUILD], capture_output=True, text=True,
-                          env=env, check=True)
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "PTMDD_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _NO_BUILD], capture_output=True, text=True, env=env, check=True
+    )
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("False ['cpu_kernels'] ['eager'] False build or load failed"), proc.stdout + proc.stderr

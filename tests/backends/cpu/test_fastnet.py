@@ -22,8 +22,17 @@ from ptmdd_lightning.core.objectives import dc_loss
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.nets import build_net, reinit_
 
-SUPPORTED = ["ConvNet", "ConvNetD1", "ConvNetD2", "ConvNetW32", "ConvNetNN", "ConvNetAS", "ConvNetAL", "ConvNetMP",
-             "ConvNetNP"]
+SUPPORTED = [
+    "ConvNet",
+    "ConvNetD1",
+    "ConvNetD2",
+    "ConvNetW32",
+    "ConvNetNN",
+    "ConvNetAS",
+    "ConvNetAL",
+    "ConvNetMP",
+    "ConvNetNP",
+]
 
 
 def _functional(net, x, kind="embed"):
@@ -55,9 +64,15 @@ def test_channels_last_formulation_equals_the_module_in_fp32(name, shape):
     assert emb.shape == (5, net.feature_dim) and logits.shape == (5, 10)
     torch.testing.assert_close(emb, net.embed(x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits, net(x), rtol=1e-4, atol=1e-5)
-    assert convnet_features_cl(x, _flat_params(net)[:-2], [3 if shape[0] == 1 else 1] + [1] * (net.depth - 1),
-                               net.norm, net.act, net.pool, 1e-5).shape == (5, *net.feature_shape[1:],
-                                                                            net.feature_shape[0])
+    assert convnet_features_cl(
+        x,
+        _flat_params(net)[:-2],
+        [3 if shape[0] == 1 else 1] + [1] * (net.depth - 1),
+        net.norm,
+        net.act,
+        net.pool,
+        1e-5,
+    ).shape == (5, *net.feature_shape[1:], net.feature_shape[0])
 
 
 def test_gradients_equal_the_module_for_a_smooth_net():
@@ -131,8 +146,12 @@ def test_params_override_is_functional_call():
     x = torch.randn(3, 1, 28, 28)
     ref = torch.func.functional_call(net, other, (x,))
     torch.testing.assert_close(FastNet(net, compile=False, kernels=False).forward(x, other), ref)
-    torch.testing.assert_close(_convnet_forward(x, _flat_params(net, other), (3,), "instancenorm", "relu",
-                                                "avgpool", 1e-5), ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        _convnet_forward(x, _flat_params(net, other), (3,), "instancenorm", "relu", "avgpool", 1e-5),
+        ref,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_compile_choice(monkeypatch):
@@ -148,8 +167,9 @@ def test_compile_choice(monkeypatch):
     assert not FastNet(net, compile=False).compiled
 
 
-def _dc_loss_plain_and_fast(net, k, real_per_class, syn_per_class, fast, synthetic_side=True, dtype=torch.float32,
-                            **loss_kwargs):
+def _dc_loss_plain_and_fast(
+    net, k, real_per_class, syn_per_class, fast, synthetic_side=True, dtype=torch.float32, **loss_kwargs
+):
     """``dc_loss`` and its gradient w.r.t. the synthetic images, plain and through ``fast`` (its forward on the real
     side and, with ``synthetic_side``, its ``class_grads`` on the synthetic side), on random 28x28 images."""
     real = torch.randn(k * real_per_class, 1, 28, 28, dtype=dtype)
@@ -229,8 +249,12 @@ def test_per_class_gradients_refuse_unsorted_or_unequal_classes():
     x = torch.randn(6, 1, 28, 28)
     assert fast.class_grads(x, torch.tensor([0, 1, 0, 1, 2, 2]), 3) is None
     assert fast.class_grads(x[:5], torch.tensor([0, 0, 1, 1, 2]), 3) is None
-    assert FastNet(build_net("ConvNetBN", 1, 3, (28, 28)), compile=False).class_grads(
-        x, torch.arange(3).repeat_interleave(2), 3) is None
+    assert (
+        FastNet(build_net("ConvNetBN", 1, 3, (28, 28)), compile=False).class_grads(
+            x, torch.arange(3).repeat_interleave(2), 3
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize("metric", ["ours", "mse", "cos"])

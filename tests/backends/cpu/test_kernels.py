@@ -66,8 +66,9 @@ def test_pooled_relu_affine_refuses_bad_shapes():
     with pytest.raises(ValueError, match="multiple of 16"):
         cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 9), torch.randn(1, 9, 12), torch.randn(1, 12))
     with pytest.raises(ValueError, match="float32"):
-        cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 9, dtype=torch.float64), torch.randn(1, 9, 16),
-                                       torch.randn(1, 16))
+        cpu_kernels.pooled_relu_affine(
+            torch.randn(1, 4, 4, 9, dtype=torch.float64), torch.randn(1, 9, 16), torch.randn(1, 16)
+        )
     with pytest.raises(ValueError, match="K <= 64"):
         cpu_kernels.pooled_relu_affine(torch.randn(1, 4, 4, 65), torch.randn(1, 65, 16), torch.randn(1, 16))
 
@@ -116,8 +117,9 @@ def test_instance_norm_relu_pool_refuses_bad_shapes():
     with pytest.raises(ValueError, match="H, W >= 2"):
         cpu_kernels.instance_norm_relu_pool(torch.randn(1, 1, 4, 16), torch.ones(16), torch.zeros(16), 1e-5)
     with pytest.raises(ValueError, match="float32/bfloat16"):
-        cpu_kernels.instance_norm_relu_pool(torch.randn(1, 4, 4, 16, dtype=torch.float64), torch.ones(16),
-                                            torch.zeros(16), 1e-5)
+        cpu_kernels.instance_norm_relu_pool(
+            torch.randn(1, 4, 4, 16, dtype=torch.float64), torch.ones(16), torch.zeros(16), 1e-5
+        )
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, (28, 28)), (3, (32, 32))])
@@ -169,8 +171,9 @@ def test_fast_net_trains_through_the_kernels_like_the_module():
         torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5 * scale)
     # functional parameters (DC's real side passes detached copies) go through the kernels too
     other = {n: p.detach() * 1.5 for n, p in net.named_parameters()}
-    torch.testing.assert_close(fast.forward(x, other), torch.func.functional_call(net, other, (x,)), rtol=1e-4,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        fast.forward(x, other), torch.func.functional_call(net, other, (x,)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_fast_net_kernels_under_bf16_autocast_match_the_module():
@@ -213,14 +216,25 @@ def _conv_grads_f64(x, g):
     """Weight and bias gradients of ``conv2d(x, w, b, padding=1)`` in float64 (x, g channels last)."""
     co, ci = g.shape[-1], x.shape[-1]
     _, dw, db = torch.ops.aten.convolution_backward(
-        g.permute(0, 3, 1, 2).double(), x.permute(0, 3, 1, 2).double(), torch.zeros(co, ci, 3, 3, dtype=torch.float64),
-        [co], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, True])
+        g.permute(0, 3, 1, 2).double(),
+        x.permute(0, 3, 1, 2).double(),
+        torch.zeros(co, ci, 3, 3, dtype=torch.float64),
+        [co],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [False, True, True],
+    )
     return dw, db
 
 
 @pytest.mark.usefixtures("needs_amx")
-@pytest.mark.parametrize("shape", [(5, 8, 8, 32, 64), (3, 7, 5, 64, 32), (1, 1, 1, 32, 32), (2, 3, 17, 96, 32),
-                                   (5, 14, 14, 32, 32)])
+@pytest.mark.parametrize(
+    "shape", [(5, 8, 8, 32, 64), (3, 7, 5, 64, 32), (1, 1, 1, 32, 32), (2, 3, 17, 96, 32), (5, 14, 14, 32, 32)]
+)
 def test_conv3x3_weight_grad_equals_the_float64_gradient(shape):
     # even and odd maps, a single pixel (only the centre tap sees it), a wide thin map, and a grid of 1140
     # positions: three chunks of 512 whose boundaries fall inside images (each chunk reads its neighbour's last
@@ -260,8 +274,18 @@ def test_channels_last_conv3x3_is_the_bf16_conv_with_float32_weight_gradients():
     g = torch.randn_like(z)
     gx, gw, gb = torch.autograd.grad(z, (x, w, b), g)
     want_x = torch.ops.aten.convolution_backward(
-        g.permute(0, 3, 1, 2), x.detach().permute(0, 3, 1, 2), w.detach().bfloat16(), [64], [1, 1], [1, 1], [1, 1],
-        False, [0, 0], 1, [True, False, False])[0]
+        g.permute(0, 3, 1, 2),
+        x.detach().permute(0, 3, 1, 2),
+        w.detach().bfloat16(),
+        [64],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [True, False, False],
+    )[0]
     assert torch.equal(gx, want_x.permute(0, 2, 3, 1))
     want_w, want_b = _conv_grads_f64(x.detach(), g)
     assert gw.dtype == torch.float32 and gb.dtype == torch.float32
@@ -271,8 +295,9 @@ def test_channels_last_conv3x3_is_the_bf16_conv_with_float32_weight_gradients():
     (gw2,) = torch.autograd.grad(cpu_kernels.channels_last_conv3x3(x.detach(), w, b), (w,), g)
     torch.testing.assert_close(gw2, gw)
     with pytest.raises(ValueError, match="multiples of 32"):
-        cpu_kernels.channels_last_conv3x3(torch.randn(1, 4, 4, 16).bfloat16(), torch.randn(32, 16, 3, 3),
-                                          torch.randn(32))
+        cpu_kernels.channels_last_conv3x3(
+            torch.randn(1, 4, 4, 16).bfloat16(), torch.randn(32, 16, 3, 3), torch.randn(32)
+        )
 
 
 def test_conv3x3_shapes_ok_is_what_the_weight_gradient_takes():
@@ -332,8 +357,9 @@ def test_pooled_relu_affine_op_passes_opcheck():
     b = torch.randn(2, 16, generator=gen, requires_grad=True)
     for bf16_out in (False, True):
         torch.library.opcheck(torch.ops.ptmdd.pooled_relu_affine.default, (cols, a, b, bf16_out, True))
-    torch.library.opcheck(torch.ops.ptmdd.pooled_relu_affine.default,
-                          (cols.detach(), a.detach(), b.detach(), False, False))
+    torch.library.opcheck(
+        torch.ops.ptmdd.pooled_relu_affine.default, (cols.detach(), a.detach(), b.detach(), False, False)
+    )
 
 
 def test_instance_norm_relu_pool_op_passes_opcheck():

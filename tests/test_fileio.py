@@ -65,7 +65,7 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path, kind):
     else:
         torch.save({"state_dict": {}, "x": Payload(marker)}, path, _use_new_zipfile_serialization=False)
         load = lambda: check_checkpoint_file(path)  # noqa: E731
-    with pytest.raises(PtmddError, match="does not unpickle|convert"):
+    with pytest.raises(PtmddError, match=r"does not unpickle|convert"):
         load()
     assert not marker.exists()  # the payload never ran
 
@@ -81,7 +81,7 @@ def test_flipped_bytes_fail_the_crc_check(tmp_path, kind):
         load = lambda: load_synthetic_set(path)  # noqa: E731
     load()  # intact: loads
     _flip(path)
-    with pytest.raises(PtmddError, match="CRC|corrupted"):
+    with pytest.raises(PtmddError, match=r"CRC|corrupted"):
         load()
 
 
@@ -96,8 +96,12 @@ def test_new_exports_load_safely_and_old_ones_convert_in_one_line(tmp_path):
         load_synthetic_set(old)
     command = str(info.value).rsplit(": ", 1)[1]
     assert command == f"python -m ptmdd_lightning.fileio convert {old}"
-    proc = subprocess.run([sys.executable, "-m", "ptmdd_lightning.fileio", "convert", str(old)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptmdd_lightning.fileio", "convert", str(old)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 0, proc.stderr
     assert load_synthetic_set(old)["config"]["ptms"] == [{"arch": "ConvNet", "alpha": 1.0}]
     assert (tmp_path / "old.pt.bak").is_file()

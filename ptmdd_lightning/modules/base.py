@@ -1,4 +1,6 @@
-"""Distiller: learns the synthetic set with DC / DSA / DM plus PTM guidance (CLoM / CCLoM).
+"""DistillerBase: what every distillation algorithm shares (synthetic set, PTM pool, CLoM/CCLoM guidance, seeding,
+checkpoints, export). The algorithms are its subclasses, one per class: :class:`~ptmdd_lightning.modules.dm.DMDistiller`
+and :class:`~ptmdd_lightning.modules.gradient_matching.GradientMatchingDistiller` (DC and DSA).
 
 Sources:
 - DC: Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021 (Alg. 1).
@@ -9,7 +11,7 @@ Sources:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 import random
 from typing import Any, Literal
@@ -18,18 +20,14 @@ import torch
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from ptmdd_lightning.core.augment import dsa_augment, siamese_augment
+from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
-from ptmdd_lightning.core.objectives import dc_loss, dc_outer_inner, dm_loss
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 
-#: The DSA paper's default strategy; digit datasets drop ``flip`` (a flipped digit is another digit).
-DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-DIGIT_DATASETS = ("mnist", "svhn")
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
 
@@ -43,40 +41,32 @@ def mix_seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def has_batchnorm(net: nn.Module) -> bool:
-    """Whether ``net`` holds BatchNorm layers (their statistics need the DC treatment)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
-class Distiller(LightningModule):
+class DistillerBase(LightningModule):
     """Optimise ``K * IPC`` synthetic images against a base DD objective plus frozen-PTM guidance.
 
     One training step takes a class-balanced real batch ``(K * batch_real, C, H, W)`` (from
     :class:`ptmdd_lightning.data.DistillDataModule`) and:
 
     1. reseeds the RNG from ``(seed, rank, step)`` so every step is reproducible and a resumed run continues exactly;
-    2. augments real and synthetic images with DSA, one parameter set per class shared by both (``dsa``/``dm``);
-    3. computes the base loss: DM (embedding means of a freshly initialised ``net_arch``) or DC/DSA (per-class
-       gradient matching on a net that is re-sampled every ``outer_loop`` steps and trained on the synthetic set for
-       ``inner_loop`` epochs in between);
+    2. augments real and synthetic images with DSA, one parameter set per class shared by both (DSA and DM);
+    3. computes the base loss of the subclass (:meth:`base_loss`): DM (embedding means of a freshly initialised
+       ``net_arch``) or DC/DSA (per-class gradient matching);
     4. adds ``sum alpha * CLoM`` / ``alpha * CCLoM`` of the PTM member(s) drawn for this step;
     5. backpropagates into the synthetic images only (SGD, momentum 0.5). PTMs are frozen and in eval mode.
+
+    Not instantiated itself: a config names a subclass (``class_path: ptmdd_lightning.modules.DMDistiller`` or
+    ``...GradientMatchingDistiller``); ``ptmdd_lightning.modules.Distiller`` with ``method`` still selects one.
 
     Args:
         num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
             DataModule (``classes`` is its class subset, ``None`` for all classes); never set them in YAML.
         ipc: images per class (>= 1).
-        method: ``"dm"``, ``"dc"`` or ``"dsa"`` (DC + differentiable siamese augmentation).
-        dsa_strategy: DSA strategy for ``dsa``/``dm``; ``None`` = the DSA default (without ``flip`` for digits);
-            ``"none"`` turns augmentation off.
+        dsa_strategy: DSA strategy (DSA and DM; DC never augments); ``None`` = the DSA default (without ``flip``
+            for digits); ``"none"`` turns augmentation off.
         init: ``"real"`` (random real images per class) or ``"noise"`` (standard normal).
-        lr_img: learning rate of the images; ``None`` = reference default (DC/DSA 0.1, DM 1.0).
+        lr_img: learning rate of the images; ``None`` = the subclass's reference default (DC/DSA 0.1, DM 1.0).
         momentum_img: SGD momentum of the images (0.5 in DC/DSA/DM).
         net_arch: the randomly initialised net of the base objective (``ConvNet`` = ConvNet-3).
-        lr_net: DC/DSA inner-loop learning rate of the net (0.01).
-        outer_loop, inner_loop: DC/DSA loop lengths; ``None`` = the DC code's schedule for this IPC.
-        batch_train: DC/DSA batch size when the net trains on the synthetic set (256).
-        dc_metric: DC gradient distance: ``"ours"`` (per-output-row cosine, 1-D params skipped), ``"mse"``, ``"cos"``.
         ptms: the PTM pool, one :class:`PTMGroup` per architecture (alpha, N_m, epoch, loss, source).
         ptm_sampling: ``"random"`` (one member per step, as the paper) or ``"all"`` (every member, weight
             alpha/|pool|).
@@ -103,8 +93,8 @@ class Distiller(LightningModule):
             ``PTMDD_BACKEND`` overrides it; ``results.json`` records what ran (``machine.backend``).
 
     Raises:
-        PtmddError: bad settings (ipc < 1, unknown method, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at
-            construction time, i.e. when the CLI instantiates the config.
+        PtmddError: bad settings (ipc < 1, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at construction
+            time, i.e. when the CLI instantiates the config.
     """
 
     def __init__(
@@ -118,17 +108,11 @@ class Distiller(LightningModule):
         class_names: list[str] | None = None,
         classes: list[int] | None = None,
         ipc: int = 10,
-        method: Literal["dm", "dc", "dsa"] = "dm",
         dsa_strategy: str | None = None,
         init: Literal["real", "noise"] = "real",
         lr_img: float | None = None,
         momentum_img: float = 0.5,
         net_arch: str = "ConvNet",
-        lr_net: float = 0.01,
-        outer_loop: int | None = None,
-        inner_loop: int | None = None,
-        batch_train: int = 256,
-        dc_metric: Literal["ours", "mse", "cos"] = "ours",
         ptms: list[PTMGroup] | None = None,
         ptm_sampling: Literal["random", "all"] = "random",
         pool_root: str = "ptm_pool",
@@ -142,22 +126,22 @@ class Distiller(LightningModule):
     ) -> None:
         super().__init__()
 
-        if method not in ("dm", "dc", "dsa"):
-            raise PtmddError(f"unknown method {method!r}; choose one of 'dm', 'dc', 'dsa'.")
         resolve_backend(backend)  # an unknown name fails here, before anything runs
         if init not in ("real", "noise"):
             raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
         if ptm_sampling not in ("random", "all"):
             raise PtmddError(f"unknown ptm_sampling {ptm_sampling!r}; choose 'random' or 'all'.")
         if cclom_batch_real < 1 or cclom_batch_size < 1:
-            raise PtmddError(f"cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch), got "
-                             f"{cclom_batch_real} and {cclom_batch_size}.")
+            raise PtmddError(
+                f"cclom_batch_real and cclom_batch_size must be >= 1 (CCLoM needs a real batch), got "
+                f"{cclom_batch_real} and {cclom_batch_size}."
+            )
         if cclom_real not in ("uniform", "batch"):
             raise PtmddError(f"unknown cclom_real {cclom_real!r}; choose 'uniform' (the authors') or 'batch'.")
         if guidance_view not in ("raw", "augmented"):
             raise PtmddError(f"unknown guidance_view {guidance_view!r}; choose 'raw' (the authors') or 'augmented'.")
-        if batch_train < 1 or lr_net <= 0 or (lr_img is not None and lr_img <= 0):
-            raise PtmddError("batch_train must be >= 1 and lr_net, lr_img > 0.")
+        if lr_img is not None and lr_img <= 0:
+            raise PtmddError(f"lr_img must be > 0, got {lr_img}.")
         ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
         if isinstance(ptm_recipe, dict):
             ptm_recipe = PTMRecipe(**ptm_recipe)
@@ -167,27 +151,24 @@ class Distiller(LightningModule):
         for group in ptms:
             group.validate()
             if group.epoch > self.ptm_recipe.epochs:
-                raise PtmddError(f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the "
-                                 f"{self.ptm_recipe.epochs} epochs of ptm_recipe {self.ptm_recipe.name!r}; lower "
-                                 "the epoch or use a longer recipe.")
+                raise PtmddError(
+                    f"PTM group {group.arch} asks for epoch {group.epoch}, beyond the "
+                    f"{self.ptm_recipe.epochs} epochs of ptm_recipe {self.ptm_recipe.name!r}; lower "
+                    "the epoch or use a longer recipe."
+                )
             build_net(group.arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
             if group.loss == "clom" and group.source not in (None, target):
                 raise PtmddError(
                     f"CLoM needs PTMs of the target label space ({target}), but the {group.arch} group uses source "
-                    f"{group.source}; use loss: cclom for PTMs of another dataset or class split.")
+                    f"{group.source}; use loss: cclom for PTMs of another dataset or class split."
+                )
         build_net(net_arch, channels, num_classes, tuple(image_size))
         self.save_hyperparameters()
         self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
-        if dsa_strategy is None:
-            dsa_strategy = DEFAULT_DSA_STRATEGY
-            if dataset_name.split("-")[0] in DIGIT_DATASETS:
-                dsa_strategy = dsa_strategy.replace("_flip", "")
-        self.dsa_strategy = None if method == "dc" or dsa_strategy.lower() == "none" else dsa_strategy
-        self.lr_img = DEFAULT_LR_IMG[method] if lr_img is None else lr_img
-        if method in ("dc", "dsa"):
-            default_outer, default_inner = dc_outer_inner(ipc)
-            self.outer_loop = outer_loop or default_outer
-            self.inner_loop = default_inner if inner_loop is None else inner_loop
+        if dsa_strategy is None:  # the DSA readme's strategy; digits drop flip (a flipped digit is another digit)
+            dsa_strategy = dsa_strategy_for(dataset_name.split("-")[0])
+        self.dsa_strategy = None if dsa_strategy.lower() == "none" else dsa_strategy
+        self.lr_img = DEFAULT_LR_IMG[self.method] if lr_img is None else lr_img
         self.ptm_groups = ptms
         # Unregistered on purpose: the random net and the frozen pool are not part of the learnable state, must not be
         # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
@@ -203,18 +184,28 @@ class Distiller(LightningModule):
             if self.hparams.init == "real":
                 dm = self.trainer.datamodule if self.trainer is not None else None
                 if dm is None or not hasattr(dm, "sample_real"):
-                    raise PtmddError("init: real needs a DistillDataModule (data.class_path: "
-                                     "ptmdd_lightning.data.DistillDataModule).")
+                    raise PtmddError(
+                        "init: real needs a DistillDataModule (data.class_path: "
+                        "ptmdd_lightning.data.DistillDataModule)."
+                    )
                 self.synthetic.init_real(dm.sample_real, gen)
             else:
                 self.synthetic.init_noise(gen)
         if self.ptm_groups and self._aux["pool"] is None:
             dm = self.trainer.datamodule if self._trainer is not None else None
             target = pool_key(self.hparams.dataset_name, self.hparams.classes)
-            self._aux["pool"] = PTMPool(self.ptm_groups, self.hparams.pool_root, target, self.hparams.num_classes,
-                                        tuple(self.hparams.mean), tuple(self.hparams.std),
-                                        channels=self.hparams.channels, image_size=tuple(self.hparams.image_size),
-                                        data_root=getattr(dm, "root", None), recipe=self.ptm_recipe)
+            self._aux["pool"] = PTMPool(
+                self.ptm_groups,
+                self.hparams.pool_root,
+                target,
+                self.hparams.num_classes,
+                tuple(self.hparams.mean),
+                tuple(self.hparams.std),
+                channels=self.hparams.channels,
+                image_size=tuple(self.hparams.image_size),
+                data_root=getattr(dm, "root", None),
+                recipe=self.ptm_recipe,
+            )
 
     @property
     def pool(self) -> PTMPool | None:
@@ -265,7 +256,26 @@ class Distiller(LightningModule):
         torch.manual_seed(seed)
         return random.Random(seed)
 
+    @property
+    def method(self) -> str:
+        """The base objective: ``"dm"``, ``"dc"`` or ``"dsa"`` (set by the subclass)."""
+        raise NotImplementedError
+
+    def base_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
+        """The base objective of this step (a scalar), to be defined by the subclass.
+
+        Args:
+            real_raw: the step's real batch ``(K * batch_real, C, H, W)`` before augmentation.
+            real, syn: the real and synthetic images in the step's (DSA) view, ``(N, C, H, W)``.
+            real_labels, syn_labels: ``(N,)`` int64 labels, class-sorted.
+        """
+        raise NotImplementedError
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self.objective(batch)
+
+    def objective(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The step's loss: :meth:`base_loss` plus the PTM guidance, logged; refuses a non-finite loss."""
         real, real_labels = batch
         rng = self._step_rng()
         syn, syn_labels = self.synthetic.images, self.synthetic.labels
@@ -275,15 +285,17 @@ class Distiller(LightningModule):
             real_v, syn_v = real, syn
         real_v, syn_v = self._view(real_v), self._view(syn_v)
 
-        if self.hparams.method == "dm":
-            base = self._dm_loss(real_v, real_labels, syn_v, syn_labels)
-        else:
-            base = self._dc_loss(real, real_v, real_labels, syn_v, syn_labels)
-        self.log(f"train/loss_{self.hparams.method}", base, prog_bar=True)
+        base = self.base_loss(real, real_v, real_labels, syn_v, syn_labels)
+        self.log(f"train/loss_{self.method}", base, prog_bar=True)
         loss = base
         augmented = self.hparams.guidance_view == "augmented"
-        for name, value in self._guidance(real_v if augmented else self._view(real), real_labels,
-                                          syn_v if augmented else self._view(syn), syn_labels, rng).items():
+        for name, value in self._guidance(
+            real_v if augmented else self._view(real),
+            real_labels,
+            syn_v if augmented else self._view(syn),
+            syn_labels,
+            rng,
+        ).items():
             self.log(f"train/loss_{name}", value, prog_bar=True)
             loss = loss + value
         self.log("train/loss", loss)
@@ -307,46 +319,12 @@ class Distiller(LightningModule):
         raise PtmddError(
             f"distillation diverged at step {self.global_step}: {what}. The synthetic images were not updated with "
             f"it, and the checkpoints so far hold finite images. Lower lr_img (now {self.lr_img}) or the PTM alpha "
-            f"({alphas}), then start again (or resume with --ckpt_path last and the smaller value).")
+            f"({alphas}), then start again (or resume with --ckpt_path last and the smaller value)."
+        )
 
-    def _dm_loss(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DM (Zhao & Bilen 2023, Eq. 4): class-wise embedding-mean matching on a fresh random net."""
-        net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
-        fast = self._fast(net)  # same function as net.embed, faster (the backend; nets/forward.py)
-        with torch.no_grad():
-            emb_real = fast.embed(real)
-        emb_syn = fast.embed(syn)
-        return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.hparams.num_classes)
-
-    def _dc_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net."""
-        net_index, outer_step = divmod(self.global_step, self.outer_loop)
-        if self._aux["net_index"] != net_index or self._aux["net"] is None:
-            # a new random net every outer loop; rank-independent so DDP ranks train the same net
-            net = self._fresh_net(mix_seed(self._seed, net_index, 0xDC), trainable=True)
-            self._aux["net_index"] = net_index
-            self._aux["net_opt"] = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
-        net = self._aux["net"]
-        if has_batchnorm(net):
-            # DC code: BN statistics from real data (16 per class), then frozen for the matching passes
-            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :16]
-            net.train()
-            with torch.no_grad():
-                net(self._view(per_class.flatten(0, 1)))
-            for m in net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
-        # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
-        # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).
-        fast = self._fast(net)
-        loss = dc_loss(net, real, real_labels, syn, syn_labels, self.hparams.num_classes, metric=self.hparams.dc_metric,
-                       batched=None, forward=fast.forward, syn_class_grads=fast.class_grads if fast.compiled else None)
-        net.train()
-        return loss
-
-    def _guidance(self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor,
-                  rng: random.Random) -> dict[str, Tensor]:
+    def _guidance(
+        self, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor, rng: random.Random
+    ) -> dict[str, Tensor]:
         """alpha-weighted CLoM / CCLoM of the PTMs picked for this step (Lu et al. 2023, Eq. 2-3)."""
         pool = self.pool
         if pool is None or not len(pool):
@@ -380,8 +358,10 @@ class Distiller(LightningModule):
             return per_class[:, :n].flatten(0, 1), real_labels.view(k, -1)[:, :n].flatten()
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or getattr(dm, "train_images", None) is None:
-            raise PtmddError("cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
-                             "use cclom_real: batch without one.")
+            raise PtmddError(
+                "cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
+                "use cclom_real: batch without one."
+            )
         gen = torch.Generator().manual_seed(rng.getrandbits(63))
         idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
         images = dm.train_images.index_select(0, idx).to(self.device, non_blocking=True)
@@ -390,76 +370,22 @@ class Distiller(LightningModule):
             images = dsa_augment(images, self.dsa_strategy, siamese=False, generator=gen)
         return self._view(images), labels
 
-    # ------------------------------------------------------------------ DC inner loop
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """DC/DSA: train the current net on the synthetic set for ``inner_loop`` epochs between outer steps."""
-        if self.hparams.method == "dm":
-            return
-        if self.global_step % self.outer_loop == 0:  # the net was just re-sampled for the next outer loop
-            return
-        self._train_net_on_synthetic()
-
-    def _train_net_on_synthetic(self) -> None:
-        net, opt = self._aux["net"], self._aux["net_opt"]
-        images = self.synthetic.images.detach()
-        labels = self.synthetic.labels
-        gen = torch.Generator().manual_seed(mix_seed(self._seed, self.global_step, 0x1A))
-        # rank-independent: every DDP rank must train the same DC net (the DSA draws below use the global RNG)
-        torch.manual_seed(mix_seed(self._seed, self.global_step, 0x1B))
-        ctx = self.trainer.precision_plugin.train_step_context() if self.trainer else contextlib.nullcontext()
-        net.train()
-        fast = self._fast(net)  # net's forward, faster (the backend; nets/forward.py)
-        with ctx:
-            for _ in range(self.inner_loop):
-                order = torch.randperm(images.shape[0], generator=gen).to(images.device)
-                for start in range(0, images.shape[0], self.hparams.batch_train):
-                    idx = order[start:start + self.hparams.batch_train]
-                    x = images[idx]
-                    if self.dsa_strategy is not None:
-                        x = dsa_augment(x, self.dsa_strategy, siamese=False)
-                    loss = nn.functional.cross_entropy(fast(self._view(x)), labels[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Make a checkpoint that a resumed run continues bit for bit.
+        """Make a checkpoint that a resumed run continues bit for bit (subclasses add their own state).
 
-        - ``hyper_parameters["ptms"]`` as plain dicts: LightningCLI re-reads a checkpoint's hyper-parameters
-          with ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
-        - DC/DSA: ``checkpoint["dc_net"]`` = the outer-loop net's ``state_dict``, its SGD state and its index.
-          ModelCheckpoint saves in its ``on_train_batch_end``, which Lightning calls BEFORE this module's
-          ``on_train_batch_end`` (the inner loop that trains the net on the synthetic set). Such a checkpoint
-          (``batch_progress.processed > completed``) gets ``inner_loop_pending`` and the global RNG state(s)
-          of that moment; :meth:`on_train_start` of the resumed run runs that inner loop first. A SIGTERM
-          checkpoint is written after the whole step, its inner loop included.
+        ``hyper_parameters["ptms"]`` are stored as plain dicts: LightningCLI re-reads a checkpoint's
+        hyper-parameters with ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
         """
-        import dataclasses
-
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("ptms"):
-            checkpoint["hyper_parameters"] = {**hp, "ptms": [
-                dataclasses.asdict(g) if dataclasses.is_dataclass(g) else dict(g) for g in hp["ptms"]]}
-        if self.hparams.method != "dm" and self._aux["net"] is not None:
-            state = {
-                "index": self._aux["net_index"],
-                "state_dict": {k: v.detach().cpu().clone() for k, v in self._aux["net"].state_dict().items()},
-                "optimizer": self._aux["net_opt"].state_dict(),
-                "inner_loop_pending": False,
+            checkpoint["hyper_parameters"] = {
+                **hp,
+                "ptms": [dataclasses.asdict(g) if dataclasses.is_dataclass(g) else dict(g) for g in hp["ptms"]],
             }
-            trainer = self._trainer
-            if trainer is not None and self.global_step % self.outer_loop != 0:
-                progress = trainer.fit_loop.epoch_loop.batch_progress.current
-                if progress.processed > progress.completed:  # our on_train_batch_end is still to run
-                    state["inner_loop_pending"] = True
-                    state["rng_cpu"] = torch.get_rng_state()
-                    if self.device.type == "cuda":
-                        state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-            checkpoint["dc_net"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint's synthetic set fits this model; restore the DC outer-loop net.
+        """Check that the checkpoint's synthetic set fits this model.
 
         Raises:
             PtmddError: the checkpoint's synthetic images have another shape ``(K * IPC, C, H, W)``.
@@ -472,45 +398,13 @@ class Distiller(LightningModule):
                 f"{hp.get('dataset_name')}, ipc {hp.get('ipc')}) but this run makes "
                 f"{tuple(self.synthetic.images.shape)} (dataset {self.hparams.dataset_name}, ipc "
                 f"{self.hparams.ipc}); resume with the config of that run, or start a new run without "
-                "--ckpt_path.")
-        state = checkpoint.get("dc_net")
-        if state is None or self.hparams.method == "dm":
-            return
-
-        hp = self.hparams
-        net = build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size))
-        net.load_state_dict(state["state_dict"])
-        self._aux["net"] = net
-        self._aux["net_index"] = state["index"]
-        self._aux["pending_opt_state"] = state["optimizer"]
-        if state.get("inner_loop_pending"):
-            self._aux["pending_inner_loop"] = (state["rng_cpu"], state.get("rng_cuda"))
+                "--ckpt_path."
+            )
 
     def on_fit_start(self) -> None:
-        """Place the DC net (restored or not) and the PTM pool on this device."""
-        net = self._aux["net"]
-        if net is not None:
-            self._place(net)
-            opt = torch.optim.SGD(net.parameters(), lr=self.hparams.lr_net)
-            if "pending_opt_state" in self._aux:
-                opt.load_state_dict(self._aux.pop("pending_opt_state"))
-            self._aux["net_opt"] = opt
+        """Place the PTM pool on this device."""
         if self.pool is not None:
             self._place(self.pool)
-
-    def on_train_start(self) -> None:
-        """Resume: run the DC inner loop of the restored step if the checkpoint was written before it.
-
-        Here, not in :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop)
-        after ``on_fit_start`` and before ``on_train_start``.
-        """
-        pending = self._aux.pop("pending_inner_loop", None)
-        if pending is not None and self._aux["net"] is not None:
-            rng_cpu, rng_cuda = pending
-            torch.set_rng_state(rng_cpu)
-            if rng_cuda is not None and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng_cuda, self.device)
-            self._train_net_on_synthetic()
 
     def on_train_end(self) -> None:
         """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`, with
@@ -520,7 +414,9 @@ class Distiller(LightningModule):
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict[str, Any]:
-        """The synthetic set and its metadata (see :meth:`SyntheticSet.export`)."""
+        """The synthetic set and its metadata (see :meth:`SyntheticSet.export`); ``config`` holds the
+        hyper-parameters and ``method``."""
         hp = self.hparams
-        return self.synthetic.export(tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names,
-                                     config=dict(hp))
+        return self.synthetic.export(
+            tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names, config={**dict(hp), "method": self.method}
+        )

@@ -29,8 +29,9 @@ def test_help_lists_the_subcommands(capsys):
 
 
 def test_python_dash_m_works():
-    proc = subprocess.run([sys.executable, "-m", "ptmdd_lightning", "fit", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptmdd_lightning", "fit", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--model" in proc.stdout and "--data" in proc.stdout
 
@@ -38,8 +39,13 @@ def test_python_dash_m_works():
 @pytest.mark.parametrize("config", CONFIGS, ids=_ids)
 def test_every_config_instantiates(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = PtmddCLI(subclass_mode_model=True, subclass_mode_data=True, seed_everything_default=0, run=False,
-                   args=["--config", str(config)])
+    cli = PtmddCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        run=False,
+        args=["--config", str(config)],
+    )
     data, model = cli.datamodule, cli.model
     assert model.hparams.num_classes == data.num_classes  # linked, not duplicated
     assert tuple(model.hparams.image_size) == tuple(data.image_size)
@@ -51,8 +57,13 @@ def test_every_config_instantiates(config, tmp_path, monkeypatch):
 
 def test_an_explicit_precision_is_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = PtmddCLI(subclass_mode_model=True, subclass_mode_data=True, seed_everything_default=0, run=False,
-                   args=["--config", str(REPO / "configs" / "quickstart.yaml"), "--trainer.precision", "bf16-true"])
+    cli = PtmddCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        run=False,
+        args=["--config", str(REPO / "configs" / "quickstart.yaml"), "--trainer.precision", "bf16-true"],
+    )
     assert cli.trainer.precision == "bf16-true"
 
 
@@ -72,7 +83,7 @@ def test_user_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
 
 def test_a_bad_option_value_prints_the_error_first_and_no_usage_screen(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    err = _quickstart_fails(capsys, "--model.init_args.method", "dmx")
+    err = _quickstart_fails(capsys, "--model.init_args.init", "dmx")
     assert err.startswith("ptmdd: error:") and "usage:" not in err
     lines = err.splitlines()
     assert len(lines) <= 15 and any("Got value: dmx" in line for line in lines)

@@ -1,1 +1,0 @@
-"""ptmdd: dataset distillation guided by pre-trained models, on PyTorch Lightning."""

@@ -1,1 +1,0 @@
-"""Pure-torch DD core: synthetic set, DSA, objectives (DC/DM), PTM guidance (CLoM/CCLoM), evaluation."""
