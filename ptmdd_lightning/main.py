@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import sys
+import warnings
 import zipfile
 from copy import deepcopy
 from pathlib import Path
@@ -492,6 +493,9 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
     to resume.
     """
     GuardedSaveConfig.created = None
+    # GradientMatchingDistiller's training_step is a whole DC/DSA step (manual optimisation): a checkpoint after
+    # it is the intended state, which Lightning's ModelCheckpoint warns about for manual optimisation in general
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
     try:
         cli = PtmddCLI(
             subclass_mode_model=True,
