@@ -407,8 +407,9 @@ class DistillerBase(LightningModule):
             self._place(self.pool)
 
     def on_train_end(self) -> None:
-        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`, with
-        ``backend``) in the run's ``hparams.yaml``, beside the config's ``backend``."""
+        """Log the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) as
+        hyper-parameters of the logger (TensorBoard's hparams). Not in ``hparams.yaml``, which TensorBoardLogger
+        writes once, before training; ``results.json`` carries the same record."""
         if self.logger is not None:
             self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
 

@@ -114,8 +114,9 @@ class Classifier(LightningModule):
         self.log("test/acc", self.test_acc)
 
     def on_train_end(self) -> None:
-        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) in the
-        run's ``hparams.yaml``."""
+        """Log the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) as
+        hyper-parameters of the logger (TensorBoard's hparams). Not in ``hparams.yaml``, which TensorBoardLogger
+        writes once, before training; ``results.json`` carries the same record."""
         if self.logger is not None:
             self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
 
