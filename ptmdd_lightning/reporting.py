@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning import Trainer
+from torch import Tensor
 
+from ptmdd_lightning.core.evaluate import summarize
 from ptmdd_lightning.fileio import atomic_write_text
 
-__all__ = ["format_table", "run_dir", "write_results"]
+__all__ = ["format_table", "result_row", "run_dir", "write_results"]
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -42,6 +44,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['step']} | {r['arch']} | {r['set']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {r['n']} |"
         )
     return "\n".join(lines)
+
+
+def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
+    """One row of a results table: ``accs`` (``(n,)`` test accuracies, fractions in [0, 1]) of ``n`` models of
+    ``arch`` trained on the ``which`` set (``"synthetic"`` / ``"random_real"``) at ``step``, with their mean and std
+    (:func:`ptmdd_lightning.core.evaluate.summarize`) and the wall ``seconds`` it took."""
+    s = summarize(accs)
+    return {
+        "step": step,
+        "arch": arch,
+        "set": which,
+        "mean": float(s["mean"]),
+        "std": float(s["std"]),
+        "n": int(s["n"]),
+        "accs": [float(a) for a in accs],
+        "seconds": round(seconds, 2),
+    }
 
 
 def write_results(

@@ -18,11 +18,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
-from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
-from ptmdd_lightning.reporting import format_table, run_dir, write_results
+from ptmdd_lightning.reporting import format_table, result_row, run_dir, write_results
 
 
 class SyntheticSetEvaluation(EndOfTrainingWork):
@@ -171,17 +171,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     @staticmethod
     def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
-        s = summarize(accs)
-        return {
-            "step": step,
-            "arch": arch,
-            "set": which,
-            "mean": float(s["mean"]),
-            "std": float(s["std"]),
-            "n": int(s["n"]),
-            "accs": [float(a) for a in accs],
-            "seconds": round(seconds, 2),
-        }
+        return result_row(step, arch, which, accs, seconds)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
         dm = trainer.datamodule

@@ -25,13 +25,13 @@ from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, summarize, train_and_test
+from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.progress import EvaluationProgress
-from ptmdd_lightning.reporting import format_table, run_dir, write_results
+from ptmdd_lightning.reporting import format_table, result_row, run_dir, write_results
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -268,18 +268,7 @@ class SyntheticSetEvaluator(LightningModule):
         return auto_precision(self.device) if precision == "auto" else precision
 
     def _row(self, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
-        s = summarize(accs)
-        step = int(self.export_blob.get("global_step", 0) or 0)
-        return {
-            "step": step,
-            "arch": arch,
-            "set": which,
-            "mean": float(s["mean"]),
-            "std": float(s["std"]),
-            "n": int(s["n"]),
-            "accs": [float(a) for a in accs],
-            "seconds": round(seconds, 2),
-        }
+        return result_row(int(self.export_blob.get("global_step", 0) or 0), arch, which, accs, seconds)
 
     def evaluate(self) -> list[dict[str, Any]]:
         """Train and test every architecture on the synthetic set and the random-real baseline; return rows.
