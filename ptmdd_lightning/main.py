@@ -180,6 +180,7 @@ class PtmddCLI(LightningCLI):
         for callback in getattr(self.trainer, "callbacks", []):
             if isinstance(callback, GuardedSaveConfig):
                 callback.resuming = "trainer.logger" in getattr(self, "_user_values", {})
+                callback.resume_file = config.get("ckpt_path")
                 callback.allow_overwrite = bool(config.get("overwrite"))
         for key, value in getattr(self, "_user_values", {}).items():
             config[key] = value
@@ -194,7 +195,8 @@ class GuardedSaveConfig(SaveConfigCallback):
     """LightningCLI's config saver that never writes into another run's folder, and cleans up a failed start.
 
     A run writes into its log folder only when that folder holds none of :data:`RUN_FILES`, when it resumes
-    that folder (``--ckpt_path last``), or with ``--overwrite``; otherwise it raises a
+    that folder (``--ckpt_path last``, or ``--ckpt_path`` of a checkpoint inside it with the logger's version
+    pinned to it, as ``ptmdd-sweep`` resumes a run), or with ``--overwrite``; otherwise it raises a
     :class:`~ptmdd_lightning.errors.PtmddError` before writing anything (all ranks). The folder it creates is
     remembered in :attr:`created` so that :func:`main` can remove it when the run fails before it wrote a
     checkpoint or a result (:func:`remove_failed_start`).
@@ -202,6 +204,8 @@ class GuardedSaveConfig(SaveConfigCallback):
 
     resuming = False
     allow_overwrite = False
+    #: the run's ``--ckpt_path`` file (resolved); one inside the logger's folder resumes that folder in place
+    resume_file: str | None = None
     #: the logger's version folder that the latest setup in this process began to fill (``None``: none)
     created: Path | None = None
 
@@ -211,7 +215,9 @@ class GuardedSaveConfig(SaveConfigCallback):
         log_dir = Path(trainer.log_dir)  # a collective call: every rank
         taken = sorted(n for n in RUN_FILES if (log_dir / n).exists()) if trainer.is_global_zero else []
         taken = trainer.strategy.broadcast(taken)
-        if taken and not (self.resuming or self.allow_overwrite):
+        # a checkpoint of this very folder, with the logger pinned to it, continues the run in place
+        in_place = self.resume_file is not None and Path(self.resume_file).resolve().is_relative_to(log_dir.resolve())
+        if taken and not (self.resuming or in_place or self.allow_overwrite):
             raise PtmddError(
                 f"{log_dir} already holds another run ({', '.join(taken)}); this run would overwrite it. Let the "
                 "logger pick a new version folder (leave trainer.logger.init_args.version unset), choose another "

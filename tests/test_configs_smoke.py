@@ -25,7 +25,8 @@ import yaml
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.main import PtmddCLI, main
-from ptmdd_lightning.sweep import expand, load_sweep, point_config, set_dotted
+from ptmdd_lightning.studies.configs import point_config, set_dotted, with_logger
+from ptmdd_lightning.studies.spec import expand, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / "configs"
@@ -154,7 +155,7 @@ def test_sweep_expands_into_valid_configs(sweep, tmp_path, cli_parser):
         item for p in points for item in p.labels.items()
     }
     for i, point in enumerate([*spec.prepare, *points]):
-        config = point_config(point, 0, tmp_path / "runs")
+        config = with_logger(point_config(point, 0), tmp_path / "runs" / point.id / "seed0" / "version_0")
         file = tmp_path / f"run{i}.yaml"
         file.write_text(yaml.safe_dump(config, sort_keys=False))
         built = cli_parser.instantiate_classes(cli_parser.parse_args(["--config", str(file)]))

@@ -12,7 +12,7 @@ from ptmdd_lightning.machine import trainer_precision
 from ptmdd_lightning.main import PtmddCLI, main
 
 REPO = Path(__file__).resolve().parents[1]
-# every ptmdd config; sweep files (configs/**/sweeps/) are ptmdd-sweep input, tested in tests/test_sweep.py
+# every ptmdd config; sweep files (configs/**/sweeps/) are ptmdd-sweep input, tested in tests/studies/
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.relative_to(REPO / "configs").parts)
 
 

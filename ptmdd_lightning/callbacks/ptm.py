@@ -10,9 +10,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -239,12 +242,21 @@ class PretrainPTMPool(Callback):
             self._throwaway = folder
             pl_module.hparams.pool_root = trainer.strategy.broadcast(folder)
             rank_zero_info(f"[ptmdd] fast_dev_run: pretraining the pool in {pl_module.hparams.pool_root}")
-        need = self.missing(groups, pl_module.hparams.pool_root, target)
+        pool_root = pl_module.hparams.pool_root
+        need = self.missing(groups, pool_root, target)
         if need and trainer.is_global_zero:
             recipe = getattr(pl_module, "ptm_recipe", None) or PTMRecipe()
-            for k, ((source, arch, seed), epochs) in enumerate(sorted(need.items()), start=1):
+            for k, ((source, arch, seed), _) in enumerate(sorted(need.items()), start=1):
                 label = f"PTM {k}/{len(need)} {source}/{arch}/seed{seed} ({recipe.name})"
-                self._pretrain(trainer, pl_module.hparams.pool_root, source, target, arch, seed, epochs, label, recipe)
+                # one process pretrains a member; another run that misses it waits here, then reuses it
+                lock = member_path(pool_root, source, arch, seed, 0).parent.with_suffix(".lock")
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                with _pool_lock(lock, f"{source}/{arch}/seed{seed}"):
+                    epochs = self.missing(groups, pool_root, target).get((source, arch, seed))
+                    if not epochs:
+                        rank_zero_info(f"[ptmdd] PTM {source}/{arch}/seed{seed}: pretrained by another run, reused")
+                        continue
+                    self._pretrain(trainer, pool_root, source, target, arch, seed, epochs, label, recipe)
         trainer.strategy.barrier("pretrain_ptm_pool")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -321,6 +333,21 @@ class PretrainPTMPool(Callback):
                 num_sanity_val_steps=0,
             )
             nested.fit(model, train_dataloaders=loader)
+
+
+@contextmanager
+def _pool_lock(path: Path, member: str) -> Iterator[None]:
+    """Hold the pretraining lock of one pool member, saying so when another run holds it."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        rank_zero_info(f"[ptmdd] PTM {member}: another run is pretraining it; waiting for it ({path})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _remove_throwaway(callback: Callback) -> None:
