@@ -73,6 +73,10 @@ def test_quickstart_writes_results_export_and_tensorboard(tiny_quickstart, tmp_p
     assert set(backend["cpu"]) == {"kernels", "kernels_reason", "amx", "compile_possible", "keep_freed_memory"}
     assert (backend["cpu"]["kernels"] is True) == ("cpu_kernels" in backend["ran"])
     assert f"{machine['threads']} threads" in (run / "results.md").read_text()
+    # the same record in hparams.yaml, beside the config's own backend choice (issue "The house")
+    hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hparams["machine"]["cpu"] == machine["cpu"] and hparams["machine"]["backend"] == backend
+    assert hparams["backend"] == "auto" and hparams["ipc"] == 10
 
     # the export round-trips into a TensorDataset, equal to the model's images, with its metadata
     blob = torch.load(run / "synthetic_set.pt", weights_only=False)

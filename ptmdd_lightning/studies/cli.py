@@ -39,6 +39,7 @@ from ptmdd_lightning.studies.execute import (
     default_out,
     load_study,
     run_local,
+    slurm_parameters,
     submit_slurm,
 )
 from ptmdd_lightning.studies.spec import check_slurm, load_sweep
@@ -175,7 +176,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for slot in slots:
                 folder = study.folder(slot) or slot.root / "version_<next>"
-                print(f"[ptmdd-sweep] {slot.key} ({study.state(slot)}): ptmdd {slot.subcommand} --config {folder}")
+                print(
+                    f"[ptmdd-sweep] {slot.key} ({study.state(slot)}): "
+                    f"ptmdd {slot.subcommand} --config {folder}/sweep_point.yaml"
+                )
+            if args.executor == "slurm":
+                params = check_slurm({**study.spec.slurm, **_pairs(args.slurm, "--slurm")}, "--slurm")
+                todo = [s for s in slots if not study.is_done(s)]
+                prepare = sum(s.is_prepare for s in todo)
+                first = f"one prepare job ({prepare} runs), then " if prepare else ""
+                after = " (afterok on the prepare job)" if prepare else ""
+                print(
+                    f"[ptmdd-sweep] would submit: {first}a job array of {len(todo) - prepare} points{after}; "
+                    f"submitit parameters {slurm_parameters(params, 'ptmdd-' + study.spec.name)}"
+                )
             return 0
         if not args.collect_only:
             study.write_record(
