@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from typing_extensions import override
 
 from ptmdd_lightning.fileio import atomic_save
 
@@ -23,6 +24,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths (``s3://...``) and ``storage_options`` go to Lightning's own implementation.
     """
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)

@@ -63,7 +63,8 @@ _T975 = (
 
 def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom (table up to 30, then the
-    Cornish-Fisher expansion around the normal 1.95996, accurate to 1e-3 there)."""
+    Cornish-Fisher expansion around the normal 1.95996, accurate to 1e-3 there).
+    """
     if df < 1:
         raise PtmddError(f"a confidence interval needs >= 2 paired values (df >= 1), got df={df}.")
     if df <= len(_T975):

@@ -104,7 +104,8 @@ def _global_named(err: Exception) -> str:
 
 def plain(obj: Any) -> Any:
     """``obj`` with dataclasses turned into dicts, recursively (dicts, lists, tuples), so that a
-    ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts."""
+    ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):

@@ -64,14 +64,16 @@ def record_backend_request(name: str) -> None:
 
 def register_backend_status(name: str, status: Callable[[], dict[str, Any]]) -> None:
     """Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
-    ``name``. Called by the backend when it is first used; ``status`` must not raise."""
+    ``name``. Called by the backend when it is first used; ``status`` must not raise.
+    """
     _BACKEND_STATUS[name] = status
 
 
 def backend_record() -> dict[str, Any]:
     """``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
     paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
-    built, why not, whether AMX runs)."""
+    built, why not, whether AMX runs).
+    """
     return {
         "requested": sorted(_BACKENDS_ASKED),
         "ran": fast_paths_ran(),

@@ -34,6 +34,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+from typing_extensions import override
 
 # Imported so that configs may name classes by their short name (class_path: Distiller).
 import ptmdd_lightning.callbacks
@@ -60,6 +61,7 @@ SIGTERM_EXIT = 128 + signal.SIGTERM
 class PtmddArgumentParser(LightningArgumentParser):
     """LightningCLI's parser whose errors print the error first and no usage screen (which buries it)."""
 
+    @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):  # raising is asked for
             super().error(message, ex)
@@ -77,7 +79,8 @@ _PROTOCOL_KEYS = {f.name: f.name for f in dataclasses.fields(EvalProtocol)} | {"
 
 def _moved_protocol_key(message: str) -> str | None:
     """The message for a flat evaluation key of an older config (e.g. ``epochs: 300`` in the init_args of
-    SyntheticSetEvaluation), naming the new key; ``None`` for any other error."""
+    SyntheticSetEvaluation), naming the new key; ``None`` for any other error.
+    """
     if "SyntheticSetEvaluat" not in message and "NestedArg(key=" not in message:
         return None
     match = re.search(r"Option '(\w+)' is not accepted|NestedArg\(key='(\w+)'", message)
@@ -102,6 +105,7 @@ class PtmddCLI(LightningCLI):
     :class:`~ptmdd_lightning.errors.PtmddError`.
     """
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--overwrite",
@@ -209,6 +213,7 @@ class GuardedSaveConfig(SaveConfigCallback):
     #: the logger's version folder that the latest setup in this process began to fill (``None``: none)
     created: Path | None = None
 
+    @override
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.already_saved or not self.save_to_log_dir:
             return super().setup(trainer, pl_module, stage)

@@ -16,6 +16,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
+from typing_extensions import override
 
 __all__ = ["EvaluationProgress", "PoolProgressBar", "shows_progress"]
 
@@ -44,6 +45,7 @@ class EvaluationProgress:
         self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total`` epochs of the current model (the ``progress`` hook of the evaluation)."""
         if self.trainer is not None and getattr(self.trainer, "received_sigterm", False):
             self.close()
             raise SIGTERMException()
@@ -88,6 +90,7 @@ class PoolProgressBar(TQDMProgressBar):
         super().__init__(leave=False)
         self.label = label
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         self.train_progress_bar.set_description(f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")

@@ -49,7 +49,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
     """One row of a results table: ``accs`` (``(n,)`` test accuracies, fractions in [0, 1]) of ``n`` models of
     ``arch`` trained on the ``which`` set (``"synthetic"`` / ``"random_real"``) at ``step``, with their mean and std
-    (:func:`ptmdd_lightning.core.evaluate.summarize`) and the wall ``seconds`` it took."""
+    (:func:`ptmdd_lightning.core.evaluate.summarize`) and the wall ``seconds`` it took.
+    """
     s = summarize(accs)
     return {
         "step": step,

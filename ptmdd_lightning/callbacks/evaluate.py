@@ -16,6 +16,7 @@ import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
@@ -89,7 +90,8 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     def state_dict(self) -> dict[str, Any]:
         """The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
-        run's ``results.*`` still list the evaluations made before the interruption."""
+        run's ``results.*`` still list the evaluations made before the interruption.
+        """
         self._unsaved = False
         baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
         return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline}
@@ -122,11 +124,13 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             return dataclasses.replace(self.protocol, epochs=1)
         return self.protocol
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != trainer.max_steps:
             self.evaluate(trainer, pl_module)
 
+    @override
     def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = self.evaluate(trainer, pl_module)
         if trainer.is_global_zero and rows:

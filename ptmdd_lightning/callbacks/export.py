@@ -9,6 +9,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
+from typing_extensions import override
 
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import atomic_save
@@ -33,16 +34,20 @@ class EndOfTrainingWork(Callback):
 
     _ran_this_fit = False
 
+    @override
     def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
         raise NotImplementedError
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._ran_this_fit = False
 
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._ran_this_fit = True
         self.end_of_training(trainer, pl_module)
 
+    @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._ran_this_fit and training_complete(trainer):
             rank_zero_info(
@@ -106,10 +111,12 @@ class SyntheticSetExport(EndOfTrainingWork):
         self.filename = filename
         self.last_path: Path | None = None
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self.export(trainer, pl_module)
 
+    @override
     def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.export(trainer, pl_module)
 

@@ -18,6 +18,7 @@ import torch
 from filelock import FileLock, Timeout
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path, pool_key
 from ptmdd_lightning.data import RealDataModule
@@ -90,6 +91,7 @@ class PTMCheckpoint(Callback):
         """The file of ``epoch`` for this run's member."""
         return member_path(self.pool_root, self._source(trainer), pl_module.hparams.arch, self._member_seed(), epoch)
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.fast_dev_run:  # a smoke run must never put half-trained members into a real pool
             self._real_pool_root = self.pool_root
@@ -109,10 +111,12 @@ class PTMCheckpoint(Callback):
                 "does not overwrite them. Use another pool_root or seed, or set overwrite: true."
             )
 
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if 0 in self.epochs and trainer.current_epoch == 0:
             self._save(trainer, pl_module, 0)
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch + 1
         if epoch in self.epochs:
@@ -231,6 +235,7 @@ class PretrainPTMPool(Callback):
                     need.setdefault((source, g.arch, seed), []).append(g.epoch)
         return need
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         groups = getattr(pl_module, "ptm_groups", None)
         if stage != "fit" or not groups:

@@ -260,7 +260,8 @@ def _epoch_batches(n: int, batch_size: int, rngs: Sequence[_ModelRNG]) -> Iterat
 
 def _augment(x: Tensor, protocol: EvalProtocol, rng: _ModelRNG) -> Tensor:
     """DSA in the reference's evaluation mode (``DiffAugment(img, strategy, param)``: ``seed=-1``, i.e.
-    non-siamese, one op per call, every image its own parameters). ``x``: ``(b, C, H, W)``."""
+    non-siamese, one op per call, every image its own parameters). ``x``: ``(b, C, H, W)``.
+    """
     if not protocol.augments:
         return x
 
@@ -398,7 +399,8 @@ def _train_vmap(
 ) -> None:
     """Train all models at once: ``vmap(grad(loss))`` on stacked ``(num_models, ...)`` parameters, updated by
     ``torch.optim.SGD(foreach=True)`` (every SGD operation is elementwise, so one step on the stacked tensors is the
-    step of every model; a new optimizer at the decay epoch, as in the sequential mode)."""
+    step of every model; a new optimizer at the decay epoch, as in the sequential mode).
+    """
     device = images.device
     template, params, buffers = _stack(models)
     template.train()

@@ -513,5 +513,6 @@ class DistillDataModule(RealDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Infinite class-balanced batches ``(images (K * batch_real, C, H, W), labels (K *
-        batch_real,))``."""
+        batch_real,))``.
+        """
         return _StreamLoader(self.balanced_stream(), step_fn=self._global_step, num_workers=self.num_workers)

@@ -219,7 +219,8 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def default_data_root() -> Path:
     """The data cache: ``$PTMDD_DATA`` if set and non-empty, else ``~/.cache/ptmdd/data`` (not created
-    here)."""
+    here).
+    """
     env = os.environ.get("PTMDD_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ptmdd" / "data"
 

@@ -1,6 +1,7 @@
 """Lightning wrappers: Classifier (PTM pretraining, full-data baseline); the distillation algorithms, one per class,
 on a shared base (DMDistiller; GradientMatchingDistiller for DC and DSA; Distiller selects one by ``method`` for
-older configs); and SyntheticSetEvaluator (standalone evaluation of an exported synthetic set)."""
+older configs); and SyntheticSetEvaluator (standalone evaluation of an exported synthetic set).
+"""
 
 from ptmdd_lightning.modules.base import DistillerBase
 from ptmdd_lightning.modules.classifier import Classifier

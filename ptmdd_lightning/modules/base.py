@@ -21,6 +21,7 @@ import torch
 import yaml
 from lightning import LightningModule
 from torch import Tensor, nn
+from typing_extensions import override
 
 from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
@@ -240,7 +241,8 @@ class DistillerBase(LightningModule):
 
     def _fast(self, net: nn.Module) -> NetForward:
         """The forward of ``net`` through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`),
-        kept while ``net`` is the same object (it is re-initialised in place)."""
+        kept while ``net`` is the same object (it is re-initialised in place).
+        """
         fast = self._aux.get("fast")
         if fast is None or fast.net is not net:
             trainer = self._trainer
@@ -251,6 +253,7 @@ class DistillerBase(LightningModule):
             self._aux["fast"] = fast
         return fast
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD([self.synthetic.images], lr=self.lr_img, momentum=self.hparams.momentum_img)
 
@@ -275,6 +278,7 @@ class DistillerBase(LightningModule):
         """
         raise NotImplementedError
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self.objective(batch)
 
@@ -414,7 +418,8 @@ class DistillerBase(LightningModule):
         """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`): as
         the logger's hyper-parameters (TensorBoard's hparams) and as ``machine`` in the run folder's
         ``hparams.yaml`` (rewritten atomically on global rank 0: TensorBoardLogger writes that file once, before
-        training, and never again). ``results.json`` carries the same record."""
+        training, and never again). ``results.json`` carries the same record.
+        """
         if self.logger is None:
             return
         record = machine_record(self.device, str(self.trainer.precision))
@@ -432,7 +437,8 @@ class DistillerBase(LightningModule):
     # ------------------------------------------------------------------ export
     def export(self) -> dict[str, Any]:
         """The synthetic set and its metadata (see :meth:`SyntheticSet.export`); ``config`` holds the
-        hyper-parameters and ``method``."""
+        hyper-parameters and ``method``.
+        """
         hp = self.hparams
         return self.synthetic.export(
             tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names, config={**dict(hp), "method": self.method}

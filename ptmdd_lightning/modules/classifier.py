@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from ptmdd_lightning.core.guidance import PTMRecipe
 from ptmdd_lightning.errors import PtmddError
@@ -83,7 +84,8 @@ class Classifier(LightningModule):
     def train_forward(self, x: Tensor) -> Tensor:
         """The training forward through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`,
         never compiled here): with ``auto`` on a CPU, ConvNet-3 runs through ptmdd's C++ kernels (the same function;
-        docs/speed.md, lever 14), any other net (or device) is the module itself. Logits ``(N, K)``."""
+        docs/speed.md, lever 14), any other net (or device) is the module itself. Logits ``(N, K)``.
+        """
         fast = self._aux.get("fast")
         if fast is None or fast.net is not self.net or next(self.net.parameters()).device != x.device:
             fast = net_forward(self.net, self.hparams.get("backend", "auto"), compile=False)
@@ -94,6 +96,7 @@ class Classifier(LightningModule):
         """Logits ``(N, K)`` for images ``(N, C, H, W)``."""
         return self.net(x)
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.train_forward(x)
@@ -103,11 +106,13 @@ class Classifier(LightningModule):
         self.log("train/acc", acc, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self.val_acc(self(x), y)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
+    @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self.test_acc(self(x), y)
@@ -116,10 +121,12 @@ class Classifier(LightningModule):
     def on_train_end(self) -> None:
         """Log the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) as
         hyper-parameters of the logger (TensorBoard's hparams). Not in ``hparams.yaml``, which TensorBoardLogger
-        writes once, before training; ``results.json`` carries the same record."""
+        writes once, before training; ``results.json`` carries the same record.
+        """
         if self.logger is not None:
             self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
 
+    @override
     def configure_optimizers(self):
         if self.recipe is not None:  # DDInterpreter 19a4767 train_original_models.py: SGD + MultiStepLR per epoch
             r = self.recipe

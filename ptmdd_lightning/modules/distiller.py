@@ -1,6 +1,7 @@
 """Distiller: the method-selecting entry of older configs (``class_path: ptmdd_lightning.modules.Distiller`` with
 ``method: dm | dc | dsa``). New configs name the algorithm's class: :class:`~ptmdd_lightning.modules.DMDistiller` or
-:class:`~ptmdd_lightning.modules.GradientMatchingDistiller`."""
+:class:`~ptmdd_lightning.modules.GradientMatchingDistiller`.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Distiller(LightningModule):
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DistillerBase:  # type: ignore[misc]
+        """Build the class of ``method`` (see the class docstring) from keyword arguments."""
         if args:
             raise PtmddError("Distiller takes keyword arguments only (as a config gives them).")
         method = kwargs.pop("method", "dm")

@@ -1,5 +1,6 @@
 """DMDistiller: distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023,
-Eq. 4) with PTM guidance (Lu et al. 2023)."""
+Eq. 4) with PTM guidance (Lu et al. 2023).
+"""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class DMDistiller(DistillerBase):
 
     def base_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
         """DM (Zhao & Bilen 2023, Eq. 4): ``sum_k ||mean(embed(real_k)) - mean(embed(syn_k))||^2`` on a fresh
-        random net; the real side without gradient. Scalar float32."""
+        random net; the real side without gradient. Scalar float32.
+        """
         net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)
         fast = self._fast(net)  # same function as net.embed, faster (the backend; nets/forward.py)
         with torch.no_grad():

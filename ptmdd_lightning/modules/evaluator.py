@@ -24,6 +24,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.synthetic import load_synthetic_set
@@ -249,10 +250,12 @@ class SyntheticSetEvaluator(LightningModule):
         """Nothing per batch: the evaluation runs once, in :meth:`on_test_epoch_end`."""
         return None
 
+    @override
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._evaluate_and_log("val")
 
+    @override
     def on_test_epoch_end(self) -> None:
         self._evaluate_and_log("test")
 

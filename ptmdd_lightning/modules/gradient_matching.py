@@ -1,6 +1,7 @@
 """GradientMatchingDistiller: DC (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021,
 Alg. 1) and DSA (Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021, Eq. 5),
-with PTM guidance (Lu et al. 2023)."""
+with PTM guidance (Lu et al. 2023).
+"""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class GradientMatchingDistiller(DistillerBase):
 
     def base_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
         """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net (a new
-        random net every ``outer_loop`` steps). Scalar float32."""
+        random net every ``outer_loop`` steps). Scalar float32.
+        """
         net_index = self.global_step // self.outer_loop
         if self._aux["net_index"] != net_index or self._aux["net"] is None:
             # a new random net every outer loop; rank-independent so DDP ranks train the same net
@@ -148,7 +150,8 @@ class GradientMatchingDistiller(DistillerBase):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The base's checkpoint plus ``checkpoint["dc_net"]``: the outer-loop net's ``state_dict``, its SGD state
-        and its index. Written between whole steps (the inner loop belongs to the step), so nothing is pending."""
+        and its index. Written between whole steps (the inner loop belongs to the step), so nothing is pending.
+        """
         super().on_save_checkpoint(checkpoint)
         if self._aux["net"] is not None:
             checkpoint["dc_net"] = {
@@ -190,7 +193,8 @@ class GradientMatchingDistiller(DistillerBase):
 
     def on_train_start(self) -> None:
         """An older checkpoint's pending inner loop (see :meth:`on_load_checkpoint`). Here, not in
-        :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop) in between."""
+        :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop) in between.
+        """
         pending = self._aux.pop("pending_inner_loop", None)
         if pending is not None and self._aux["net"] is not None:
             rng_cpu, rng_cuda = pending

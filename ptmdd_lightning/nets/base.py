@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from ptmdd_lightning.errors import PtmddError
 
@@ -105,6 +106,7 @@ class DDNet(nn.Module):
         """Logits ``(N, K)`` of images ``x`` ``(N, C, H, W)``; equals ``classifier(embed(x))``."""
         return self.classifier(self.embed(x))
 
+    @override
     def extra_repr(self) -> str:
         return (
             f"arch={self.arch!r}, channels={self.channels}, num_classes={self.num_classes}, "

@@ -70,13 +70,21 @@ class NetForward(Protocol):
     kernels: bool
     compiled: bool
 
-    def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor: ...
+    def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits ``(N, K)`` of images ``(N, C, H, W)``, with ``params`` (name -> tensor) in place of the net's own."""
+        ...
 
-    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor: ...
+    def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Features ``(N, D)`` before the classifier, as ``net.embed(x)``."""
+        ...
 
-    def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None: ...
+    def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None:
+        """Per-class parameter gradients of the cross-entropy (DC's matching), or ``None`` without a fused path."""
+        ...
 
-    def __call__(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor: ...
+    def __call__(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Same as :meth:`forward`."""
+        ...
 
 
 class _Embed(nn.Module):
@@ -146,7 +154,8 @@ class EagerForward:
 
     def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None:
         """``None``: the eager path has no fused per-class gradient; the caller uses the generic
-        :func:`ptmdd_lightning.core.objectives.dc_class_gradients`."""
+        :func:`ptmdd_lightning.core.objectives.dc_class_gradients`.
+        """
         return None
 
     __call__ = forward

@@ -1,4 +1,4 @@
-"""``ptmdd-sweep``: run a study (a sweep file's grid of ``ptmdd`` runs) locally or on SLURM, watch it, collect it.
+r"""``ptmdd-sweep``: run a study (a sweep file's grid of ``ptmdd`` runs) locally or on SLURM, watch it, collect it.
 
     ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml                       # run or resume here, then collect
     ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --parallel 2          # two runs at a time

@@ -296,7 +296,7 @@ _SLURM_MAP = {
 
 
 def slurm_parameters(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """submitit ``update_parameters`` keywords for the sweep's ``slurm:`` parameters (see ``SLURM_KEYS``)."""
+    """Submitit ``update_parameters`` keywords for the sweep's ``slurm:`` parameters (see ``SLURM_KEYS``)."""
     out: dict[str, Any] = {"name": name, "nodes": 1, "tasks_per_node": 1}
     for key, value in params.items():
         if key == "additional":

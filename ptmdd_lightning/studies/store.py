@@ -357,7 +357,8 @@ class Study:
     @staticmethod
     def ran_config(slot: Slot, folder: Path) -> dict[str, Any]:
         """The config the run in ``folder`` ran with: ptmdd's own ``config.yaml`` there (the sweep's config with
-        the extra arguments applied), else the sweep's merged config."""
+        the extra arguments applied), else the sweep's merged config.
+        """
         try:
             ran = yaml.safe_load((folder / "config.yaml").read_text())
         except (OSError, yaml.YAMLError):
@@ -471,5 +472,6 @@ class Study:
 
     def write_record(self, args: dict[str, Any]) -> None:
         """Write ``out/study.json``: how the study was started, so that ``--status``/``--collect-only`` need only
-        the folder."""
+        the folder.
+        """
         atomic_write_text(self.out / "study.json", json.dumps(args, indent=1))

@@ -95,7 +95,8 @@ _RECOMPILE_LIMIT = 64
 @functools.lru_cache(maxsize=1)
 def can_compile() -> bool:
     """Whether ``torch.compile`` can generate CPU kernels here: a C++ compiler on PATH, not Windows, and
-    ``torch._dynamo`` importable. Cached."""
+    ``torch._dynamo`` importable. Cached.
+    """
     if sys.platform.startswith("win"):
         return False
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
@@ -127,7 +128,8 @@ def compile_choice(total_steps: int | None = None) -> bool | None:
 
 def convnet_supported(net: nn.Module) -> bool:
     """Whether :func:`convnet_features_cl` computes ``net.embed``: a :class:`ConvNet` with instance norm (or no
-    norm), any activation, average/max/no pooling and plain 3x3 convolutions (``groups=1``, stride 1)."""
+    norm), any activation, average/max/no pooling and plain 3x3 convolutions (``groups=1``, stride 1).
+    """
     if not isinstance(net, ConvNet) or net.norm not in ("instancenorm", "none"):
         return False
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
@@ -146,8 +148,9 @@ def _blocks(net: ConvNet) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
 
 
 def _flat_params(net: ConvNet, params: Mapping[str, Tensor] | None = None) -> list[Tensor]:
-    """conv weight, conv bias, norm weight, norm bias (with instance norm) per block, then the classifier's
-    weight and bias; taken from ``params`` (``name -> tensor`` as ``net.named_parameters()``) when given."""
+    """Conv weight, conv bias, norm weight, norm bias (with instance norm) per block, then the classifier's
+    weight and bias; taken from ``params`` (``name -> tensor`` as ``net.named_parameters()``) when given.
+    """
     names = {id(p): n for n, p in net.named_parameters()}
     ps: list[Tensor] = []
     for conv, norm in _blocks(net):
@@ -247,7 +250,8 @@ def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     :func:`ptmdd_lightning.backends.cpu.kernels.instance_norm_relu_pool`) computes ``net``'s features: a supported
     ConvNet with instance norm, ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width
     that is a multiple of 16, an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32
-    for CIFAR), conv outputs of at least 2x2 in every later block, and the CPU kernels build here."""
+    for CIFAR), conv outputs of at least 2x2 in every later block, and the CPU kernels build here.
+    """
     if not convnet_supported(net) or net.norm != "instancenorm" or net.act != "relu" or net.pool != "avgpool":
         return False
     conv = _blocks(net)[0][0]  # type: ignore[arg-type]
@@ -458,7 +462,8 @@ class FastNet(EagerForward):
         """The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
         net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
         side). Not for image-gradient calls (DM's and DC's synthetic side), which stay on the compiled tensor
-        formulation (docs/speed.md, levers 12, 14 and 19)."""
+        formulation (docs/speed.md, levers 12, 14 and 19).
+        """
         return (
             self.kernels
             and not x.requires_grad
@@ -493,7 +498,8 @@ class FastNet(EagerForward):
 
     def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
         """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``; with ``params`` (``name -> tensor``, the names of
-        ``net.named_parameters()``) the net's parameters are replaced by them, as ``torch.func.functional_call``."""
+        ``net.named_parameters()``) the net's parameters are replaced by them, as ``torch.func.functional_call``.
+        """
         return self._run("embed", x, params)
 
     def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 __all__ = [
     "SOURCE",
@@ -340,7 +341,8 @@ def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) 
 def amx_available() -> bool:
     """Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
     AMX (``amx_tile``, ``amx_bf16``; Intel Sapphire Rapids and later) and Linux grants this process the AMX tile
-    state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off."""
+    state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off.
+    """
     if not available() or os.environ.get("PTMDD_AMX", "1").strip().lower() in _OFF:
         return False
     return bool(torch.ops.ptmdd.amx_ready())
@@ -397,7 +399,8 @@ def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
 def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1) -> bool:
     """Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
     ``(Co, Ci, 3, 3)``, ``bias`` ``(Co,)``, ``padding`` 1, ``Ci`` and ``Co`` multiples of 32 and at most 1024 (what
-    :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`."""
+    :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`.
+    """
     if x.dim() != 4 or weight.dim() != 4 or min(x.shape) < 1:
         return False
     co, ci = weight.shape[0], x.shape[-1]
@@ -416,8 +419,10 @@ def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1)
 
 class ChannelsLastConv3x3(torch.autograd.Function):
     """``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
-    and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`."""
+    and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`.
+    """
 
+    @override
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # type: ignore[override]
         wb = weight.detach().to(torch.bfloat16)
@@ -426,6 +431,7 @@ class ChannelsLastConv3x3(torch.autograd.Function):
         ctx.param_dtypes = (weight.dtype, bias.dtype)
         return z.permute(0, 2, 3, 1)
 
+    @override
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gout: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:  # type: ignore[override]
