@@ -62,7 +62,9 @@ _T975 = (
 
 
 def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom (table up to 30, then the
+    """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom.
+
+    The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom (table up to 30, then the
     Cornish-Fisher expansion around the normal 1.95996, accurate to 1e-3 there).
     """
     if df < 1:

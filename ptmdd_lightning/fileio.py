@@ -103,7 +103,9 @@ def _global_named(err: Exception) -> str:
 
 
 def plain(obj: Any) -> Any:
-    """``obj`` with dataclasses turned into dicts, recursively (dicts, lists, tuples), so that a
+    """``obj`` as plain containers that a ``weights_only=True`` load accepts.
+
+    ``obj`` with dataclasses turned into dicts, recursively (dicts, lists, tuples), so that a
     ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -122,7 +124,9 @@ TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """Write ``path`` atomically: ``write(fileobj)`` on ``.<name>.tmp<pid>`` in the same folder, fsync,
+    """Write ``path`` atomically (temporary file, fsync, rename).
+
+    Write ``path`` atomically: ``write(fileobj)`` on ``.<name>.tmp<pid>`` in the same folder, fsync,
     ``os.replace``. ptmdd's one atomic writer (checkpoints, exports, PTM members, results, the data cache).
 
     The temporary file sits next to the target, so the rename never crosses filesystems (a temporary folder
@@ -205,7 +209,9 @@ def remove_stray_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 
 def convert_legacy(path: str | os.PathLike) -> Path:
-    """Rewrite a TRUSTED file of an older ptmdd so that :func:`safe_load` reads it; the original is kept as
+    """Rewrite a TRUSTED file of an older ptmdd so that :func:`safe_load` reads it.
+
+    Rewrite a TRUSTED file of an older ptmdd so that :func:`safe_load` reads it; the original is kept as
     ``<path>.bak``. This unpickles the file (``weights_only=False``): run it only on files you trust.
 
     Raises:

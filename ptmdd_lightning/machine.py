@@ -45,7 +45,9 @@ def record_fast_path(name: str) -> None:
 
 
 def fast_paths_ran() -> list[str]:
-    """The speed paths that ran in this process so far through :func:`ptmdd_lightning.nets.forward.net_forward`,
+    """The speed paths that ran in this process so far, sorted.
+
+    The speed paths that ran in this process so far through :func:`ptmdd_lightning.nets.forward.net_forward`,
     sorted: ``"cpu_kernels"``, ``"amx"`` (the AMX weight gradient), ``"compile"``, ``"eager"`` (the module itself).
 
     Nets that never go through ``net_forward`` (the PTMs' guidance forwards) always run eagerly and are not counted.
@@ -63,14 +65,18 @@ def record_backend_request(name: str) -> None:
 
 
 def register_backend_status(name: str, status: Callable[[], dict[str, Any]]) -> None:
-    """Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
+    """Let a backend add its state to :func:`backend_record`.
+
+    Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
     ``name``. Called by the backend when it is first used; ``status`` must not raise.
     """
     _BACKEND_STATUS[name] = status
 
 
 def backend_record() -> dict[str, Any]:
-    """``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
+    """The backends asked for, the speed paths that ran and each backend's state.
+
+    ``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
     paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
     built, why not, whether AMX runs).
     """

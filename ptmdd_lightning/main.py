@@ -78,7 +78,9 @@ _PROTOCOL_KEYS = {f.name: f.name for f in dataclasses.fields(EvalProtocol)} | {"
 
 
 def _moved_protocol_key(message: str) -> str | None:
-    """The message for a flat evaluation key of an older config (e.g. ``epochs: 300`` in the init_args of
+    """The message for a flat evaluation key of an older config, or ``None``.
+
+    The message for a flat evaluation key of an older config (e.g. ``epochs: 300`` in the init_args of
     SyntheticSetEvaluation), naming the new key; ``None`` for any other error.
     """
     if "SyntheticSetEvaluat" not in message and "NestedArg(key=" not in message:

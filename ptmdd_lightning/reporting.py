@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning import Trainer
 from torch import Tensor
 
 from ptmdd_lightning.core.evaluate import summarize
 from ptmdd_lightning.fileio import atomic_write_text
 
-__all__ = ["format_table", "result_row", "run_dir", "write_results"]
+__all__ = ["format_table", "record_machine", "result_row", "run_dir", "write_results"]
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -47,7 +48,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
-    """One row of a results table: ``accs`` (``(n,)`` test accuracies, fractions in [0, 1]) of ``n`` models of
+    """One row of a results table.
+
+    One row of a results table: ``accs`` (``(n,)`` test accuracies, fractions in [0, 1]) of ``n`` models of
     ``arch`` trained on the ``which`` set (``"synthetic"`` / ``"random_real"``) at ``step``, with their mean and std
     (:func:`ptmdd_lightning.core.evaluate.summarize`) and the wall ``seconds`` it took.
     """
@@ -101,3 +104,29 @@ def write_results(
             )
         writer.writerow(flat)
     atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())
+
+
+def record_machine(trainer: Trainer, record: dict[str, Any]) -> None:
+    """Put the machine record into the run's logger and its folder's ``hparams.yaml``.
+
+    ``record`` (:func:`ptmdd_lightning.machine.machine_record`) goes to the logger's hyper-parameters (TensorBoard's
+    hparams) and, on global rank 0, into ``hparams.yaml`` as ``machine`` (rewritten atomically: TensorBoardLogger
+    writes that file once, before training). A ``hparams.yaml`` that is not a plain YAML mapping is left as it is.
+    Without a logger nothing is written.
+    """
+    logger = trainer.logger
+    if logger is None:
+        return
+    logger.log_hyperparams({"machine": record})
+    if not trainer.is_global_zero:
+        return
+    path = run_dir(trainer) / "hparams.yaml"
+    if not path.is_file():
+        return
+    try:
+        hparams = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    if isinstance(hparams, dict):
+        plain = json.loads(json.dumps(record, default=str))  # e.g. torch's TorchVersion -> str
+        atomic_write_text(path, yaml.safe_dump({**hparams, "machine": plain}, sort_keys=False))

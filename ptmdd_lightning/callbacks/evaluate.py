@@ -89,7 +89,9 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self._unsaved = False  # rows evaluated since the last checkpoint
 
     def state_dict(self) -> dict[str, Any]:
-        """The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
+        """The rows evaluated so far, for the Lightning checkpoint.
+
+        The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
         run's ``results.*`` still list the evaluations made before the interruption.
         """
         self._unsaved = False

@@ -138,7 +138,9 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
 
 
 def dsa_strategy_for(dataset: str) -> str:
-    """The DSA readme's strategy for a dataset: :data:`DIGITS_STRATEGY` (no flip) for MNIST and SVHN,
+    """The DSA readme's strategy for a dataset.
+
+    The DSA readme's strategy for a dataset: :data:`DIGITS_STRATEGY` (no flip) for MNIST and SVHN,
     :data:`DEFAULT_STRATEGY` otherwise (case-insensitive name).
     """
     return DIGITS_STRATEGY if dataset.lower() in ("mnist", "svhn") else DEFAULT_STRATEGY

@@ -259,7 +259,9 @@ def _epoch_batches(n: int, batch_size: int, rngs: Sequence[_ModelRNG]) -> Iterat
 
 
 def _augment(x: Tensor, protocol: EvalProtocol, rng: _ModelRNG) -> Tensor:
-    """DSA in the reference's evaluation mode (``DiffAugment(img, strategy, param)``: ``seed=-1``, i.e.
+    """DSA in the reference's evaluation mode (non-siamese).
+
+    DSA in the reference's evaluation mode (``DiffAugment(img, strategy, param)``: ``seed=-1``, i.e.
     non-siamese, one op per call, every image its own parameters). ``x``: ``(b, C, H, W)``.
     """
     if not protocol.augments:
@@ -333,7 +335,9 @@ def _train_loop(
 
 
 def _training_forward(model: nn.Module, device: torch.device, protocol: EvalProtocol) -> Callable[[Tensor], Tensor]:
-    """``model``'s forward for training, through ``protocol.backend``
+    """``model``'s training forward through ``protocol.backend``.
+
+    ``model``'s forward for training, through ``protocol.backend``
     (:func:`ptmdd_lightning.nets.forward.net_forward`).
 
     With ``auto`` on a CPU, ConvNet-3 trains through ptmdd's C++ kernels (the same function, nothing to compile;
@@ -397,7 +401,9 @@ def _train_vmap(
     rngs: Sequence[_ModelRNG],
     progress: Progress | None = None,
 ) -> None:
-    """Train all models at once: ``vmap(grad(loss))`` on stacked ``(num_models, ...)`` parameters, updated by
+    """Train all models at once (vmap).
+
+    Train all models at once: ``vmap(grad(loss))`` on stacked ``(num_models, ...)`` parameters, updated by
     ``torch.optim.SGD(foreach=True)`` (every SGD operation is elementwise, so one step on the stacked tensors is the
     step of every model; a new optimizer at the decay epoch, as in the sequential mode).
     """

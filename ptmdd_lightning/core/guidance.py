@@ -204,7 +204,9 @@ class PTMRecipe:
 
     @classmethod
     def scaled(cls, epochs: int) -> PTMRecipe:
-        """The authors' recipe shortened to ``epochs``: same optimizer and weight decay, milestones at 1/3 and 2/3
+        """The authors' recipe shortened to ``epochs``.
+
+        The authors' recipe shortened to ``epochs``: same optimizer and weight decay, milestones at 1/3 and 2/3
         (e.g. 30 epochs, decays after 10 and 20), named ``"authors-scaled-<epochs>"``.
         """
         return cls(name=f"authors-scaled-{epochs}", epochs=epochs, milestones=[epochs // 3, 2 * epochs // 3])

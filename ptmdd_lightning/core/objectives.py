@@ -511,7 +511,9 @@ def dc_loss(
 
 
 def dc_outer_inner(ipc: int) -> tuple[int, int]:
-    """DC's ``get_loops(ipc)``: ``(outer_loop, inner_loop)`` = 1 -> (1, 1), 10 -> (10, 50), 20 -> (20, 25),
+    """DC's ``get_loops(ipc)``: the outer and inner loop lengths of an IPC.
+
+    DC's ``get_loops(ipc)``: ``(outer_loop, inner_loop)`` = 1 -> (1, 1), 10 -> (10, 50), 20 -> (20, 25),
     30 -> (30, 20), 40 -> (40, 15), 50 -> (50, 10).
 
     Raises:

@@ -512,7 +512,9 @@ class DistillDataModule(RealDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Infinite class-balanced batches ``(images (K * batch_real, C, H, W), labels (K *
+        """Infinite class-balanced batches of real images.
+
+        Infinite class-balanced batches ``(images (K * batch_real, C, H, W), labels (K *
         batch_real,))``.
         """
         return _StreamLoader(self.balanced_stream(), step_fn=self._global_step, num_workers=self.num_workers)

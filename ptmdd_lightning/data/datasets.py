@@ -205,7 +205,9 @@ def _canonical(name: str) -> str:
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name`` (case-insensitive; ``-`` and ``_`` are the same; ``FashionMNIST``,
+    """The :class:`DatasetInfo` of ``name``.
+
+    The :class:`DatasetInfo` of ``name`` (case-insensitive; ``-`` and ``_`` are the same; ``FashionMNIST``,
     ``CIFAR-10`` and ``TinyImageNet`` style aliases accepted).
 
     Raises:
@@ -218,7 +220,9 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def default_data_root() -> Path:
-    """The data cache: ``$PTMDD_DATA`` if set and non-empty, else ``~/.cache/ptmdd/data`` (not created
+    """The data cache folder.
+
+    The data cache: ``$PTMDD_DATA`` if set and non-empty, else ``~/.cache/ptmdd/data`` (not created
     here).
     """
     env = os.environ.get("PTMDD_DATA")

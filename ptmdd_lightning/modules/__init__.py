@@ -1,4 +1,6 @@
-"""Lightning wrappers: Classifier (PTM pretraining, full-data baseline); the distillation algorithms, one per class,
+"""Lightning wrappers: the PTM classifier and the distillation algorithms.
+
+Lightning wrappers: Classifier (PTM pretraining, full-data baseline); the distillation algorithms, one per class,
 on a shared base (DMDistiller; GradientMatchingDistiller for DC and DSA; Distiller selects one by ``method`` for
 older configs); and SyntheticSetEvaluator (standalone evaluation of an exported synthetic set).
 """

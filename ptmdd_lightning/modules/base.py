@@ -1,4 +1,6 @@
-"""DistillerBase: what every distillation algorithm shares (synthetic set, PTM pool, CLoM/CCLoM guidance, seeding,
+"""DistillerBase: what every distillation algorithm shares.
+
+DistillerBase: what every distillation algorithm shares (synthetic set, PTM pool, CLoM/CCLoM guidance, seeding,
 checkpoints, export). The algorithms are its subclasses, one per class: :class:`~ptmdd_lightning.modules.dm.DMDistiller`
 and :class:`~ptmdd_lightning.modules.gradient_matching.GradientMatchingDistiller` (DC and DSA).
 
@@ -12,13 +14,11 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 from typing import Any, Literal
 
 import torch
-import yaml
 from lightning import LightningModule
 from torch import Tensor, nn
 from typing_extensions import override
@@ -27,11 +27,10 @@ from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.fileio import atomic_write_text
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
-from ptmdd_lightning.reporting import run_dir
+from ptmdd_lightning.reporting import record_machine
 
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
@@ -240,7 +239,9 @@ class DistillerBase(LightningModule):
         return net
 
     def _fast(self, net: nn.Module) -> NetForward:
-        """The forward of ``net`` through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`),
+        """The forward of ``net`` through the run's ``backend``, cached per net object.
+
+        The forward of ``net`` through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`),
         kept while ``net`` is the same object (it is re-initialised in place).
         """
         fast = self._aux.get("fast")
@@ -415,28 +416,18 @@ class DistillerBase(LightningModule):
             self._place(self.pool)
 
     def on_train_end(self) -> None:
-        """Record the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`): as
-        the logger's hyper-parameters (TensorBoard's hparams) and as ``machine`` in the run folder's
-        ``hparams.yaml`` (rewritten atomically on global rank 0: TensorBoardLogger writes that file once, before
-        training, and never again). ``results.json`` carries the same record.
+        """Record the machine and the speed paths that ran.
+
+        :func:`ptmdd_lightning.machine.machine_record` goes to the logger's hyper-parameters and to the run folder's
+        ``hparams.yaml`` (:func:`ptmdd_lightning.reporting.record_machine`); ``results.json`` carries the same record.
         """
-        if self.logger is None:
-            return
-        record = machine_record(self.device, str(self.trainer.precision))
-        self.logger.log_hyperparams({"machine": record})
-        path = run_dir(self.trainer) / "hparams.yaml" if self.trainer.is_global_zero else None
-        if path is not None and path.is_file():
-            try:
-                hparams = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                return  # a file this code did not write: left as it is
-            if isinstance(hparams, dict):
-                plain = json.loads(json.dumps(record, default=str))  # e.g. torch's TorchVersion -> str
-                atomic_write_text(path, yaml.safe_dump({**hparams, "machine": plain}, sort_keys=False))
+        record_machine(self.trainer, machine_record(self.device, str(self.trainer.precision)))
 
     # ------------------------------------------------------------------ export
     def export(self) -> dict[str, Any]:
-        """The synthetic set and its metadata (see :meth:`SyntheticSet.export`); ``config`` holds the
+        """The synthetic set and its metadata.
+
+        The synthetic set and its metadata (see :meth:`SyntheticSet.export`); ``config`` holds the
         hyper-parameters and ``method``.
         """
         hp = self.hparams

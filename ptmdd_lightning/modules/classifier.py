@@ -14,6 +14,7 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backend
+from ptmdd_lightning.reporting import record_machine
 
 
 class Classifier(LightningModule):
@@ -82,7 +83,9 @@ class Classifier(LightningModule):
         self._aux: dict = {}  # plain objects (the fast training view), never saved
 
     def train_forward(self, x: Tensor) -> Tensor:
-        """The training forward through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`,
+        """The training forward through the run's ``backend``.
+
+        The training forward through the run's ``backend`` (:func:`ptmdd_lightning.nets.forward.net_forward`,
         never compiled here): with ``auto`` on a CPU, ConvNet-3 runs through ptmdd's C++ kernels (the same function;
         docs/speed.md, lever 14), any other net (or device) is the module itself. Logits ``(N, K)``.
         """
@@ -119,12 +122,12 @@ class Classifier(LightningModule):
         self.log("test/acc", self.test_acc)
 
     def on_train_end(self) -> None:
-        """Log the machine and the speed paths that ran (:func:`ptmdd_lightning.machine.machine_record`) as
-        hyper-parameters of the logger (TensorBoard's hparams). Not in ``hparams.yaml``, which TensorBoardLogger
-        writes once, before training; ``results.json`` carries the same record.
+        """Record the machine and the speed paths that ran.
+
+        :func:`ptmdd_lightning.machine.machine_record` goes to the logger's hyper-parameters and to the run folder's
+        ``hparams.yaml`` (:func:`ptmdd_lightning.reporting.record_machine`).
         """
-        if self.logger is not None:
-            self.logger.log_hyperparams({"machine": machine_record(self.device, str(self.trainer.precision))})
+        record_machine(self.trainer, machine_record(self.device, str(self.trainer.precision)))
 
     @override
     def configure_optimizers(self):

@@ -1,4 +1,6 @@
-"""Distiller: the method-selecting entry of older configs (``class_path: ptmdd_lightning.modules.Distiller`` with
+"""Distiller: the method-selecting entry of older configs.
+
+Distiller: the method-selecting entry of older configs (``class_path: ptmdd_lightning.modules.Distiller`` with
 ``method: dm | dc | dsa``). New configs name the algorithm's class: :class:`~ptmdd_lightning.modules.DMDistiller` or
 :class:`~ptmdd_lightning.modules.GradientMatchingDistiller`.
 """
@@ -28,7 +30,9 @@ _GRADIENT_MATCHING_ONLY = {
 
 
 class Distiller(LightningModule):
-    """``Distiller(method=..., ...)`` builds the algorithm's class: ``"dm"`` -> :class:`DMDistiller`, ``"dc"`` /
+    """``Distiller(method=..., ...)`` builds the algorithm's class.
+
+    ``Distiller(method=..., ...)`` builds the algorithm's class: ``"dm"`` -> :class:`DMDistiller`, ``"dc"`` /
     ``"dsa"`` -> :class:`GradientMatchingDistiller` (same arguments, same numbers). Kept so that configs and code
     written before the split still run; the object returned is an instance of that class, not of ``Distiller``.
 

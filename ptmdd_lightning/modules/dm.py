@@ -1,4 +1,6 @@
-"""DMDistiller: distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023,
+"""DMDistiller: distribution matching with PTM guidance.
+
+DMDistiller: distribution matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023,
 Eq. 4) with PTM guidance (Lu et al. 2023).
 """
 
@@ -16,7 +18,9 @@ __all__ = ["DMDistiller"]
 
 
 class DMDistiller(DistillerBase):
-    """DM: match the class-wise mean embeddings of real and synthetic images under a freshly initialised
+    """DM: match class-wise mean embeddings of real and synthetic images, plus CLoM/CCLoM.
+
+    DM: match the class-wise mean embeddings of real and synthetic images under a freshly initialised
     ``net_arch`` (a new random net every step; DC/DSA/DM ``main_DM.py``), plus CLoM/CCLoM.
 
     Every argument is :class:`~ptmdd_lightning.modules.base.DistillerBase`'s (``ipc``, ``init``, ``lr_img``
@@ -35,7 +39,9 @@ class DMDistiller(DistillerBase):
         return "dm"
 
     def base_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DM (Zhao & Bilen 2023, Eq. 4): ``sum_k ||mean(embed(real_k)) - mean(embed(syn_k))||^2`` on a fresh
+        """The DM loss on a fresh random net (Zhao & Bilen 2023, Eq. 4).
+
+        DM (Zhao & Bilen 2023, Eq. 4): ``sum_k ||mean(embed(real_k)) - mean(embed(syn_k))||^2`` on a fresh
         random net; the real side without gradient. Scalar float32.
         """
         net = self._fresh_net(mix_seed(self._seed, self.global_rank, self.global_step, 0xE1), trainable=False)

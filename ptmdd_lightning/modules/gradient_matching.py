@@ -1,4 +1,6 @@
-"""GradientMatchingDistiller: DC (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021,
+"""GradientMatchingDistiller: DC and DSA with PTM guidance.
+
+GradientMatchingDistiller: DC (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching", ICLR 2021,
 Alg. 1) and DSA (Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021, Eq. 5),
 with PTM guidance (Lu et al. 2023).
 """
@@ -21,7 +23,9 @@ __all__ = ["GradientMatchingDistiller"]
 
 
 class GradientMatchingDistiller(DistillerBase):
-    """DC / DSA: per-class gradient matching on a net re-sampled every ``outer_loop`` steps and trained on the
+    """DC / DSA: per-class gradient matching, plus CLoM/CCLoM.
+
+    DC / DSA: per-class gradient matching on a net re-sampled every ``outer_loop`` steps and trained on the
     synthetic set for ``inner_loop`` epochs after every other outer step, plus CLoM/CCLoM.
 
     One Lightning step is one outer step of the DC code (``main.py``): the matching update of the synthetic
@@ -90,7 +94,9 @@ class GradientMatchingDistiller(DistillerBase):
         return loss.detach()
 
     def base_loss(self, real_raw: Tensor, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> Tensor:
-        """DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net (a new
+        """The DC/DSA gradient-matching loss on the current outer-loop net.
+
+        DC/DSA (Zhao et al. 2021, Alg. 1): per-class gradient matching on the current outer-loop net (a new
         random net every ``outer_loop`` steps). Scalar float32.
         """
         net_index = self.global_step // self.outer_loop
@@ -149,7 +155,9 @@ class GradientMatchingDistiller(DistillerBase):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The base's checkpoint plus ``checkpoint["dc_net"]``: the outer-loop net's ``state_dict``, its SGD state
+        """The base's checkpoint plus the outer-loop net and its optimizer.
+
+        The base's checkpoint plus ``checkpoint["dc_net"]``: the outer-loop net's ``state_dict``, its SGD state
         and its index. Written between whole steps (the inner loop belongs to the step), so nothing is pending.
         """
         super().on_save_checkpoint(checkpoint)
@@ -192,7 +200,9 @@ class GradientMatchingDistiller(DistillerBase):
             self._aux["net_opt"] = opt
 
     def on_train_start(self) -> None:
-        """An older checkpoint's pending inner loop (see :meth:`on_load_checkpoint`). Here, not in
+        """Run an older checkpoint's pending inner loop.
+
+        An older checkpoint's pending inner loop (see :meth:`on_load_checkpoint`). Here, not in
         :meth:`on_fit_start`: Lightning restores ``global_step`` (which seeds the inner loop) in between.
         """
         pending = self._aux.pop("pending_inner_loop", None)

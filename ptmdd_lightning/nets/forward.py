@@ -153,7 +153,9 @@ class EagerForward:
         return self.run_module("embed", x, params)
 
     def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None:
-        """``None``: the eager path has no fused per-class gradient; the caller uses the generic
+        """``None``: the eager path has no fused per-class gradient.
+
+        ``None``: the eager path has no fused per-class gradient; the caller uses the generic
         :func:`ptmdd_lightning.core.objectives.dc_class_gradients`.
         """
         return None
@@ -204,7 +206,9 @@ def net_forward(
 
 
 def keep_freed_memory() -> bool:
-    """Opt in to keeping freed memory in this process (glibc ``mallopt``; the CPU backend's
+    """Opt in to keeping freed memory in this process.
+
+    Opt in to keeping freed memory in this process (glibc ``mallopt``; the CPU backend's
     :func:`ptmdd_lightning.backends.cpu.allocator.keep_freed_memory`): faster CPU steps, a larger resident heap.
     Process-wide and not undone; called only by a run whose config sets ``keep_freed_memory: true``.
 

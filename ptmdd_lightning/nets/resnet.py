@@ -1,4 +1,6 @@
-"""ResNet18 variants of the dataset-distillation code: ``ResNet18`` (instance norm), ``ResNet18BN``,
+"""ResNet18 variants of the dataset-distillation code.
+
+ResNet18 variants of the dataset-distillation code: ``ResNet18`` (instance norm), ``ResNet18BN``,
 ``ResNet18BN_AP`` (strided convs replaced by stride-1 convs + 2x2 average pooling).
 
 Source: VICO-UoE/DatasetCondensation ``networks.py`` (``BasicBlock``, ``ResNet``, ``BasicBlock_AP``,

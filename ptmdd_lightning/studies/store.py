@@ -356,7 +356,9 @@ class Study:
 
     @staticmethod
     def ran_config(slot: Slot, folder: Path) -> dict[str, Any]:
-        """The config the run in ``folder`` ran with: ptmdd's own ``config.yaml`` there (the sweep's config with
+        """The config the run in ``folder`` ran with.
+
+        The config the run in ``folder`` ran with: ptmdd's own ``config.yaml`` there (the sweep's config with
         the extra arguments applied), else the sweep's merged config.
         """
         try:
@@ -471,7 +473,9 @@ class Study:
         return "failed"
 
     def write_record(self, args: dict[str, Any]) -> None:
-        """Write ``out/study.json``: how the study was started, so that ``--status``/``--collect-only`` need only
+        """Write ``out/study.json``, how the study was started.
+
+        Write ``out/study.json``: how the study was started, so that ``--status``/``--collect-only`` need only
         the folder.
         """
         atomic_write_text(self.out / "study.json", json.dumps(args, indent=1))

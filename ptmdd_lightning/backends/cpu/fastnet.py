@@ -94,7 +94,9 @@ _RECOMPILE_LIMIT = 64
 
 @functools.lru_cache(maxsize=1)
 def can_compile() -> bool:
-    """Whether ``torch.compile`` can generate CPU kernels here: a C++ compiler on PATH, not Windows, and
+    """Whether ``torch.compile`` can generate CPU kernels here.
+
+    Whether ``torch.compile`` can generate CPU kernels here: a C++ compiler on PATH, not Windows, and
     ``torch._dynamo`` importable. Cached.
     """
     if sys.platform.startswith("win"):
@@ -127,7 +129,9 @@ def compile_choice(total_steps: int | None = None) -> bool | None:
 
 
 def convnet_supported(net: nn.Module) -> bool:
-    """Whether :func:`convnet_features_cl` computes ``net.embed``: a :class:`ConvNet` with instance norm (or no
+    """Whether :func:`convnet_features_cl` computes ``net.embed`` for this net.
+
+    Whether :func:`convnet_features_cl` computes ``net.embed``: a :class:`ConvNet` with instance norm (or no
     norm), any activation, average/max/no pooling and plain 3x3 convolutions (``groups=1``, stride 1).
     """
     if not isinstance(net, ConvNet) or net.norm not in ("instancenorm", "none"):
@@ -148,7 +152,9 @@ def _blocks(net: ConvNet) -> list[tuple[nn.Conv2d, nn.GroupNorm | None]]:
 
 
 def _flat_params(net: ConvNet, params: Mapping[str, Tensor] | None = None) -> list[Tensor]:
-    """Conv weight, conv bias, norm weight, norm bias (with instance norm) per block, then the classifier's
+    """The ConvNet's parameters in forward order, from ``params`` when given.
+
+    Conv weight, conv bias, norm weight, norm bias (with instance norm) per block, then the classifier's
     weight and bias; taken from ``params`` (``name -> tensor`` as ``net.named_parameters()``) when given.
     """
     names = {id(p): n for n, p in net.named_parameters()}
@@ -246,7 +252,9 @@ def _convnet_forward(
 
 
 def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
-    """Whether the CPU kernel path (:func:`_kernel_features`: :func:`first_block_kernel`, then oneDNN convs with
+    """Whether the CPU kernel path computes ``net``'s features.
+
+    Whether the CPU kernel path (:func:`_kernel_features`: :func:`first_block_kernel`, then oneDNN convs with
     :func:`ptmdd_lightning.backends.cpu.kernels.instance_norm_relu_pool`) computes ``net``'s features: a supported
     ConvNet with instance norm, ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width
     that is a multiple of 16, an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32
@@ -313,7 +321,9 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
 
 
 def _kernel_features(x: Tensor, params: Sequence[Tensor], paddings: Sequence[int], eps: float) -> Tensor:
-    """The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
+    """ConvNet-3's feature map through the CPU kernels, channels-last ``(N, h, w, width)``.
+
+    The feature map of ConvNet-3 (instance norm, ReLU, average pooling) through the CPU kernels, channels-last
     ``(N, h, w, width)``: the first block by :func:`first_block_kernel`, each later block as a oneDNN conv on
     channels-last maps (its weight gradient on AMX under bf16 autocast where the CPU has AMX:
     :func:`ptmdd_lightning.backends.cpu.kernels.channels_last_conv3x3`) followed by
@@ -459,7 +469,9 @@ class FastNet(EagerForward):
             self._eps = float(blocks[0][1].eps) if blocks[0][1] is not None else 0.0
 
     def _use_kernel(self, x: Tensor) -> bool:
-        """The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
+        """The CPU kernel path, for images that need no gradient.
+
+        The CPU kernel path: for images that need no gradient, in float32 or under bf16 autocast -- training the
         net's parameters (DC/DSA inner loop and real side, evaluation training) and no-grad forwards (DM's real
         side). Not for image-gradient calls (DM's and DC's synthetic side), which stay on the compiled tensor
         formulation (docs/speed.md, levers 12, 14 and 19).
@@ -497,7 +509,9 @@ class FastNet(EagerForward):
         return self.run_module(kind, x, params)
 
     def embed(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
-        """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``; with ``params`` (``name -> tensor``, the names of
+        """``net.embed(x)``: ``(N, C, H, W) -> (N, D)``, optionally with other parameters.
+
+        ``net.embed(x)``: ``(N, C, H, W) -> (N, D)``; with ``params`` (``name -> tensor``, the names of
         ``net.named_parameters()``) the net's parameters are replaced by them, as ``torch.func.functional_call``.
         """
         return self._run("embed", x, params)
@@ -507,7 +521,9 @@ class FastNet(EagerForward):
         return self._run("forward", x, params)
 
     def class_grads(self, x: Tensor, y: Tensor, num_classes: int) -> dict[str, Tensor] | None:
-        """Per-class cross-entropy gradients of all the net's parameters, differentiable w.r.t. ``x``: the synthetic
+        """Per-class cross-entropy gradients of all the net's parameters, differentiable w.r.t. ``x``.
+
+        Per-class cross-entropy gradients of all the net's parameters, differentiable w.r.t. ``x``: the synthetic
         side of DC/DSA gradient matching (:func:`convnet_class_grads`; compiled when this FastNet is), as
         ``{parameter name: (K, *shape)}``. ``None`` when the net or the batch is not supported (not a supported
         ConvNet; labels not sorted with equal counts per class): then use the generic path

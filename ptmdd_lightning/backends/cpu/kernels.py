@@ -306,7 +306,9 @@ def _check_maps(z: Tensor, gamma: Tensor, beta: Tensor) -> tuple[int, int, int, 
 
 
 def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
-    """Instance norm -> ReLU -> 2x2 average pooling of channels-last maps, in one pass each way (the later blocks of
+    """Instance norm -> ReLU -> 2x2 average pooling of channels-last maps, fused.
+
+    Instance norm -> ReLU -> 2x2 average pooling of channels-last maps, in one pass each way (the later blocks of
     ConvNet-3: ``GroupNorm(C, C)`` -> ``ReLU`` -> ``AvgPool2d(2, 2)``, DC/DSA/DM ``networks.py``).
 
     ``out[n, i, j, c] = 1/4 sum_{a, b in {0, 1}} relu((z[n, 2i+a, 2j+b, c] - mu[n, c]) / sqrt(var[n, c] + eps)
@@ -339,7 +341,9 @@ def instance_norm_relu_pool(z: Tensor, gamma: Tensor, beta: Tensor, eps: float) 
 
 @functools.lru_cache(maxsize=1)
 def amx_available() -> bool:
-    """Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
+    """Whether :func:`conv3x3_weight_grad` (AMX) runs here.
+
+    Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
     AMX (``amx_tile``, ``amx_bf16``; Intel Sapphire Rapids and later) and Linux grants this process the AMX tile
     state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off.
     """
@@ -349,7 +353,9 @@ def amx_available() -> bool:
 
 
 def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
-    """The weight and bias gradients of a 3x3 convolution (stride 1, zero padding 1) on channels-last bf16 maps, on
+    """The weight and bias gradients of a 3x3 convolution on the CPU's AMX units.
+
+    The weight and bias gradients of a 3x3 convolution (stride 1, zero padding 1) on channels-last bf16 maps, on
     the CPU's AMX units: bf16 products summed in float32.
 
     ``dw[o, i, kh, kw] = sum_{n, h, w} gout[n, h, w, o] * x[n, h + kh - 1, w + kw - 1, i]`` (zero outside the
@@ -397,7 +403,9 @@ def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1) -> bool:
-    """Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
+    """Whether :func:`channels_last_conv3x3` takes these shapes.
+
+    Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
     ``(Co, Ci, 3, 3)``, ``bias`` ``(Co,)``, ``padding`` 1, ``Ci`` and ``Co`` multiples of 32 and at most 1024 (what
     :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`.
     """
@@ -418,7 +426,9 @@ def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1)
 
 
 class ChannelsLastConv3x3(torch.autograd.Function):
-    """``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
+    """A channels-last bf16 3x3 convolution with its weight gradient on AMX.
+
+    ``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
     and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`.
     """
 
