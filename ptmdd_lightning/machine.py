@@ -126,8 +126,7 @@ def cpu_info() -> dict[str, Any]:
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bf16 natively (AMX-bf16 or AVX512-BF16).
 
-    Without it bf16 is emulated and slow: measured on an AVX2-only AMD EPYC (2 threads, conv 256 x 128 x 14 x 14,
-    3 x 3, 128 -> 128): fp32 253 ms, bf16 4468 ms (channels_last: 181 vs 1514 ms).
+    Without it bf16 is emulated and many times slower than fp32 (docs/speed.md, "CPUs without native bf16").
     """
     return cpu_info()["kind"] in ("amx-bf16", "avx512-bf16")
 
@@ -136,11 +135,9 @@ def auto_precision(device: torch.device | str | None = None) -> str:
     """The precision ``"auto"`` stands for on ``device``: ``"bf16"`` where bf16 pays, else ``"32"``.
 
     bf16 autocast on a GPU with bf16 support (``torch.cuda.is_bf16_supported()``) and on a CPU with AMX-bf16;
-    fp32 on every other CPU. Measured with ``benchmarks/conv_floor.py`` (2 threads, docs/speed.md, "CPUs without
-    AMX"): on an AVX2-only CPU bf16 is emulated and 8-18x slower than fp32; with oneDNN capped to AVX512-BF16 (the
-    ISA of AMD Zen 4, on the Sapphire Rapids machine) ConvNet-3's 128 -> 128 conv ran no faster in bf16 (62 vs
-    55 ms NCHW, 58 vs 38 ms channels_last), so there fp32 keeps the digits at no cost in speed. The result is
-    recorded with every run (``machine.precision``).
+    fp32 on every other CPU: there bf16 is emulated (AVX2) or, with AVX512-BF16 alone, no faster than fp32 for
+    ConvNet-3's convolutions, so fp32 keeps the digits at no cost in speed (``benchmarks/conv_floor.py``,
+    docs/speed.md, "CPUs without native bf16"). The result is recorded with every run (``machine.precision``).
 
     Args:
         device: ``"cpu"``, ``"cuda:0"``, a ``torch.device``; ``None`` = CPU.
@@ -212,9 +209,8 @@ def busy_cpus(interval: float = 0.2) -> float | None:
 def contention_warning(threads: int | None = None, busy: float | None = None) -> str | None:
     """A warning naming the fix when other processes already keep the CPUs busy that ``threads`` would use.
 
-    OpenMP threads on busy cores wait for each other at every barrier: measured on 2 cores (docs/speed.md,
-    "Contention"), a ConvNet-3 step of 190 ms alone took 4.4 s when two such 2-thread processes ran side by
-    side, and 0.36 s each with ``OMP_NUM_THREADS=1``.
+    OpenMP threads on busy cores wait for each other at every barrier, so two multi-threaded runs on the same cores
+    slow each other many times over; one thread each does not (docs/speed.md, "Contention").
 
     Args:
         threads: torch's intra-op threads (default ``torch.get_num_threads()``).

@@ -407,11 +407,10 @@ def dc_class_gradients(
     (no in-place buffer updates); BatchNorm layers must be frozen first (:func:`freeze_batchnorm_stats`).
     ``batched=False`` runs the reference's per-class loop instead (also for nets ``vmap`` cannot handle).
 
-    Speed (``batched=None``, the default, picks per side): measured on the 2-core CPU with ConvNet-3 (width
-    128, 28x28, K=10), ``vmap`` beats the loop when the graph is kept (synthetic side: 10/class 3.6 s vs
-    5.3 s, 50/class 15.9 s vs 18.5 s, gradients plus backward), but not without it (real side: 50/class
-    4.4 s vs 3.9 s, 64/class about 2x slower: the batched conv weight-gradient is a grouped conv, and all
-    classes' activations are alive at once). So ``None`` means ``vmap`` iff ``create_graph``.
+    Speed (``batched=None``, the default, picks per side): on a CPU with ConvNet-3, ``vmap`` beats the loop when the
+    graph is kept (the synthetic side), but not without it (the real side: the batched conv weight-gradient is a
+    grouped conv, and all classes' activations are alive at once; docs/speed.md, lever 6). So ``None`` means
+    ``vmap`` iff ``create_graph``.
 
     Args:
         net: the network; its buffers are used as they are.

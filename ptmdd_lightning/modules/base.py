@@ -89,8 +89,8 @@ class DistillerBase(LightningModule):
             and ``main.py``) or ``"augmented"`` (the step's DSA view of the synthetic images; CCLoM's real images
             are then augmented too: the siamese view of the step's batch for ``cclom_real: batch``, their own DSA
             draw for ``uniform``, so that real and synthetic features always come from the same view).
-        channels_last: run the nets in channels_last. Off by default: on the 2-core AMX CPU, ConvNet-3's instance
-            norm in channels_last + bf16 made a DM step about 2x slower (see docs/DESIGN.md).
+        channels_last: run the nets in channels_last. Off by default: ConvNet-3's instance norm in channels_last +
+            bf16 made a CPU DM step slower (docs/speed.md, lever 5).
         backend: how the distillation nets run (:mod:`ptmdd_lightning.nets.forward`): ``"auto"`` (default: on a
             CPU, ConvNet-3 through ptmdd's C++ kernels and a compiled formulation where they apply; the module
             elsewhere), ``"eager"`` (the module itself: the reference), ``"cpu_kernels"``, ``"compile"``.

@@ -112,7 +112,7 @@ class GradientMatchingDistiller(DistillerBase):
             freeze_batchnorm_stats(net, self._view(per_class.flatten(0, 1)))
         # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
         # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
-        # module vmapped over the classes (synthetic side at IPC 10, bf16, 2 threads: 0.88 s vs 1.48 s; docs/speed.md).
+        # module vmapped over the classes (docs/speed.md, lever 11).
         fast = self._fast(net)
         loss = dc_loss(
             net,

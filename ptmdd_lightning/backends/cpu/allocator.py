@@ -5,10 +5,8 @@ and the choice is recorded in ``results.json`` (``machine.backend.cpu.keep_freed
 
 :func:`keep_freed_memory`: glibc's ``malloc`` returns large freed blocks to the kernel (``munmap`` of blocks above
 its mmap threshold, trimming of the heap top), so the next step's tensors of the same sizes are page-faulted in
-and zeroed again. Measured on the 2-core CPU, a 100-image bf16 ConvNet-3 training step through the CPU kernels
-(``backends/cpu``): ~4,300 minor page faults and ~10 ms of kernel time per step; with the freed memory kept
-(mmap threshold and trim threshold raised to 1 GiB) 15-50 faults and ~0.6 ms, step median 83-86 ms -> 47-80 ms
-over four alternating process pairs (docs/speed.md, lever 15). The cost: the process keeps its peak heap (RSS
+and zeroed again; keeping the freed memory (mmap threshold and trim threshold raised to 1 GiB) removes almost all
+of those page faults (docs/speed.md, lever 15). The cost: the process keeps its peak heap (RSS
 does not shrink after a large temporary is freed) -- what jemalloc/tcmalloc, the allocators Intel recommends for
 PyTorch on CPUs, do as well.
 """

@@ -1,10 +1,9 @@
 """The CPU backend's fast ConvNet: channels-last with fused norm/activation/pooling, compiled, or the C++ kernels.
 
-Where the time goes (measured on a 2-core Sapphire Rapids CPU, ConvNet-3 on 1x28x28, bf16 autocast, 256 images,
-one thread): the reference layer order conv -> ``GroupNorm(C, C)`` -> ReLU -> ``AvgPool2d`` in NCHW spends ~2/3
-of a forward in memory-bound passes over the 128x32x32 maps of the first block (the first conv alone, with one
-input channel, 75 ms; ``avg_pool2d`` in NCHW bf16 88 ms; the norm 45 ms), while the convolutions of the later
-blocks run 3x faster in channels-last than in NCHW. This module computes the same function as
+Where the time goes (profiles in docs/speed.md, "The levers and what each gave"): the reference layer order
+conv -> ``GroupNorm(C, C)`` -> ReLU -> ``AvgPool2d`` in NCHW spends most of a CPU forward in memory-bound passes
+over the 128x32x32 maps of the first block, while the convolutions of the later blocks run faster in channels-last
+than in NCHW. This module computes the same function as
 :meth:`ConvNet.embed` / :meth:`ConvNet.forward`, differently:
 
 * channels-last (``(N, H, W, C)``) activations throughout, so the 128->128 convolutions use oneDNN's fast
@@ -15,31 +14,25 @@ blocks run 3x faster in channels-last than in NCHW. This module computes the sam
   ``GroupNorm(C, C)``), the activation and the 2x2 pooling written as plain tensor expressions, which
   ``torch.compile`` (inductor) fuses into two or three loops per block instead of five or six passes;
 * a large no-grad batch is cut into chunks of about :data:`DEFAULT_CHUNK` images, so that the temporaries stay
-  below glibc's 32 MiB mmap threshold and are recycled instead of page-faulted on every call (measured: 512
-  images in 1 chunk 231 ms, in chunks of 64 103 ms).
+  below glibc's 32 MiB mmap threshold and are recycled instead of page-faulted on every call.
 
-Together (compiled) these make a no-grad ConvNet-3 forward ~6x faster than the eager bf16 module and ~12x
-faster than eager fp32 (one thread, CPU time per 512 images: 103 ms vs ~660 ms vs ~1240 ms). In fp32 the
-result equals the module's to rounding (tests/core/test_fast.py); under bf16 autocast both use bf16
-convolutions and agree to bf16 precision.
+In fp32 the result equals the module's to rounding (tests/backends/cpu/); under bf16 autocast both use bf16
+convolutions and agree to bf16 precision. What each piece gave is measured in docs/speed.md.
 
 Two more pieces serve DC/DSA (gradient matching) and training:
 
 * :func:`convnet_class_grads` / :meth:`FastNet.class_grads`: the per-class gradients of the synthetic side as a
   ``vmap(grad(...))`` of the fused formulation, so that ``torch.compile`` traces the gradient computation into
-  a graph and differentiates that graph once (eager, this is a double backward through the module). Per DC
-  matching step at IPC 10 (bf16, 2 threads, two runs): 0.88 and 0.78 s instead of 1.48 and 1.31 s.
+  a graph and differentiates that graph once (eager, this is a double backward through the module; docs/speed.md,
+  lever 11).
 * the CPU kernel path (:func:`_kernel_features`): for images that need no gradient -- training the net's
   parameters (the DC/DSA inner loop and real side, evaluation training, PTM pretraining) and no-grad forwards
   (DM's real side) -- ConvNet-3 runs through hand-written CPU kernels (:mod:`ptmdd_lightning.backends.cpu.kernels`):
   the first block never materialises its ``(N, 128, 32, 32)`` maps, each later block's norm, ReLU and pooling is
   one pass each way after oneDNN's channels-last convolution, and under bf16 autocast on a CPU with AMX the
   later convolutions' weight gradients run on AMX (:func:`~ptmdd_lightning.backends.cpu.kernels.channels_last_conv3x3`).
-  Eager: it needs no ``torch.compile``, so it also serves short runs and the default (uncompiled) evaluation.
-  Measured per 100-image bf16 training step (2 threads, same process, alternating rounds): 60 -> 45 ms with the
-  first-block kernel (median of 12 rounds), then 98.5 -> 84.0 ms (median of 30 rounds, a slow phase of the
-  machine) with the ReLU mask kept and the later blocks' kernels, then 51-72 -> 32-34 ms with the kernels on
-  torch's OpenMP threads, and 38 -> 30 ms with the AMX weight gradient (docs/speed.md, levers 12, 14, 17, 18).
+  Eager: it needs no ``torch.compile``, so it also serves short runs and the default (uncompiled) evaluation
+  (docs/speed.md, levers 12, 14, 17, 18).
 
 The path is chosen by the run's ``backend`` (:mod:`ptmdd_lightning.nets.forward`; ``auto``: the kernel path where
 it applies and builds; otherwise, on a CPU when ``torch.compile`` can build C++ kernels (a C++ compiler is found),
@@ -82,11 +75,9 @@ __all__ = [
 ]
 
 #: images per chunk on the CPU kernel path (no large temporaries left to bound; larger batches suit the
-#: convolutions: DC real side per class, 256 images, 2 threads: median 2.70 s in chunks of 32, 2.32 s in chunks of
-#: 128 (session 3); all kernels and glibc keeping freed memory: 1.77 s in chunks of 128, 1.67 s in one chunk of 256,
-#: 6 alternating rounds)
+#: convolutions: docs/speed.md, lever 12)
 KERNEL_CHUNK = 256
-#: runs shorter than this many steps do not compile (the one-off compile, ~10-40 s on 2 cores, would not pay)
+#: runs shorter than this many steps do not compile (the one-off compile would not pay for itself)
 MIN_COMPILE_STEPS = 20
 #: dynamo's default of 8 cached graphs per function is too few for (grad/no-grad) x (fp32/bf16) x shapes
 _RECOMPILE_LIMIT = 64
@@ -529,8 +520,7 @@ class FastNet(EagerForward):
         ConvNet; labels not sorted with equal counts per class): then use the generic path
         (:func:`ptmdd_lightning.core.objectives.dc_class_gradients`).
 
-        Measured for the synthetic side of one DC matching step at IPC 10 (ConvNet-3, 28x28, bf16, 2 threads, two
-        runs): compiled 0.88 / 0.78 s against 1.48 / 1.31 s for the eager ``vmap`` over the module.
+        Compiled, this is faster than the eager ``vmap`` over the module (docs/speed.md, lever 11).
 
         Args:
             x: ``(N, C, H, W)`` images; y: ``(N,)`` int64 labels; num_classes: ``K``.

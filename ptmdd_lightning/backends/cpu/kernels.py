@@ -1,9 +1,9 @@
 """Hand-written CPU kernels for the training path of ConvNet-3 (conv -> instance norm -> ReLU -> 2x2 average pool).
 
 Why: in a training step of ConvNet-3 on 28x28 images (Fashion-MNIST/MNIST) the blocks' maps are written, read
-and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool and their backward);
-measured on the 2-core CPU, 100 images, bf16, 2 threads: about 57 of the ~100 ms of a forward + backward went to
-the first block alone (docs/speed.md, lever 12). Three kernels:
+and differentiated several times by memory-bound passes (im2col matmul, norm, ReLU, pool and their backward); the
+first block alone took more than half of a forward + backward in the profile of docs/speed.md, lever 12. Three
+kernels:
 
 * :func:`pooled_relu_affine`, the first block. Its conv has few input channels (``k = C_in * 9 <= 64`` patch
   values per position), so with the instance-norm statistics folded into a per-image affine map (see
@@ -36,13 +36,12 @@ summation order of the weight gradient (every image is computed by one thread, s
 The threads are OpenMP's: the library needs ``libgomp.so.1``, which the dynamic loader resolves to the copy torch
 has already loaded, so the kernels run on torch's own intra-op thread pool. Threads of their own (``std::thread``,
 the fallback when the compiler has no OpenMP) compete with torch's OpenMP workers, which keep spinning for a while
-after every parallel op: on the 2-core CPU a 100-image bf16 training step of ConvNet-3 took a median 51-72 ms with
-``std::thread`` and 32-34 ms with OpenMP (three process pairs; docs/speed.md, lever 17).
+after every parallel op, which made a training step markedly slower (docs/speed.md, lever 17).
 
 :func:`available` says whether the kernels could be built (``PTMDD_CPU_KERNELS=0`` turns them off; ``PTMDD_AMX=0``
 only the AMX kernel) and :func:`status` why not; the callers fall back to the compiled tensor formulation, oneDNN
-or the module. Nothing is built on import: the first call of :func:`available` builds (about 15-30 s with g++,
-then cached).
+or the module. Nothing is built on import: the first call of :func:`available` builds (once per machine, then
+cached).
 
 Pure torch; never imports Lightning.
 """
@@ -362,8 +361,8 @@ def conv3x3_weight_grad(x: Tensor, gout: Tensor) -> tuple[Tensor, Tensor]:
     image) and ``db[o] = sum_{n, h, w} gout[n, h, w, o]``: what ``torch.ops.aten.convolution_backward`` returns for
     the weight and the bias of ``conv2d(x, w, b, padding=1)``, with float32 instead of bf16 sums.
 
-    Why: in a 100-image bf16 training step of ConvNet-3 (2-core Sapphire Rapids), oneDNN's weight gradients of the
-    two 128 -> 128 convolutions took about 17 of 38 ms; this kernel takes about 8 (docs/speed.md, lever 18).
+    Why: oneDNN's weight gradients of the two 128 -> 128 convolutions were the largest single cost of a bf16 training
+    step of ConvNet-3; this kernel computes them faster on AMX (docs/speed.md, lever 18).
 
     Args:
         x: ``(N, H, W, Ci)`` bfloat16 CPU maps (the conv input, channels last, contiguous).
