@@ -67,6 +67,17 @@ def _runs(outdir: Path, row: str) -> dict[int, Path]:
     return found
 
 
+def _commit_of(outdir: Path, run: str) -> str:
+    """The short commit a run was made with (``""`` when unknown).
+
+    ``OUTDIR/<run>.commit``, else the first script version's ``OUTDIR/commit.txt``.
+    """
+    for path in (outdir / f"{run}.commit", outdir / "commit.txt"):
+        if path.is_file():
+            return path.read_text().strip()[:7]
+    return ""
+
+
 def _pm(values: Sequence[float]) -> str:
     """``mean ± population std`` in percent of fractions."""
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.pstdev(values):.2f}"
@@ -106,13 +117,7 @@ def table(outdir: str | Path) -> str:
         diff = f"{mean - row.published[0]:+.2f}" if row.published else ""
         base = next((rows.get(("ConvNet", "random_real")) for rows in seed_rows.values()), None)
         real = f"{_pm(base['accs'])}" if base else ""
-        commits = sorted(
-            {
-                (outdir / f"{run.parent.name}.commit").read_text().strip()[:7]
-                for run in runs.values()
-                if (outdir / f"{run.parent.name}.commit").is_file()
-            }
-        )
+        commits = sorted({c for run in runs.values() if (c := _commit_of(outdir, run.parent.name))})
         cpu = sorted({str(r.get("machine", {}).get("cpu", {}).get("kind", "")) for r in synthetic.values()})
         lines.append(
             f"| {row.setting} | {row.protocol} | {published} | {ours} | {diff} | {real} | "

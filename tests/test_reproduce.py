@@ -50,6 +50,10 @@ def test_the_table_compares_with_the_published_number_and_pairs_clom_by_seed(tmp
     assert "+1.33 points, 95 % CI [-0.10, +2.77] over seeds [0, 1, 2]" in text
     main([str(tmp_path)])
     assert capsys.readouterr().out == text
+    # a run of the script's first version has no <run>.commit: OUTDIR/commit.txt names its commit
+    (tmp_path / "reproduce_dc_ipc1_seed0.commit").unlink()
+    (tmp_path / "commit.txt").write_text("b" * 40)
+    assert "| 0 | bbbbbbb | amx-bf16 |" in table(tmp_path)
 
 
 def test_a_missing_outdir_is_one_line(tmp_path, capsys):
