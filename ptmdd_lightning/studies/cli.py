@@ -36,6 +36,7 @@ from ptmdd_lightning.studies.collect import collect, format_summary, plot_summar
 from ptmdd_lightning.studies.execute import (
     SIGTERM_EXIT,
     StudyArgs,
+    counts_line,
     default_out,
     load_study,
     run_local,
@@ -146,8 +147,7 @@ def _print_status(study: Study, slots) -> None:
         folder = study.folder(slot)
         where = folder.relative_to(study.out) if folder is not None else "-"
         print(f"{study.state(slot):8s} {slot.key:40s} {where}")
-    c = study.counts(slots)
-    print(f"{c['done']} done, {c['running']} running, {c['failed']} failed, {c['pending']} pending ({len(slots)} runs)")
+    print(f"{counts_line(study.counts(slots))} ({len(slots)} runs)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_summary(study.spec, rows))
     print(f"[ptmdd-sweep] wrote {', '.join(str(f) for f in files)}" + (f" and {png}" if png else ""))
-    if not args.collect_only:
-        c = study.counts(slots)
-        print(f"[ptmdd-sweep] {c['done']} done, {c['running']} running, {c['failed']} failed, {c['pending']} pending")
+    counts = None if args.collect_only else study.counts(slots)
+    if counts is not None:
+        print(f"[ptmdd-sweep] {counts_line(counts)}")
     if stopped:
         return SIGTERM_EXIT
-    return 1 if failed or (args.executor == "slurm" and study.counts(slots)["failed"]) else 0
+    return 1 if failed or (args.executor == "slurm" and counts is not None and counts["failed"]) else 0
 
 
 if __name__ == "__main__":

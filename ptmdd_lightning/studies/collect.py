@@ -25,32 +25,10 @@ import pandas as pd
 
 from ptmdd_lightning.compare import paired_difference
 from ptmdd_lightning.fileio import atomic_write, atomic_write_text
-from ptmdd_lightning.studies.spec import SweepSpec
+from ptmdd_lightning.studies.spec import SUMMARY_FIELDS, SweepSpec
 from ptmdd_lightning.studies.store import Study
 
 __all__ = ["SUMMARY_FIELDS", "collect", "format_summary", "long_table", "plot_summary", "write_summary"]
-
-#: the columns of a summary row, in CSV order (the sweep's axis names go after "name")
-SUMMARY_FIELDS = (
-    "kind",
-    "point",
-    "name",
-    "x",
-    "series",
-    "arch",
-    "synthetic_mean",
-    "synthetic_std",
-    "n",
-    "runs",
-    "random_real_mean",
-    "random_real_std",
-    "gain_vs_random",
-    "gain_vs_baseline",
-    "baseline",
-    "paired_gain",
-    "paired_ci95",
-    "paired_seeds",
-)
 
 
 def long_table(study: Study) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.studies.spec import load_sweep
 from ptmdd_lightning.studies.store import Slot, Study
 
-__all__ = ["StudyArgs", "load_study", "run_local", "run_slot", "run_slot_job", "submit_slurm"]
+__all__ = ["StudyArgs", "counts_line", "load_study", "run_local", "run_slot", "run_slot_job", "submit_slurm"]
 
 #: the exit status of a study or run stopped by SIGTERM (128 + 15), as ``ptmdd`` itself uses
 SIGTERM_EXIT = 143
@@ -137,9 +137,10 @@ def run_slot(study: Study, slot: Slot, log: Callable[[str], None] = print, child
         claim.release(study)
 
 
-def _status_line(study: Study, slots: list[Slot]) -> str:
-    c = study.counts(slots)
-    return f"[ptmdd-sweep] {c['done']} done, {c['running']} running, {c['failed']} failed, {c['pending']} pending"
+def counts_line(counts: dict[str, int]) -> str:
+    """``"D done, R running, F failed, P pending"`` of :meth:`Study.counts`."""
+    c = counts
+    return f"{c['done']} done, {c['running']} running, {c['failed']} failed, {c['pending']} pending"
 
 
 def run_local(
@@ -202,7 +203,7 @@ def run_local(
                 if status == "running":  # another process claimed it first: wait for it
                     results.pop(key)
                     todo.append(next(s for s in slots if s.key == key))
-                line = _status_line(study, slots)
+                line = f"[ptmdd-sweep] {counts_line(study.counts(slots))}"
                 if line != reported:
                     log(line)
                     reported = line

@@ -57,6 +57,7 @@ from ptmdd_lightning.errors import PtmddError
 __all__ = [
     "RESERVED",
     "SLURM_KEYS",
+    "SUMMARY_FIELDS",
     "Axis",
     "AxisValue",
     "Point",
@@ -68,30 +69,29 @@ __all__ = [
 ]
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-#: the columns of a summary row, which axis names must not shadow
-RESERVED = frozenset(
-    (
-        "kind",
-        "point",
-        "name",
-        "x",
-        "series",
-        "arch",
-        "set",
-        "seed",
-        "model",
-        "acc",
-        "synthetic_mean",
-        "synthetic_std",
-        "n",
-        "runs",
-        "random_real_mean",
-        "random_real_std",
-        "gain_vs_random",
-        "gain_vs_baseline",
-        "baseline",
-    )
+#: the columns of a summary row (``studies.collect``), in CSV order (the sweep's axis names go after "name")
+SUMMARY_FIELDS = (
+    "kind",
+    "point",
+    "name",
+    "x",
+    "series",
+    "arch",
+    "synthetic_mean",
+    "synthetic_std",
+    "n",
+    "runs",
+    "random_real_mean",
+    "random_real_std",
+    "gain_vs_random",
+    "gain_vs_baseline",
+    "baseline",
+    "paired_gain",
+    "paired_ci95",
+    "paired_seeds",
 )
+#: column names axis names must not shadow: the summary's and the long table's own
+RESERVED = frozenset((*SUMMARY_FIELDS, "set", "seed", "model", "acc"))
 #: the ``slurm:`` keys of a sweep file (and ``--slurm KEY=VALUE``), with their meaning
 SLURM_KEYS = {
     "partition": "SLURM partition (--partition)",

@@ -10,22 +10,9 @@ import yaml
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.studies.configs import merge_configs, point_config, set_dotted, signature, with_logger
 from ptmdd_lightning.studies.spec import expand, load_sweep
+from tests.studies.fakes import BASE
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = {
-    "trainer": {
-        "max_steps": 100,
-        "callbacks": [
-            {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-            {
-                "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
-                "init_args": {"protocol": {"epochs": 300}},
-            },
-        ],
-    },
-    "model": {"class_path": "ptmdd_lightning.modules.Distiller", "init_args": {"ipc": 10, "ptms": []}},
-    "data": {"class_path": "ptmdd_lightning.data.DistillDataModule", "init_args": {"batch_real": 32}},
-}
 SWEEP = """
 name: tiny
 title: tiny sweep
