@@ -185,12 +185,7 @@ def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
 
     L.seed_everything(0, verbose=False)
     model = Distiller(
-        num_classes=dm.num_classes,
-        channels=dm.channels,
-        image_size=dm.image_size,
-        mean=dm.mean,
-        std=dm.std,
-        dataset_name=dm.dataset_name,
+        dataset_info=dm.info,
         ipc=ipc,
         method=method,
         **model_kwargs,

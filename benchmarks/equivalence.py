@@ -80,12 +80,7 @@ def distil_fast(dm, args) -> tuple:
 
     L.seed_everything(args.seed, verbose=False)
     model = Distiller(
-        num_classes=dm.num_classes,
-        channels=dm.channels,
-        image_size=dm.image_size,
-        mean=dm.mean,
-        std=dm.std,
-        dataset_name=dm.dataset_name,
+        dataset_info=dm.info,
         ipc=args.ipc,
         method="dm",
         dsa_strategy=DSA,

@@ -44,11 +44,15 @@ from ptmdd_lightning.checkpoint_io import AtomicCheckpointIO
 from ptmdd_lightning.core.evaluate import EvalProtocol
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import check_archive, remove_stray_temporaries, safe_load
+from ptmdd_lightning.layers import layered_args
 from ptmdd_lightning.machine import contention_warning, trainer_precision
 from ptmdd_lightning.nets.forward import keep_freed_memory
 
-#: DataModule attributes linked into the model at instantiation (never repeated in YAML).
-LINKED = ("num_classes", "channels", "image_size", "mean", "std", "dataset_name", "class_names", "classes")
+#: The model argument the DataModule's :class:`~ptmdd_lightning.data.DatasetInfo` (its ``info``) is linked into at
+#: instantiation (never written in YAML).
+LINKED = "dataset_info"
+#: the eight separate arguments that ``dataset_info`` replaced (checkpoints of earlier versions carry them)
+OLD_LINKED = ("num_classes", "channels", "image_size", "mean", "std", "dataset_name", "class_names", "classes")
 
 #: ``last.ckpt`` and the ``last-v<N>.ckpt`` that ModelCheckpoint's version counter may write.
 LAST_CKPT = re.compile(r"last(-v\d+)?\.ckpt")
@@ -99,7 +103,7 @@ def _moved_protocol_key(message: str) -> str | None:
 
 
 class PtmddCLI(LightningCLI):
-    """LightningCLI that links the DataModule's derived values (K, C, (H, W), mean/std, name) into the model.
+    """LightningCLI that links the DataModule's ``info`` (K, C, (H, W), mean/std, name, classes) into the model.
 
     It also resolves ``--ckpt_path last`` to the newest ``last.ckpt`` among the config's versioned run
     folders and, for ``fit``, pins the logger's version to that folder (see the module docstring). A
@@ -124,8 +128,7 @@ class PtmddCLI(LightningCLI):
             help="Opt in to glibc keeping freed memory for reuse (mallopt; process-wide): faster CPU steps, a larger "
             "resident heap (docs/speed.md, lever 15). Recorded in results.json (machine.backend.cpu).",
         )
-        for name in LINKED:
-            parser.link_arguments("data", f"model.init_args.{name}", compute_fn=_getter(name), apply_on="instantiate")
+        parser.link_arguments("data", f"model.init_args.{LINKED}", compute_fn=_dataset_info, apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse; then resolve/check ``ckpt_path`` before LightningCLI reads its hyper-parameters."""
@@ -153,11 +156,14 @@ class PtmddCLI(LightningCLI):
 
         ``bf16-mixed`` on a GPU with bf16 and on a CPU with AMX-bf16, ``32-true`` elsewhere (without AMX bf16 is
         no faster on a CPU, or emulated and many times slower). The resolved value is what ``config.yaml``
-        records. Apply ``--keep_freed_memory`` when asked. On the CPU, also warn (with the fix) when other
+        records. Drop the eight linked dataset fields that a checkpoint of a version before ``dataset_info`` hands
+        over as hyper-parameters (:data:`OLD_LINKED`; the link sets ``dataset_info`` from the DataModule). Apply
+        ``--keep_freed_memory`` when asked. On the CPU, also warn (with the fix) when other
         processes already keep busy the cores torch's threads will use
         (:func:`~ptmdd_lightning.machine.contention_warning`).
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _drop_old_linked(config.get("model"))
         if config.get("keep_freed_memory"):
             keep_freed_memory()
         trainer = config.get("trainer")
@@ -268,13 +274,19 @@ def _pinned_logger(trainer: Namespace, version: int | str) -> Any:
     return logger
 
 
-def _getter(name: str):
-    def get(datamodule):
-        value = getattr(datamodule, name)
-        return list(value) if isinstance(value, tuple) else value
+def _drop_old_linked(model: Any) -> None:
+    """Remove :data:`OLD_LINKED` from the ``dict_kwargs`` that LightningCLI built from an older checkpoint."""
+    extra = model.get("dict_kwargs") if isinstance(model, Namespace) else None
+    if isinstance(extra, dict):
+        for name in OLD_LINKED:
+            extra.pop(name, None)
+        if not extra:
+            del model["dict_kwargs"]
 
-    get.__name__ = f"datamodule_{name}"
-    return get
+
+def _dataset_info(datamodule: Any) -> Any:
+    """The DataModule's ``info`` (:class:`~ptmdd_lightning.data.DatasetInfo`), linked into the model."""
+    return datamodule.info
 
 
 def _logger_folder(trainer: Namespace | None) -> tuple[Path | None, Any]:
@@ -491,7 +503,9 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
 
     Args:
         args: the arguments (``["fit", "--config", "configs/quickstart.yaml"]``); ``None`` reads
-            ``sys.argv``.
+            ``sys.argv``. Config files given one after another (``--config A --config B``) are merged in order
+            first (:func:`ptmdd_lightning.layers.layered_args`: a later file's callbacks merge into the same
+            classes' entries instead of replacing the list).
 
     Returns:
         With explicit ``args``, the :class:`PtmddCLI` after its subcommand ran (tests inspect ``cli.trainer``
@@ -506,6 +520,14 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
     to resume.
     """
     GuardedSaveConfig.created = None
+    try:  # config files given one after another merge into one (ptmdd_lightning/layers.py)
+        if args is None:
+            sys.argv[1:] = layered_args(sys.argv[1:])
+        elif isinstance(args, list | tuple):
+            args = layered_args(args)
+    except PtmddError as err:
+        print(f"ptmdd: error: {err}", file=sys.stderr)
+        sys.exit(2)
     # GradientMatchingDistiller's training_step is a whole DC/DSA step (manual optimisation): a checkpoint after
     # it is the intended state, which Lightning's ModelCheckpoint warns about for manual optimisation in general
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)

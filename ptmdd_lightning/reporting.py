@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -19,7 +21,7 @@ from torch import Tensor
 from ptmdd_lightning.core.evaluate import summarize
 from ptmdd_lightning.fileio import atomic_write_text
 
-__all__ = ["format_table", "record_machine", "result_row", "run_dir", "write_results"]
+__all__ = ["format_table", "plain", "record_machine", "result_row", "run_dir", "set_plain_hparam", "write_results"]
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -104,6 +106,32 @@ def write_results(
             )
         writer.writerow(flat)
     atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain YAML/JSON data: dataclasses become dicts, tuples lists, recursively; the rest unchanged."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def set_plain_hparam(module: Any, key: str, value: Any) -> None:
+    """Set the hyper-parameter ``key`` of a LightningModule to ``value`` as plain data (:func:`plain`).
+
+    Both ``module.hparams`` (checkpoints, which LightningCLI re-reads with ``weights_only=True``) and the copy taken
+    by ``save_hyperparameters`` that the loggers write into ``hparams.yaml`` (Lightning's ``hparams_initial``),
+    so that ``yaml.safe_load`` reads the file back (a dataclass or a tuple would be written as a Python tag).
+    Call it after ``save_hyperparameters``.
+    """
+    value = plain(value)
+    module.hparams[key] = value
+    initial = getattr(module, "_hparams_initial", None)
+    if initial is not None:
+        initial[key] = copy.deepcopy(value)
 
 
 def record_machine(trainer: Trainer, record: dict[str, Any]) -> None:

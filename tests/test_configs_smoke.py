@@ -1,15 +1,16 @@
 """Every config under configs/ runs end to end with ``--trainer.fast_dev_run true`` on a fake Fashion-MNIST.
 
-``ptmdd`` configs (everything outside a ``sweeps/`` folder) run through :func:`ptmdd_lightning.main.main` in a
+``ptmdd`` configs (everything outside a ``sweeps/`` folder; a layer such as the CPU budget ``paper/cpu/dm_clom.yaml``
+on top of its paper config, :func:`tests.helpers.config_layers`) run through :func:`ptmdd_lightning.main.main` in a
 temporary folder: ``data.init_args.root`` points at the ``fake_fashion_root`` fixture (20 training images
 per class, so ``batch_real`` and ``cclom_batch_real`` are capped at 16, the only values changed); PTM sources
 of other datasets get a fake copy (MNIST has Fashion-MNIST's file format) or are skipped with a reason;
 ``configs/evaluate.yaml`` runs ``ptmdd test`` on a tiny export. The callbacks shrink evaluation and PTM
 pretraining under ``fast_dev_run``. Sweep files (``ptmdd-sweep``) are expanded and every run they would make
-is parsed and instantiated (not run). The full-protocol GPU configs only differ from the CPU ones by their
-numbers and pretrain bigger pools (even one batch per epoch is slow here), so they are marked slow, as are the
-IPC-10 DC/DSA configs (see ``SLOW``); every family keeps an unmarked config (quickstart, pretrain, evaluate,
-distill/dm, paper/cpu/*).
+is parsed and instantiated (not run). The full-protocol paper configs alone only differ from their CPU-budget
+layering by their numbers and pretrain bigger pools (even one batch per epoch is slow here), so they are marked
+slow, as are the IPC-10 DC/DSA configs (see ``SLOW``); every family keeps an unmarked config (quickstart, pretrain,
+evaluate, distill/dm, paper/X + paper/cpu/X).
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ import yaml
 
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.fileio import atomic_save
+from ptmdd_lightning.layers import load_layers
 from ptmdd_lightning.main import PtmddCLI, main
 from ptmdd_lightning.studies.configs import point_config, set_dotted, with_logger
 from ptmdd_lightning.studies.spec import expand, load_sweep
+from tests.helpers import config_layers, layers_id
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO / "configs"
 ALL = sorted(CONFIG_ROOT.rglob("*.yaml"))
-RUN_CONFIGS = [p for p in ALL if "sweeps" not in p.relative_to(CONFIG_ROOT).parts]
+RUN_CONFIGS = config_layers(CONFIG_ROOT)
 SWEEPS = [p for p in ALL if "sweeps" in p.relative_to(CONFIG_ROOT).parts]
 
 
@@ -39,15 +42,18 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(CONFIG_ROOT))
 
 
-#: measured on the 2-core CPU (OMP_NUM_THREADS=1): the GPU configs pretrain pools of 5 ConvNet-3 members x 20
-#: epochs (one batch each under fast_dev_run, 70-145 s); DC/DSA at IPC 10 train the net 50 inner epochs after
-#: a step (~35 s).
+#: measured on the 2-core CPU (OMP_NUM_THREADS=1): the full-protocol paper configs pretrain pools of 5 ConvNet-3
+#: members x 20 epochs (one batch each under fast_dev_run, 70-145 s); DC/DSA at IPC 10 train the net 50 inner
+#: epochs after a step (~35 s).
 SLOW = {"distill/dc.yaml", "distill/dsa.yaml"}
+#: the full-protocol paper configs, run alone (their CPU layering runs unmarked)
+FULL_PROTOCOL = {f"paper/{p.name}" for p in (CONFIG_ROOT / "paper").glob("*.yaml")}
 
 
-def _param(path: Path):
-    slow = _rel(path).startswith("paper/gpu/") or _rel(path) in SLOW
-    return pytest.param(path, id=_rel(path), marks=[pytest.mark.slow] if slow else [])
+def _param(layers: tuple[Path, ...]):
+    name = layers_id(layers, CONFIG_ROOT)
+    slow = name in SLOW or name in FULL_PROTOCOL
+    return pytest.param(layers, id=name, marks=[pytest.mark.slow] if slow else [])
 
 
 def _callback(config: dict, name: str) -> dict | None:
@@ -74,19 +80,23 @@ def _tiny_export(folder: Path) -> Path:
 def test_configs_are_found():
     names = {_rel(p) for p in ALL}
     assert {"quickstart.yaml", "evaluate.yaml", "pretrain/fashion_mnist.yaml"} <= names
+    runs = {layers_id(layers, CONFIG_ROOT) for layers in RUN_CONFIGS}
+    for family in ("dm_clom", "dc_clom", "dsa_clom", "domain_cclom"):
+        assert f"paper/{family}.yaml" in runs and f"paper/{family}.yaml+paper/cpu/{family}.yaml" in runs
     for variant in ("cpu", "gpu"):
         for family in ("methods", "nm", "na", "epoch", "alpha", "domain"):
             assert f"paper/{variant}/sweeps/{family}.yaml" in names
 
 
-@pytest.mark.parametrize("config", [_param(p) for p in RUN_CONFIGS])
-def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, fake_fashion_root):
+@pytest.mark.parametrize("layers", [_param(p) for p in RUN_CONFIGS])
+def test_config_runs_with_fast_dev_run(layers, tmp_path, monkeypatch, fake_fashion_root):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the throw-away fast_dev_run PTM pools go here
-    raw = yaml.safe_load(config.read_text())
+    config = Path(layers_id(layers, CONFIG_ROOT))
+    raw = load_layers(layers)  # as `ptmdd fit --config A --config B` merges them
     data_args = raw["data"].setdefault("init_args", {})
     if data_args.get("dataset", "fashion_mnist") != "fashion_mnist":
-        pytest.skip(f"{_rel(config)} distils {data_args['dataset']}, which has no fake data here")
+        pytest.skip(f"{config} distils {data_args['dataset']}, which has no fake data here")
     data_args["root"] = str(fake_fashion_root)
     if "batch_real" in data_args:  # the fake data hold 20 training images per class
         data_args["batch_real"] = min(int(data_args["batch_real"]), 16)
@@ -102,7 +112,7 @@ def test_config_runs_with_fast_dev_run(config, tmp_path, monkeypatch, fake_fashi
                 str(_fake_mnist(fake_fashion_root, tmp_path / "mnist_root")),
             )
         elif not source.startswith("fashion_mnist"):
-            pytest.skip(f"{_rel(config)} needs PTMs pretrained on {source}, which has no fake data here")
+            pytest.skip(f"{config} needs PTMs pretrained on {source}, which has no fake data here")
     evaluator = str(raw["model"]["class_path"]).endswith("SyntheticSetEvaluator")
     if evaluator:
         model_args["path"] = str(_tiny_export(tmp_path))

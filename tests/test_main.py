@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from ptmdd_lightning.layers import layered_args
 from ptmdd_lightning.machine import trainer_precision
 from ptmdd_lightning.main import PtmddCLI, main
+from tests.helpers import config_layers, layers_id
 
 REPO = Path(__file__).resolve().parents[1]
-# every ptmdd config; sweep files (configs/**/sweeps/) are ptmdd-sweep input, tested in tests/studies/
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.relative_to(REPO / "configs").parts)
+# every ptmdd config, a layer on top of its base; sweep files (configs/**/sweeps/) are ptmdd-sweep input, tested in
+# tests/studies/
+CONFIGS = config_layers(REPO / "configs")
 
 
-def _ids(path: Path) -> str:
-    return str(path.relative_to(REPO / "configs"))
+def _ids(layers: tuple[Path, ...]) -> str:
+    return layers_id(layers, REPO / "configs")
 
 
 def test_help_lists_the_subcommands(capsys):
@@ -36,20 +39,20 @@ def test_python_dash_m_works():
     assert "--model" in proc.stdout and "--data" in proc.stdout
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
-def test_every_config_instantiates(config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("layers", CONFIGS, ids=_ids)
+def test_every_config_instantiates(layers, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = PtmddCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         seed_everything_default=0,
         run=False,
-        args=["--config", str(config)],
+        args=layered_args([a for path in layers for a in ("--config", str(path))]),
     )
     data, model = cli.datamodule, cli.model
-    assert model.hparams.num_classes == data.num_classes  # linked, not duplicated
-    assert tuple(model.hparams.image_size) == tuple(data.image_size)
-    assert model.hparams.channels == data.channels
+    assert model.dataset_info == data.info  # linked, not duplicated
+    assert model.hparams.dataset_info["num_classes"] == data.num_classes  # plain values in hparams.yaml
+    assert "num_classes" not in model.hparams and "mean" not in model.hparams
     # no shipped config pins the precision: this machine's default (bf16 only on AMX/bf16 GPUs), in config.yaml
     assert cli.trainer.precision == trainer_precision("cpu")
     assert cli.config["trainer"]["precision"] == trainer_precision("cpu")

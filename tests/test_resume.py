@@ -589,3 +589,21 @@ def test_an_old_pretrain_pool_setting_names_the_new_key(tmp_path, monkeypatch, c
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "PretrainPTMPool no longer takes batch_size" in err and "model.init_args.ptm_recipe" in err
+
+
+def test_a_checkpoint_of_a_version_before_dataset_info_resumes(tmp_path, monkeypatch, fake_fashion_root):
+    """Checkpoints written before DatasetInfo carry the eight linked fields as separate hyper-parameters."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2)
+    first = main(["fit", "--config", str(config)])
+    ckpt = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    blob = torch.load(ckpt, weights_only=True)
+    info = blob["hyper_parameters"].pop("dataset_info")
+    blob["hyper_parameters"].update(
+        {("dataset_name" if k == "name" else k): v for k, v in info.items()}
+    )  # the layout of ptmdd 1f6c027
+    torch.save(blob, ckpt)
+    resumed = main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    assert resumed.trainer.global_step == 3
+    assert resumed.model.dataset_info.name == "fashion_mnist" and resumed.model.dataset_info.num_classes == 10
+    assert torch.isfinite(resumed.model.synthetic.images).all()

@@ -161,7 +161,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 labels,
                 dm.test_images,
                 dm.test_labels,
-                pl_module.hparams.num_classes,
+                pl_module.dataset_info.num_classes,
                 num_models,
                 protocol,
                 seed=seed,
@@ -201,7 +201,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 if arch not in self._baseline_rows:
                     gen = torch.Generator().manual_seed(self.seed + 1)
                     real_x, real_y = random_real_subset(
-                        dm.train_images, dm.train_labels, pl_module.hparams.ipc, pl_module.hparams.num_classes, gen
+                        dm.train_images, dm.train_labels, pl_module.hparams.ipc, pl_module.dataset_info.num_classes, gen
                     )
                     accs_b, secs_b = self._run(
                         trainer,
@@ -236,7 +236,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         hp = pl_module.hparams
         guide = "+".join(sorted({g.loss for g in getattr(pl_module, "ptm_groups", [])})) or "no PTM guidance"
         lines = [
-            f"\n[ptmdd] {hp.dataset_name}, IPC {hp.ipc}, {pl_module.method.upper()} + {guide}: "
+            f"\n[ptmdd] {pl_module.dataset_info.name}, IPC {hp.ipc}, {pl_module.method.upper()} + {guide}: "
             f"test accuracy over {self.num_models} models x {self.protocol.epochs} epochs"
         ]
         lines.append(format_table(rows))

@@ -78,8 +78,8 @@ def synthetic_grid(images: Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 def log_synthetic_grid(trainer: Trainer, pl_module: LightningModule) -> Tensor:
     """Add the synthetic-set grid to TensorBoard (tag ``synthetic/images``) at the current step; return the grid."""
-    hp = pl_module.hparams
-    grid = synthetic_grid(pl_module.synthetic.images, tuple(hp.mean), tuple(hp.std), hp.ipc)
+    info = pl_module.dataset_info
+    grid = synthetic_grid(pl_module.synthetic.images, info.mean, info.std, pl_module.hparams.ipc)
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_image"):
@@ -136,8 +136,8 @@ class SyntheticSetExport(EndOfTrainingWork):
             blob["config_yaml"] = config_file.read_text()
         blob["global_step"] = trainer.global_step
         path = atomic_save(blob, folder / f"{self.filename}.pt")
-        hp = pl_module.hparams
-        grid = synthetic_grid(blob["images"], tuple(hp.mean), tuple(hp.std), hp.ipc)
+        info = pl_module.dataset_info
+        grid = synthetic_grid(blob["images"], info.mean, info.std, pl_module.hparams.ipc)
         png = folder / f"{self.filename}.png"
         tmp = folder / f".{self.filename}.tmp.png"
         save_image(grid, tmp)

@@ -155,9 +155,9 @@ class PTMCheckpoint(Callback):
             blob = {
                 "state_dict": {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()},
                 "arch": hp.arch,
-                "channels": int(hp.channels),
-                "num_classes": int(hp.num_classes),
-                "image_size": tuple(int(s) for s in hp.image_size),
+                "channels": int(pl_module.dataset_info.channels),
+                "num_classes": int(pl_module.dataset_info.num_classes),
+                "image_size": tuple(int(s) for s in pl_module.dataset_info.image_size),
                 "dataset": getattr(dm, "dataset_name", None),
                 "classes": getattr(dm, "classes", None),
                 "mean": tuple(float(m) for m in dm.mean),
@@ -305,13 +305,7 @@ class PretrainPTMPool(Callback):
         device = trainer.strategy.root_device
         with isolate_rng():
             torch.manual_seed(seed)
-            model = Classifier(
-                arch=arch,
-                num_classes=int(data.num_classes),
-                channels=int(images.shape[1]),
-                image_size=tuple(images.shape[-2:]),
-                recipe=recipe,
-            )
+            model = Classifier(arch=arch, dataset_info=data.info, recipe=recipe)
             gen = torch.Generator().manual_seed(seed)
             loader = DataLoader(
                 TensorDataset(images, labels),

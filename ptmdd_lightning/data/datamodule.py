@@ -246,8 +246,8 @@ class RealDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------- static facts
     @property
     def info(self) -> DatasetInfo:
-        """The registry entry of the whole dataset (not subset-aware)."""
-        return self._info
+        """What the modules get (``model.init_args.dataset_info``): the dataset, or the view of its class subset."""
+        return self._info.subset(self.classes)
 
     @property
     def dataset_name(self) -> str:
@@ -257,7 +257,7 @@ class RealDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         """``K``: ``len(classes)`` with a class subset, else the dataset's class count."""
-        return len(self.classes) if self.classes is not None else self._info.num_classes
+        return self.info.num_classes
 
     @property
     def channels(self) -> int:
@@ -267,24 +267,22 @@ class RealDataModule(pl.LightningDataModule):
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of the images."""
-        return tuple(self._info.image_size)
+        return self._info.image_size
 
     @property
     def mean(self) -> tuple[float, ...]:
         """Per-channel normalisation mean (pixels scaled to [0, 1])."""
-        return tuple(self._info.mean)
+        return self._info.mean
 
     @property
     def std(self) -> tuple[float, ...]:
         """Per-channel normalisation std (pixels scaled to [0, 1])."""
-        return tuple(self._info.std)
+        return self._info.std
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """``K`` names; with a subset, ``class_names[i]`` names original class ``classes[i]``."""
-        if self.classes is None:
-            return tuple(self._info.class_names)
-        return tuple(self._info.class_names[c] for c in self.classes)
+        return self.info.class_names
 
     # ----------------------------------------------------------------------------------- normalisation
     def normalize(self, images: torch.Tensor) -> torch.Tensor:

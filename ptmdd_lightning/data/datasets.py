@@ -18,13 +18,15 @@ This module is pure torch/torchvision (no Lightning).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +37,7 @@ __all__ = [
     "DATASETS",
     "FASHION_MNIST_SYSTEM_DIR",
     "DatasetInfo",
+    "as_dataset_info",
     "available_datasets",
     "default_data_root",
     "get_dataset_info",
@@ -55,16 +58,27 @@ FASHION_MNIST_FIX = (
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Static facts about one real dataset, known without loading it.
+    """Static facts about a real dataset, or a class subset of it, known without loading it.
+
+    The registry holds one per dataset (``classes`` ``None``); :meth:`subset` gives the view of a class subset,
+    and a DataModule's ``info`` is that view. It is the one argument through which the modules learn the data
+    (``model.init_args.dataset_info``, linked from the DataModule by the CLI; never written in YAML).
 
     Attributes:
         name: canonical registry name, e.g. ``"fashion_mnist"``.
         channels: ``C`` of the ``(N, C, H, W)`` images.
         image_size: ``(H, W)`` in pixels.
-        num_classes: ``K``, labels are ``int64`` in ``[0, K)``.
+        num_classes: ``K``, labels are ``int64`` in ``[0, K)`` (with a subset: ``len(classes)``).
         mean: per-channel mean of the pixels scaled to ``[0, 1]``, a tuple of ``C`` floats.
         std: per-channel standard deviation of the pixels scaled to ``[0, 1]``, a tuple of ``C`` floats.
         class_names: ``K`` human-readable names, index ``k`` names label ``k``.
+        classes: the original class indices of a subset (label ``k`` is original class ``classes[k]``), or
+            ``None`` for all classes.
+
+    Lists (as YAML and ``hparams.yaml`` give them) are stored as tuples.
+
+    Raises:
+        ValueError: mean/std without ``C`` values, or not ``K`` class names (or ``classes``).
 
     Source of mean/std: reference DC/DSA/DM code (VICO-UoE/DatasetCondensation ``utils.py``, ``get_dataset``);
     Tiny ImageNet uses the ImageNet statistics as that code does.
@@ -77,12 +91,36 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        # frozen: normalise lists (YAML, hparams.yaml) to tuples in place
+        for field, cast in (("image_size", int), ("mean", float), ("std", float), ("class_names", str)):
+            object.__setattr__(self, field, tuple(cast(v) for v in getattr(self, field)))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"{self.name}: mean/std need {self.channels} values")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{self.name}: {len(self.class_names)} class names for {self.num_classes} classes")
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.classes)} subset classes for {self.num_classes} classes")
+
+    def subset(self, classes: Sequence[int] | None) -> DatasetInfo:
+        """The view of the class subset ``classes`` (original indices; ``None``: this dataset itself).
+
+        Raises:
+            ValueError: a subset of a subset, or a class index outside ``[0, K)``.
+        """
+        if classes is None:
+            return self
+        if self.classes is not None:
+            raise ValueError(f"{self.name}: already the class subset {list(self.classes)}")
+        cl = tuple(int(c) for c in classes)
+        if not all(0 <= c < self.num_classes for c in cl):
+            raise ValueError(f"{self.name}: classes {list(cl)} outside [0, {self.num_classes})")
+        names = tuple(self.class_names[c] for c in cl)
+        return dataclasses.replace(self, num_classes=len(cl), class_names=names, classes=cl)
 
 
 _DIGITS = tuple(str(i) for i in range(10))
@@ -202,6 +240,29 @@ def _canonical(name: str) -> str:
         raise PtmddError(f"data.dataset must be a string, one of {available_datasets()}; got {name!r}")
     key = name.strip().lower().replace("-", "_")
     return _ALIASES.get(key, key)
+
+
+def as_dataset_info(value: DatasetInfo | Mapping[str, Any] | None) -> DatasetInfo:
+    """A module's ``dataset_info`` argument as a :class:`DatasetInfo`.
+
+    Args:
+        value: a :class:`DatasetInfo` (what the CLI links from the DataModule), a dict of its fields (a
+            checkpoint's or ``hparams.yaml``'s hyper-parameters), or ``None`` (Fashion-MNIST, all classes).
+
+    Raises:
+        PtmddError: a dict with unknown or missing fields, or inconsistent ones.
+    """
+    if value is None:
+        return DATASETS["fashion_mnist"]
+    if isinstance(value, DatasetInfo):
+        return value
+    try:
+        return DatasetInfo(**dict(value))
+    except (TypeError, ValueError) as err:
+        raise PtmddError(
+            f"dataset_info {dict(value)} is not a DatasetInfo ({err}); it is linked from the DataModule, so leave it "
+            "out of the config (set data.init_args.dataset / classes instead)."
+        ) from err
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -26,11 +26,12 @@ from typing_extensions import override
 from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
 from ptmdd_lightning.core.synthetic import SyntheticSet
+from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
-from ptmdd_lightning.reporting import record_machine
+from ptmdd_lightning.reporting import record_machine, set_plain_hparam
 
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
@@ -62,8 +63,9 @@ class DistillerBase(LightningModule):
     ``...GradientMatchingDistiller``); ``ptmdd_lightning.modules.Distiller`` with ``method`` still selects one.
 
     Args:
-        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
-            DataModule (``classes`` is its class subset, ``None`` for all classes); never set them in YAML.
+        dataset_info: the real data's :class:`~ptmdd_lightning.data.DatasetInfo` (name, K, C, ``(H, W)``,
+            mean/std, class names, class subset), linked from the DataModule's ``info``; never set it in YAML.
+            ``None``: Fashion-MNIST (the registry's entry). A dict (a checkpoint's hyper-parameters) is accepted.
         ipc: images per class (>= 1).
         dsa_strategy: DSA strategy (DSA and DM; DC never augments); ``None`` = the DSA default (without ``flip``
             for digits); ``"none"`` turns augmentation off.
@@ -103,14 +105,7 @@ class DistillerBase(LightningModule):
 
     def __init__(
         self,
-        num_classes: int = 10,
-        channels: int = 1,
-        image_size: tuple[int, int] = (28, 28),
-        mean: tuple[float, ...] = (0.2861,),
-        std: tuple[float, ...] = (0.3530,),
-        dataset_name: str = "fashion_mnist",
-        class_names: list[str] | None = None,
-        classes: list[int] | None = None,
+        dataset_info: DatasetInfo | None = None,
         ipc: int = 10,
         dsa_strategy: str | None = None,
         init: Literal["real", "noise"] = "real",
@@ -131,6 +126,8 @@ class DistillerBase(LightningModule):
         super().__init__()
 
         resolve_backend(backend)  # an unknown name fails here, before anything runs
+        info = self.dataset_info = as_dataset_info(dataset_info)
+        num_classes, channels, image_size = info.num_classes, info.channels, info.image_size
         if init not in ("real", "noise"):
             raise PtmddError(f"unknown init {init!r}; choose 'real' or 'noise'.")
         if ptm_sampling not in ("random", "all"):
@@ -151,7 +148,7 @@ class DistillerBase(LightningModule):
             ptm_recipe = PTMRecipe(**ptm_recipe)
         self.ptm_recipe = ptm_recipe if ptm_recipe is not None else PTMRecipe()
         self.ptm_recipe.validate()
-        target = pool_key(dataset_name, classes)
+        target = pool_key(info.name, info.classes)
         for group in ptms:
             group.validate()
             if group.epoch > self.ptm_recipe.epochs:
@@ -168,9 +165,10 @@ class DistillerBase(LightningModule):
                 )
         build_net(net_arch, channels, num_classes, tuple(image_size))
         self.save_hyperparameters()
+        set_plain_hparam(self, "dataset_info", info)  # plain values in hparams.yaml, checkpoints
         self.synthetic = SyntheticSet(num_classes, ipc, channels, tuple(image_size))
         if dsa_strategy is None:  # the DSA readme's strategy; digits drop flip (a flipped digit is another digit)
-            dsa_strategy = dsa_strategy_for(dataset_name.split("-")[0])
+            dsa_strategy = dsa_strategy_for(info.name.split("-")[0])
         self.dsa_strategy = None if dsa_strategy.lower() == "none" else dsa_strategy
         self.lr_img = DEFAULT_LR_IMG[self.method] if lr_img is None else lr_img
         self.ptm_groups = ptms
@@ -197,16 +195,16 @@ class DistillerBase(LightningModule):
                 self.synthetic.init_noise(gen)
         if self.ptm_groups and self._aux["pool"] is None:
             dm = self.trainer.datamodule if self._trainer is not None else None
-            target = pool_key(self.hparams.dataset_name, self.hparams.classes)
+            info = self.dataset_info
             self._aux["pool"] = PTMPool(
                 self.ptm_groups,
                 self.hparams.pool_root,
-                target,
-                self.hparams.num_classes,
-                tuple(self.hparams.mean),
-                tuple(self.hparams.std),
-                channels=self.hparams.channels,
-                image_size=tuple(self.hparams.image_size),
+                pool_key(info.name, info.classes),
+                info.num_classes,
+                info.mean,
+                info.std,
+                channels=info.channels,
+                image_size=info.image_size,
                 data_root=getattr(dm, "root", None),
                 recipe=self.ptm_recipe,
             )
@@ -227,8 +225,8 @@ class DistillerBase(LightningModule):
         """The base objective's net, re-initialised in place from ``seed`` (as DC/DM sample a new net)."""
         net = self._aux["net"]
         if net is None:
-            hp = self.hparams
-            net = self._place(build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size)))
+            info = self.dataset_info
+            net = self._place(build_net(self.hparams.net_arch, info.channels, info.num_classes, info.image_size))
             self._aux["net"] = net
         gen = torch.Generator(device=self.device).manual_seed(seed)
         reinit_(net, generator=gen)
@@ -360,7 +358,7 @@ class DistillerBase(LightningModule):
         """
         hp = self.hparams
         if hp.cclom_real == "batch":
-            k, n = hp.num_classes, hp.cclom_batch_real
+            k, n = self.dataset_info.num_classes, hp.cclom_batch_real
             per_class = real.view(k, -1, *real.shape[1:])
             if per_class.shape[1] < n:
                 raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
@@ -402,10 +400,11 @@ class DistillerBase(LightningModule):
         images = checkpoint.get("state_dict", {}).get("synthetic.images")
         if images is not None and tuple(images.shape) != tuple(self.synthetic.images.shape):
             hp = checkpoint.get("hyper_parameters", {})
+            name = (hp.get("dataset_info") or {}).get("name", hp.get("dataset_name"))
             raise PtmddError(
                 f"the checkpoint holds {tuple(images.shape)} synthetic images (dataset "
-                f"{hp.get('dataset_name')}, ipc {hp.get('ipc')}) but this run makes "
-                f"{tuple(self.synthetic.images.shape)} (dataset {self.hparams.dataset_name}, ipc "
+                f"{name}, ipc {hp.get('ipc')}) but this run makes "
+                f"{tuple(self.synthetic.images.shape)} (dataset {self.dataset_info.name}, ipc "
                 f"{self.hparams.ipc}); resume with the config of that run, or start a new run without "
                 "--ckpt_path."
             )
@@ -430,7 +429,7 @@ class DistillerBase(LightningModule):
         The synthetic set and its metadata (see :meth:`SyntheticSet.export`); ``config`` holds the
         hyper-parameters and ``method``.
         """
-        hp = self.hparams
+        info = self.dataset_info
         return self.synthetic.export(
-            tuple(hp.mean), tuple(hp.std), hp.dataset_name, hp.class_names, config={**dict(hp), "method": self.method}
+            info.mean, info.std, info.name, info.class_names, config={**dict(self.hparams), "method": self.method}
         )

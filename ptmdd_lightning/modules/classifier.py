@@ -10,11 +10,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from ptmdd_lightning.core.guidance import PTMRecipe
+from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backend
-from ptmdd_lightning.reporting import record_machine
+from ptmdd_lightning.reporting import record_machine, set_plain_hparam
 
 
 class Classifier(LightningModule):
@@ -26,8 +27,8 @@ class Classifier(LightningModule):
 
     Args:
         arch: net name (see :func:`ptmdd_lightning.nets.build_net`).
-        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
-            DataModule; never set them in YAML (they are recorded in the PTM checkpoints).
+        dataset_info: the real data's :class:`~ptmdd_lightning.data.DatasetInfo`, linked from the DataModule's
+            ``info``; never set it in YAML (``None``: Fashion-MNIST; a dict of its fields is accepted).
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
@@ -49,14 +50,7 @@ class Classifier(LightningModule):
     def __init__(
         self,
         arch: str = "ConvNet",
-        num_classes: int = 10,
-        channels: int = 1,
-        image_size: tuple[int, int] = (28, 28),
-        mean: tuple[float, ...] = (0.2861,),
-        std: tuple[float, ...] = (0.3530,),
-        dataset_name: str = "fashion_mnist",
-        class_names: list[str] | None = None,
-        classes: list[int] | None = None,
+        dataset_info: DatasetInfo | None = None,
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -66,6 +60,8 @@ class Classifier(LightningModule):
     ) -> None:
         super().__init__()
         resolve_backend(backend)  # an unknown name fails here, before anything runs
+        info = self.dataset_info = as_dataset_info(dataset_info)
+        num_classes = info.num_classes
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise PtmddError(
                 f"Classifier needs lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={lr}, "
@@ -77,7 +73,8 @@ class Classifier(LightningModule):
             recipe.validate()
         self.recipe = recipe
         self.save_hyperparameters()
-        self.net = build_net(arch, channels, num_classes, tuple(image_size))
+        set_plain_hparam(self, "dataset_info", info)  # plain values in hparams.yaml, checkpoints
+        self.net = build_net(arch, info.channels, num_classes, info.image_size)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self._aux: dict = {}  # plain objects (the fast training view), never saved

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from lightning import LightningModule
 
 from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe
+from ptmdd_lightning.data.datasets import DatasetInfo
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.modules.base import DistillerBase
 from ptmdd_lightning.modules.dm import DMDistiller
@@ -70,14 +71,7 @@ class Distiller(LightningModule):
 
     def __init__(
         self,
-        num_classes: int = 10,
-        channels: int = 1,
-        image_size: tuple[int, int] = (28, 28),
-        mean: tuple[float, ...] = (0.2861,),
-        std: tuple[float, ...] = (0.3530,),
-        dataset_name: str = "fashion_mnist",
-        class_names: list[str] | None = None,
-        classes: list[int] | None = None,
+        dataset_info: DatasetInfo | None = None,
         ipc: int = 10,
         method: Literal["dm", "dc", "dsa"] = "dm",
         dsa_strategy: str | None = None,

@@ -49,4 +49,4 @@ class DMDistiller(DistillerBase):
         with torch.no_grad():
             emb_real = fast.embed(real)
         emb_syn = fast.embed(syn)
-        return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.hparams.num_classes)
+        return dm_loss(emb_real, real_labels, emb_syn, syn_labels, self.dataset_info.num_classes)

@@ -28,11 +28,12 @@ from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.synthetic import load_synthetic_set
+from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.progress import EvaluationProgress
-from ptmdd_lightning.reporting import format_table, result_row, run_dir, write_results
+from ptmdd_lightning.reporting import format_table, result_row, run_dir, set_plain_hparam, write_results
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -41,28 +42,25 @@ DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
 def check_export(
     blob: dict[str, Any],
     path: str | Path,
-    dataset_name: str,
-    num_classes: int,
-    channels: int,
-    image_size: tuple[int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    classes: list[int] | None,
+    info: DatasetInfo,
 ) -> None:
     """Raise :class:`PtmddError` unless an exported synthetic set fits the DataModule it is evaluated on.
 
     Args:
         blob: the dict of :func:`ptmdd_lightning.core.synthetic.load_synthetic_set` (``images`` float32
             ``(N, C, H, W)``, ``labels`` int64 ``(N,)``, ``dataset``, ``mean``, ``std``, ``num_classes`` and
-            ``config``, the Distiller's hyper-parameters, which hold the class subset ``classes``).
+            ``config``, the Distiller's hyper-parameters, which hold the class subset: ``dataset_info.classes``,
+            or ``classes`` in exports of ptmdd versions before :class:`~ptmdd_lightning.data.DatasetInfo`).
         path: the file (named in the messages).
-        dataset_name, num_classes, channels, image_size, mean, std, classes: the DataModule's dataset, K, C,
-            ``(H, W)``, normalisation and class subset (``None``: all classes).
+        info: the DataModule's dataset, K, C, ``(H, W)``, normalisation and class subset (``info.classes``,
+            ``None``: all classes).
 
     Raises:
         PtmddError: another dataset, K, C, H, W, class subset or normalisation; the message names the setting
             to change (``data.init_args.dataset`` / ``data.init_args.classes``).
     """
+    dataset_name, num_classes, channels = info.name, info.num_classes, info.channels
+    image_size, mean, std, classes = info.image_size, info.mean, info.std, info.classes
     images, labels = blob["images"], blob["labels"]
     if not isinstance(images, Tensor) or images.dim() != 4:
         raise PtmddError(f"{path}: 'images' must be a (N, C, H, W) tensor; re-export the synthetic set.")
@@ -74,7 +72,8 @@ def check_export(
             f"set --data.init_args.dataset {blob['dataset']}."
         )
     config = blob.get("config") or {}
-    export_classes = config.get("classes") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    export_classes = (config.get("dataset_info") or {}).get("classes", config.get("classes"))
     export_classes = [int(c) for c in export_classes] if export_classes else None
     if export_classes != (list(classes) if classes else None):
         fix = (
@@ -83,7 +82,8 @@ def check_export(
             else "--data.init_args.classes null (all classes)"
         )
         raise PtmddError(
-            f"{path} was distilled on the class subset {export_classes} but the DataModule uses {classes}; set {fix}."
+            f"{path} was distilled on the class subset {export_classes} but the DataModule uses "
+            f"{list(classes) if classes else None}; set {fix}."
         )
     k = int(blob.get("num_classes") or int(labels.max()) + 1)
     if k != num_classes:
@@ -155,8 +155,8 @@ class SyntheticSetEvaluator(LightningModule):
         output_dir: where to write the table; ``None`` = the run's log folder
             (``lightning_logs/evaluate/version_N``).
         stem: base name of the table files.
-        num_classes, channels, image_size, mean, std, dataset_name, class_names, classes: linked from the
-            DataModule by the CLI; never set them in YAML.
+        dataset_info: the real data's :class:`~ptmdd_lightning.data.DatasetInfo`, linked from the DataModule's
+            ``info`` by the CLI; never set it in YAML (``None``: Fashion-MNIST; a dict of its fields is accepted).
 
     Raises:
         PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` (construction); no ``path``, a missing or
@@ -174,16 +174,10 @@ class SyntheticSetEvaluator(LightningModule):
         eval_seed: int = 0,
         output_dir: str | None = None,
         stem: str = "results",
-        num_classes: int = 10,
-        channels: int = 1,
-        image_size: tuple[int, int] = (28, 28),
-        mean: tuple[float, ...] = (0.2861,),
-        std: tuple[float, ...] = (0.3530,),
-        dataset_name: str = "fashion_mnist",
-        class_names: list[str] | None = None,
-        classes: list[int] | None = None,
+        dataset_info: DatasetInfo | None = None,
     ) -> None:
         super().__init__()
+        info = self.dataset_info = as_dataset_info(dataset_info)
 
         archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
         if not archs:
@@ -198,10 +192,11 @@ class SyntheticSetEvaluator(LightningModule):
                 f"{type(protocol).__name__}."
             )
         for arch in archs:
-            build_net(arch, channels, num_classes, tuple(image_size))  # unknown arch -> PtmddError now
+            build_net(arch, info.channels, info.num_classes, info.image_size)  # unknown arch -> PtmddError now
         self.protocol = protocol if protocol is not None else EvalProtocol()
         self.save_hyperparameters(ignore=["protocol"])
-        self.hparams["protocol"] = dataclasses.asdict(self.protocol)  # plain values in hparams.yaml
+        set_plain_hparam(self, "protocol", self.protocol)  # plain values in hparams.yaml
+        set_plain_hparam(self, "dataset_info", info)
         self.archs = archs
         self.export_blob: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
@@ -218,17 +213,7 @@ class SyntheticSetEvaluator(LightningModule):
                 "lightning_logs/<run>/version_<n>/synthetic_set.pt."
             )
         blob = load_synthetic_set(hp.path)
-        check_export(
-            blob,
-            hp.path,
-            hp.dataset_name,
-            int(hp.num_classes),
-            int(hp.channels),
-            tuple(hp.image_size),
-            tuple(hp.mean),
-            tuple(hp.std),
-            hp.classes,
-        )
+        check_export(blob, hp.path, self.dataset_info)
         self.export_blob = blob
 
     @property
@@ -290,7 +275,7 @@ class SyntheticSetEvaluator(LightningModule):
                 "ptmdd_lightning.data.RealDataModule) with the dataset the set was distilled from."
             )
         hp = self.hparams
-        k = int(hp.num_classes)
+        k = self.dataset_info.num_classes
         num_models = 1 if self.trainer.fast_dev_run else int(hp.num_models)
         protocol = self._protocol()
         images = self.export_blob["images"].to(self.device, torch.float32)

@@ -108,7 +108,8 @@ class GradientMatchingDistiller(DistillerBase):
         net = self._aux["net"]
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
             # DC code: BN statistics from real data (16 per class), then frozen for the matching passes
-            per_class = real_raw.view(self.hparams.num_classes, -1, *real_raw.shape[1:])[:, :DC_BN_IMAGES_PER_CLASS]
+            k = self.dataset_info.num_classes
+            per_class = real_raw.view(k, -1, *real_raw.shape[1:])[:, :DC_BN_IMAGES_PER_CLASS]
             freeze_batchnorm_stats(net, self._view(per_class.flatten(0, 1)))
         # Real side: one compiled forward/backward per class (nets/forward.py). Synthetic side (per-class gradients that
         # are differentiated again): compiled vmap(grad) of the fused ConvNet when the fast net is compiled, else the
@@ -120,7 +121,7 @@ class GradientMatchingDistiller(DistillerBase):
             real_labels,
             syn,
             syn_labels,
-            self.hparams.num_classes,
+            self.dataset_info.num_classes,
             metric=self.hparams.dc_metric,
             batched=None,
             forward=fast.forward,
@@ -179,8 +180,8 @@ class GradientMatchingDistiller(DistillerBase):
         state = checkpoint.get("dc_net")
         if state is None:
             return
-        hp = self.hparams
-        net = build_net(hp.net_arch, hp.channels, hp.num_classes, tuple(hp.image_size))
+        info = self.dataset_info
+        net = build_net(self.hparams.net_arch, info.channels, info.num_classes, info.image_size)
         net.load_state_dict(state["state_dict"])
         self._aux["net"] = net
         self._aux["net_index"] = state["index"]

@@ -9,7 +9,7 @@
 """
 
 from ptmdd_lightning.studies.collect import collect, format_summary, long_table, plot_summary, write_summary
-from ptmdd_lightning.studies.configs import merge_configs, point_config, set_dotted, signature
+from ptmdd_lightning.studies.configs import merge_layers, point_config, set_dotted, signature
 from ptmdd_lightning.studies.execute import StudyArgs, load_study, run_local, run_slot, submit_slurm
 from ptmdd_lightning.studies.spec import Axis, AxisValue, Point, SweepSpec, expand, load_sweep, substitute
 from ptmdd_lightning.studies.store import Slot, Study, run_complete
@@ -28,7 +28,7 @@ __all__ = [
     "load_study",
     "load_sweep",
     "long_table",
-    "merge_configs",
+    "merge_layers",
     "plot_summary",
     "point_config",
     "run_complete",

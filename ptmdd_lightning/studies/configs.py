@@ -1,6 +1,7 @@
 """The merged ``ptmdd`` config of one study run, and its signature.
 
-A run's config is its point's base files merged in order (:func:`merge_configs`), then its dotted overrides
+A run's config is its point's base files merged in order (:func:`ptmdd_lightning.layers.merge_layers`, the rule
+of ``ptmdd --config A --config B``), then its dotted overrides
 (:func:`set_dotted`, which addresses a list item by its class name), then the seed and the run's own logger folder.
 The signature is a SHA-256 over the config without the logger, the subcommand and the extra command-line
 arguments: a run whose signature changed is a new run (a new version folder), never the old one continued.
@@ -17,20 +18,10 @@ from typing import Any
 import yaml
 
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.layers import merge_layers
 from ptmdd_lightning.studies.spec import Point
 
-__all__ = ["merge_configs", "point_config", "set_dotted", "signature", "with_logger"]
-
-
-def merge_configs(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``update`` into a copy of ``base``: mappings merge key by key, anything else is replaced."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_configs(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+__all__ = ["merge_layers", "point_config", "set_dotted", "signature", "with_logger"]
 
 
 def _find_class(items: list[Any], name: str) -> int | None:
@@ -93,7 +84,7 @@ def point_config(point: Point, seed: int) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise PtmddError(f"{path} is not a ptmdd config (a YAML mapping).")
-        config = merge_configs(config, loaded)
+        config = merge_layers(config, loaded)
     for key, value in point.overrides.items():
         set_dotted(config, key, value)
     config["seed_everything"] = int(seed)

@@ -4,7 +4,7 @@ A sweep file (YAML) names a base ``ptmdd`` config and the grid of overrides::
 
     name: nm_cpu                        # output folder lightning_logs/sweeps/<name> (``--out`` overrides)
     title: "DM + CLoM: N_m x PTM epoch" # plot title
-    base: ../dm_clom.yaml               # a config or a list, relative to this file (dicts merge, lists not)
+    base: ../dm_clom.yaml               # a config or a list (layered: ptmdd_lightning/layers.py), relative to this file
     subcommand: fit                     # default fit
     seeds: [0]                          # each point runs once per seed (seed_everything, data.init_args.seed)
     fixed:                              # dotted keys set for every point and baseline

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from ptmdd_lightning.core.guidance import AUTHORS_CLOM_ALPHA, PTMRecipe, cclom
+from ptmdd_lightning.layers import load_layers
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.modules.distiller import Distiller
+from tests.helpers import config_layers, toy_info
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,15 +30,16 @@ def test_the_shipped_fashion_mnist_clom_configs_use_the_authors_alpha():
     assert set(table.values()) == {100.0}
     assert AUTHORS_CLOM_ALPHA[("dc", "cifar10", 10)] == 1000.0  # the README's example value is CIFAR-10's
     checked = 0
-    for path in [*sorted((REPO / "configs" / "paper").glob("*/*_clom.yaml")), REPO / "configs" / "quickstart.yaml"]:
-        config = yaml.safe_load(path.read_text())
+    runs = [r for r in config_layers(REPO / "configs" / "paper") if r[-1].name.endswith("_clom.yaml")]
+    for paths in [*runs, (REPO / "configs" / "quickstart.yaml",)]:
+        config, path = load_layers(paths), paths[-1]
         model = config["model"]["init_args"]
         dataset = config["data"]["init_args"]["dataset"]
         for group in model.get("ptms") or []:
             if group["loss"] == "clom" and dataset == "fashion_mnist":
                 assert group["alpha"] == table[model.get("method", "dm")], path  # DMDistiller has no method
                 checked += 1
-    assert checked >= 7  # dc/dsa/dm x cpu/gpu and the quickstart
+    assert checked >= 7  # dc/dsa/dm, full protocol and the CPU budget layered on it, and the quickstart
 
 
 # ------------------------------------------------------------------------------------------------ recipe
@@ -70,7 +72,7 @@ def test_the_default_ptm_recipe_is_the_authors():
 
 
 def test_a_classifier_with_the_recipe_trains_with_the_authors_optimizer_and_schedule():
-    model = Classifier(arch="ConvNetW32", num_classes=3, channels=1, image_size=(8, 8), recipe=PTMRecipe())
+    model = Classifier(arch="ConvNetW32", dataset_info=toy_info(3, image_size=(8, 8)), recipe=PTMRecipe())
     model.trainer = None  # configure_optimizers does not need one with a recipe
     conf = model.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
@@ -88,7 +90,7 @@ def test_a_classifier_with_the_recipe_trains_with_the_authors_optimizer_and_sche
 def test_the_classifier_trains_on_the_batch_as_given_without_augmentation():
     """train(..., aug=False) in train_original_models.py: the loss is CE of the net on the batch itself."""
     torch.manual_seed(0)
-    model = Classifier(arch="ConvNetW32", num_classes=3, channels=1, image_size=(8, 8), recipe=PTMRecipe())
+    model = Classifier(arch="ConvNetW32", dataset_info=toy_info(3, image_size=(8, 8)), recipe=PTMRecipe())
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
     model.log = lambda *a, **k: None
     loss = model.training_step((x, y), 0)
@@ -114,7 +116,7 @@ def _authors_cclom(embed, syn_image, syn_label, real_images, real_labels, idx, n
 
 
 def _distiller_with_data(n: int = 40, **kw) -> tuple[Distiller, torch.Tensor, torch.Tensor]:
-    model = Distiller(num_classes=4, channels=1, image_size=(8, 8), ipc=2, net_arch="ConvNetW32", **kw)
+    model = Distiller(dataset_info=toy_info(4, image_size=(8, 8)), ipc=2, net_arch="ConvNetW32", **kw)
     gen = torch.Generator().manual_seed(0)
     images, labels = torch.randn(n, 1, 8, 8, generator=gen), torch.arange(n) % 4
     model._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_images=images, train_labels=labels))
@@ -155,7 +157,7 @@ def test_cclom_real_batch_is_reproducible_per_step_and_batch_mode_keeps_the_earl
 def test_guidance_sees_the_raw_synthetic_images_by_default():
     """main_DM.py line 248 / main.py line 271: our_loss.calculate_loss(image_syn, label_syn), no augmentation."""
     torch.manual_seed(0)
-    model = Distiller(num_classes=4, channels=1, image_size=(8, 8), ipc=2, net_arch="ConvNetW32")
+    model = Distiller(dataset_info=toy_info(4, image_size=(8, 8)), ipc=2, net_arch="ConvNetW32")
     assert model.dsa_strategy is not None  # DM augments its own objective ...
     seen = {}
 
@@ -173,12 +175,12 @@ def test_guidance_sees_the_raw_synthetic_images_by_default():
 
 # ------------------------------------------------------------------------------------- evaluation configs
 def test_paper_configs_evaluate_in_fp32_and_dc_dsa_start_from_noise():
-    for path in sorted((REPO / "configs" / "paper").glob("*/*.yaml")):
-        config = yaml.safe_load(path.read_text())
+    for paths in config_layers(REPO / "configs" / "paper"):
+        config, path = load_layers(paths), paths[-1]
         callbacks = config["trainer"]["callbacks"]
         (evaluation,) = [c for c in callbacks if c["class_path"].endswith("SyntheticSetEvaluation")]
         assert evaluation["init_args"]["protocol"]["precision"] == "32", path
-        if "/gpu/" in str(path):
+        if path.parent.name == "paper":  # the full protocol (the CPU layers shrink the budget)
             assert evaluation["init_args"]["num_models"] == 20, path  # --num_eval 20
         model = config["model"]["init_args"]
         if config["model"]["class_path"].endswith("GradientMatchingDistiller"):

@@ -10,6 +10,7 @@ from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path
 from ptmdd_lightning.data import DistillDataModule, RealDataModule
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.modules import Classifier, Distiller
+from tests.helpers import fmnist_info
 
 
 def _trainer(**kwargs):
@@ -33,7 +34,7 @@ def pool_root(tmp_path, fake_fashion_root):
     for seed in (0, 1):
         torch.manual_seed(seed)
         data = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=64)
-        model = Classifier(arch="ConvNetW32", num_classes=10, channels=1, image_size=(28, 28), recipe=PTMRecipe())
+        model = Classifier(arch="ConvNetW32", dataset_info=fmnist_info(), recipe=PTMRecipe())
         _trainer(
             max_epochs=1, limit_val_batches=0, callbacks=[PTMCheckpoint(epochs=[1], pool_root=str(root), seed=seed)]
         ).fit(model, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,18 +16,11 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.main import main
 from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator, check_export
+from tests.helpers import fmnist_info
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = str(REPO / "configs" / "evaluate.yaml")
-FMNIST = dict(
-    dataset_name="fashion_mnist",
-    num_classes=10,
-    channels=1,
-    image_size=(28, 28),
-    mean=(0.2861,),
-    std=(0.3530,),
-    classes=None,
-)
+FMNIST = fmnist_info()
 
 
 def _export(
@@ -41,7 +35,7 @@ def _export(
     s = SyntheticSet(k, ipc, images.shape[1], tuple(images.shape[-2:]))
     with torch.no_grad():
         s.images.copy_(images)
-    blob = s.export(mean, std, dataset, None, config={"classes": classes, "ipc": ipc})
+    blob = s.export(mean, std, dataset, None, config={"dataset_info": {"classes": classes}, "ipc": ipc})
     blob["global_step"] = 7
     return blob
 
@@ -62,25 +56,32 @@ def _noise_export(tmp_path: Path, ipc: int = 2, **kwargs) -> Path:
 def test_check_export_names_the_fix(change, message):
     blob = _export(torch.zeros(10, 1, 28, 28), 1, **change)
     with pytest.raises(PtmddError, match=message.replace("(", r"\(")):
-        check_export(blob, "syn.pt", **FMNIST)
+        check_export(blob, "syn.pt", FMNIST)
 
 
 def test_check_export_rejects_other_shapes_and_class_counts():
     with pytest.raises(PtmddError, match="1x32x32"):
-        check_export(_export(torch.zeros(10, 1, 32, 32), 1), "syn.pt", **FMNIST)
+        check_export(_export(torch.zeros(10, 1, 32, 32), 1), "syn.pt", FMNIST)
     with pytest.raises(PtmddError, match="has 5 classes"):
-        check_export(_export(torch.zeros(5, 1, 28, 28), 1), "syn.pt", **FMNIST)
+        check_export(_export(torch.zeros(5, 1, 28, 28), 1), "syn.pt", FMNIST)
     with pytest.raises(PtmddError, match="class subset"):  # a subset export on the full DataModule
         check_export(
             _export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]),
             "syn.pt",
-            **{**FMNIST, "num_classes": 5},
+            dataclasses.replace(FMNIST, num_classes=5, class_names=FMNIST.class_names[:5]),
         )
     check_export(
-        _export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]),
-        "syn.pt",
-        **{**FMNIST, "num_classes": 5, "classes": [0, 1, 2, 3, 4]},
+        _export(torch.zeros(5, 1, 28, 28), 1, classes=[0, 1, 2, 3, 4]), "syn.pt", fmnist_info([0, 1, 2, 3, 4])
     )  # the matching subset passes
+
+
+def test_check_export_reads_the_class_subset_of_an_export_of_an_earlier_version():
+    """Exports written before DatasetInfo carry the subset as config["classes"]."""
+    blob = _export(torch.zeros(5, 1, 28, 28), 1)
+    blob["config"] = {"classes": [5, 6, 7, 8, 9], "ipc": 1}
+    check_export(blob, "syn.pt", fmnist_info([5, 6, 7, 8, 9]))
+    with pytest.raises(PtmddError, match="class subset"):
+        check_export(blob, "syn.pt", fmnist_info([0, 1, 2, 3, 4]))
 
 
 def test_constructor_validates_settings():
@@ -215,7 +216,7 @@ def test_an_export_with_labels_outside_the_class_range_says_so():
     blob = _export(torch.zeros(10, 1, 28, 28), 1)
     blob["labels"] = blob["labels"] + 5  # 5..14, ten classes
     with pytest.raises(PtmddError, match=r"holds labels 5\.\.14, outside 0\.\.9"):
-        check_export(blob, "syn.pt", **FMNIST)
+        check_export(blob, "syn.pt", FMNIST)
 
 
 def test_an_export_holding_nan_is_refused(tmp_path, monkeypatch, capsys, fake_fashion_root):

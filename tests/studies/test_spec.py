@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.studies.configs import merge_configs, point_config, set_dotted, signature, with_logger
+from ptmdd_lightning.studies.configs import merge_layers, point_config, set_dotted, signature, with_logger
 from ptmdd_lightning.studies.spec import expand, load_sweep
 from tests.studies.fakes import BASE
 
@@ -86,7 +86,7 @@ def test_point_config_merges_base_overrides_seed_and_logger(tmp_path):
     assert BASE["trainer"]["max_steps"] == 100  # the base dict was not modified
 
 
-def test_set_dotted_and_merge_configs():
+def test_set_dotted_and_merge_layers():
     config = {"a": {"b": 1, "l": [{"class_path": "x.Y", "init_args": {"k": 1}}, 5]}}
     set_dotted(config, "a.l.Y.init_args.k", 2)
     set_dotted(config, "a.l.1", 6)
@@ -96,7 +96,7 @@ def test_set_dotted_and_merge_configs():
         set_dotted(config, "a.l.Z.init_args.k", 1)
     with pytest.raises(PtmddError, match="is a value"):
         set_dotted(config, "a.b.c", 1)
-    merged = merge_configs({"x": {"y": 1, "z": [1, 2]}, "w": 0}, {"x": {"z": [3]}, "v": 1})
+    merged = merge_layers({"x": {"y": 1, "z": [1, 2]}, "w": 0}, {"x": {"z": [3]}, "v": 1})
     assert merged == {"x": {"y": 1, "z": [3]}, "w": 0, "v": 1}  # mappings merge, lists are replaced
 
 
@@ -122,7 +122,7 @@ def test_signature_ignores_the_logger_and_sees_settings_subcommand_and_extra_arg
     config = point_config(expand(spec)[0], seed=0)
     sig = signature(config, "fit", [])
     assert signature(with_logger(config, tmp_path / "a" / "b" / "c"), "fit", []) == sig
-    changed = merge_configs(config, {"trainer": {"max_steps": 6}})
+    changed = merge_layers(config, {"trainer": {"max_steps": 6}})
     assert signature(changed, "fit", []) != sig
     assert signature(config, "fit", ["--trainer.max_steps", "6"]) != sig
     assert signature(config, "test", []) != sig

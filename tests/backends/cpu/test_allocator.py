@@ -38,7 +38,7 @@ from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.nets.forward import keep_freed_memory, net_forward
 net = build_net("ConvNetD1", 1, 3, (28, 28))
 net_forward(net, "auto", compile=False)(torch.randn(2, 1, 28, 28))
-Distiller(num_classes=3, ipc=1)
+Distiller(ipc=1)
 print(allocator.keep_freed_memory.cache_info().currsize, backend_record()["cpu"]["keep_freed_memory"])
 keep_freed_memory()
 print(allocator.keep_freed_memory.cache_info().currsize, backend_record()["cpu"]["keep_freed_memory"])
