@@ -102,18 +102,21 @@ def _global_named(err: Exception) -> str:
     return line.strip()[:200]
 
 
-def plain(obj: Any) -> Any:
-    """``obj`` as plain containers that a ``weights_only=True`` load accepts.
+def plain(obj: Any, *, lists: bool = False) -> Any:
+    """``obj`` as plain containers that a ``weights_only=True`` load (or, with ``lists``, ``yaml.safe_load``) accepts.
 
     ``obj`` with dataclasses turned into dicts, recursively (dicts, lists, tuples), so that a
-    ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts.
+    ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts,
+    paths strings. With ``lists=True`` tuples become lists too (PyYAML writes a tuple as a ``!!python/tuple`` tag,
+    which ``yaml.safe_load`` refuses).
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+        return {k: plain(v, lists=lists) for k, v in dataclasses.asdict(obj).items()}
     if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
+        return {k: plain(v, lists=lists) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(plain(v) for v in obj) if type(obj) in (list, tuple) else [plain(v) for v in obj]
+        items = [plain(v, lists=lists) for v in obj]
+        return tuple(items) if type(obj) is tuple and not lists else items
     if isinstance(obj, Path):
         return str(obj)
     return obj

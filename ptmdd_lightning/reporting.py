@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -19,9 +18,9 @@ from lightning import Trainer
 from torch import Tensor
 
 from ptmdd_lightning.core.evaluate import summarize
-from ptmdd_lightning.fileio import atomic_write_text
+from ptmdd_lightning.fileio import atomic_write_text, plain
 
-__all__ = ["format_table", "plain", "record_machine", "result_row", "run_dir", "set_plain_hparam", "write_results"]
+__all__ = ["format_table", "record_machine", "result_row", "run_dir", "set_plain_hparam", "write_results"]
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -108,26 +107,15 @@ def write_results(
     atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())
 
 
-def plain(value: Any) -> Any:
-    """``value`` as plain YAML/JSON data: dataclasses become dicts, tuples lists, recursively; the rest unchanged."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
 def set_plain_hparam(module: Any, key: str, value: Any) -> None:
-    """Set the hyper-parameter ``key`` of a LightningModule to ``value`` as plain data (:func:`plain`).
+    """Set the hyper-parameter ``key`` of a LightningModule to ``value`` as plain data.
 
     Both ``module.hparams`` (checkpoints, which LightningCLI re-reads with ``weights_only=True``) and the copy taken
     by ``save_hyperparameters`` that the loggers write into ``hparams.yaml`` (Lightning's ``hparams_initial``),
     so that ``yaml.safe_load`` reads the file back (a dataclass or a tuple would be written as a Python tag).
     Call it after ``save_hyperparameters``.
     """
-    value = plain(value)
+    value = plain(value, lists=True)  # dataclasses as dicts, tuples as lists
     module.hparams[key] = value
     initial = getattr(module, "_hparams_initial", None)
     if initial is not None:
@@ -156,5 +144,5 @@ def record_machine(trainer: Trainer, record: dict[str, Any]) -> None:
     except yaml.YAMLError:
         return
     if isinstance(hparams, dict):
-        plain = json.loads(json.dumps(record, default=str))  # e.g. torch's TorchVersion -> str
-        atomic_write_text(path, yaml.safe_dump({**hparams, "machine": plain}, sort_keys=False))
+        record_plain = json.loads(json.dumps(record, default=str))  # e.g. torch's TorchVersion -> str
+        atomic_write_text(path, yaml.safe_dump({**hparams, "machine": record_plain}, sort_keys=False))

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ptmdd_lightning.core.guidance import load_ptm
 from ptmdd_lightning.core.synthetic import SyntheticSet, load_synthetic_set
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.fileio import convert_legacy, safe_load
+from ptmdd_lightning.fileio import convert_legacy, plain, safe_load
 from ptmdd_lightning.main import check_checkpoint_file
 from tests.test_resume import write_ptm
 
@@ -112,3 +113,17 @@ def test_new_exports_load_safely_and_old_ones_convert_in_one_line(tmp_path):
 def test_missing_file_names_the_fix(tmp_path):
     with pytest.raises(PtmddError, match="does not exist; rerun"):
         safe_load(tmp_path / "nope.pt", "thing", "rerun")
+
+
+def test_plain_turns_dataclasses_into_dicts_and_with_lists_tuples_into_lists():
+    @dataclasses.dataclass
+    class Info:
+        name: str
+        size: tuple[int, int]
+        where: Path
+
+    value = {"info": Info("toy", (8, 8), Path("/tmp/x")), "pair": (1, [2, (3,)])}
+    assert plain(value) == {"info": {"name": "toy", "size": (8, 8), "where": "/tmp/x"}, "pair": (1, [2, (3,)])}
+    as_lists = plain(value, lists=True)
+    assert as_lists == {"info": {"name": "toy", "size": [8, 8], "where": "/tmp/x"}, "pair": [1, [2, [3]]]}
+    assert yaml.safe_load(yaml.dump(as_lists)) == as_lists  # no !!python/tuple tag left

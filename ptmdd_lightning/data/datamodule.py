@@ -13,7 +13,6 @@ Images are kept normalised, ``float32`` ``(N, C, H, W)``, with the registry mean
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 import lightning.pytorch as pl
@@ -29,6 +28,7 @@ from ptmdd_lightning.data.datasets import (
     subset_classes,
 )
 from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.seeding import batch_seed  # re-exported: the seed of a step's real batch
 
 __all__ = [
     "BalancedBatchStream",
@@ -38,17 +38,6 @@ __all__ = [
     "batch_seed",
     "sample_balanced_indices",
 ]
-
-
-def batch_seed(seed: int, rank: int, step: int) -> int:
-    """The 63-bit seed of the real batch drawn by ``rank`` at ``step`` of a run seeded with ``seed``.
-
-    A SHA-256 of ``"ptmdd-data:{seed}:{rank}:{step}"``, so that neighbouring seeds/ranks/steps give
-    independent streams and the data stream never coincides with a global RNG seeded from the same
-    ``(seed, rank, step)``.
-    """
-    digest = hashlib.sha256(f"ptmdd-data:{int(seed)}:{int(rank)}:{int(step)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def sample_balanced_indices(

@@ -32,18 +32,10 @@ from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 from ptmdd_lightning.reporting import record_machine, set_plain_hparam
+from ptmdd_lightning.seeding import mix_seed
 
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
-
-
-def mix_seed(*parts: int) -> int:
-    """A deterministic 63-bit seed from integers (splitmix-style), so a step's randomness depends only on them."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class DistillerBase(LightningModule):

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from ptmdd_lightning.core.objectives import dm_loss
-from ptmdd_lightning.modules.base import DistillerBase, mix_seed
+from ptmdd_lightning.modules.base import DistillerBase
+from ptmdd_lightning.seeding import mix_seed
 
 __all__ = ["DMDistiller"]
 

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from ptmdd_lightning.core.augment import dsa_augment
 from ptmdd_lightning.core.objectives import DC_BN_IMAGES_PER_CLASS, dc_loss, dc_outer_inner, freeze_batchnorm_stats
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.modules.base import DistillerBase, mix_seed
+from ptmdd_lightning.modules.base import DistillerBase
 from ptmdd_lightning.nets import build_net
+from ptmdd_lightning.seeding import mix_seed
 
 __all__ = ["GradientMatchingDistiller"]
 

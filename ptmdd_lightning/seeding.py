@@ -1,0 +1,58 @@
+"""Where every random stream of a run comes from: the one place that derives seeds.
+
+A run has one seed (``seed_everything``). Everything random is derived from it here, so that a step's randomness
+depends only on ``(seed, rank, step)`` and a resumed run continues exactly (tests/test_resume.py):
+
+- :func:`batch_seed`: the real batch that rank ``rank`` draws at step ``step``
+  (:class:`ptmdd_lightning.data.DistillDataModule`);
+- :func:`mix_seed`: the distillers' per-step streams (the global RNG of a step, DM's fresh embedding net, DC/DSA's
+  networks and their inner loops, the PTM draws), each tagged with a constant so that no two coincide;
+- the evaluation engine (:mod:`ptmdd_lightning.core.evaluate`) draws one seed per model from a generator seeded with
+  the evaluation seed, in model order, so that model ``i`` is the same however many models run.
+
+Two functions, not one (``numpy.random.SeedSequence([seed, rank, step])`` would do either job): both are the
+derivations every earlier result of ptmdd was made with, and replacing them would change every synthetic set and
+every number in docs/ (issue "The house": the same seed must give the same synthetic set before and after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["batch_seed", "mix_seed"]
+
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers, so that a step's randomness depends only on them.
+
+    Args:
+        parts: any Python ints (e.g. ``seed, rank, step, tag``); order matters.
+
+    Returns:
+        an ``int`` in ``[0, 2**63)``, for ``torch.manual_seed`` or ``torch.Generator().manual_seed``.
+
+    A splitmix64-style hash-combine (``h ^= p + golden + (h << 6) + (h >> 2)``, then a multiply by splitmix64's
+    first constant), kept bit for bit since the first commit: changing it changes every synthetic set.
+    """
+    h = _GOLDEN
+    for p in parts:
+        h ^= (int(p) + _GOLDEN + (h << 6) + (h >> 2)) & _MASK64
+        h = (h * 0xBF58476D1CE4E5B9) & _MASK64
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def batch_seed(seed: int, rank: int, step: int) -> int:
+    """The 63-bit seed of the real batch drawn by ``rank`` at ``step`` of a run seeded with ``seed``.
+
+    The first 8 bytes (little-endian) of the SHA-256 of ``"ptmdd-data:{seed}:{rank}:{step}"``, so that neighbouring
+    seeds, ranks and steps give independent streams and the data stream never coincides with a :func:`mix_seed`
+    stream of the same ``(seed, rank, step)``.
+
+    Returns:
+        an ``int`` in ``[0, 2**63)``.
+    """
+    digest = hashlib.sha256(f"ptmdd-data:{int(seed)}:{int(rank)}:{int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
