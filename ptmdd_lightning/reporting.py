@@ -18,9 +18,20 @@ from lightning import Trainer
 from torch import Tensor
 
 from ptmdd_lightning.core.evaluate import summarize
+from ptmdd_lightning.core.soft_labels import robust_scores
 from ptmdd_lightning.fileio import atomic_write_text, plain
 
-__all__ = ["format_table", "record_machine", "result_row", "run_dir", "set_plain_hparam", "write_results"]
+__all__ = [
+    "SCORE_COLUMNS",
+    "attach_scores",
+    "evaluation_labels",
+    "format_table",
+    "record_machine",
+    "result_row",
+    "run_dir",
+    "set_plain_hparam",
+    "write_results",
+]
 
 
 def run_dir(trainer: Trainer) -> Path:
@@ -38,14 +49,94 @@ def run_dir(trainer: Trainer) -> Path:
     return path
 
 
+#: DD-Ranking's robust scores as row keys (mean; ``<key>_std`` the std over rounds), and how the table shows them
+SCORE_COLUMNS = {"hlr": "HLR (pts)", "ior": "IOR (pts)", "lrs": "LRS (%)", "ars": "ARS (%)"}
+
+
+def evaluation_labels(row: dict[str, Any]) -> str:
+    """How a row's models were trained: ``hard``, ``soft (<teacher>)``, with ``, no aug`` when not augmented."""
+    text = str(row.get("labels", "hard"))
+    if row.get("teacher"):
+        text += f" ({row['teacher']})"
+    if not row.get("augment", True):
+        text += ", no aug"
+    return text
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of evaluation rows (``arch``, ``set``, ``mean``, ``std``, ``n``; accuracies in %)."""
-    lines = ["| step | arch | set | test acc. (%) | models |", "|---:|---|---|---:|---:|"]
+    """A Markdown table of evaluation rows (``arch``, ``set``, ``mean``, ``std``, ``n``; accuracies in %).
+
+    A ``labels`` column appears when a row was trained on soft labels or without augmentation, and DD-Ranking's
+    scores (:data:`SCORE_COLUMNS`, mean ± std over the rounds, in points/%) when a row carries them; a table of
+    hard-label rows alone is the same as before either existed.
+    """
+    variants = any(evaluation_labels(r) != "hard" for r in rows)
+    scores = [k for k in SCORE_COLUMNS if any(k in r for r in rows)]
+    head = ["step", "arch", "set", *(["labels"] if variants else []), "test acc. (%)", "models"]
+    head += [SCORE_COLUMNS[k] for k in scores]
+    lines = ["| " + " | ".join(head) + " |", "|---:|---|---|" + ("---|" if variants else "") + "---:|---:|"]
+    lines[-1] += "---:|" * len(scores)
     for r in rows:
-        lines.append(
-            f"| {r['step']} | {r['arch']} | {r['set']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {r['n']} |"
-        )
+        cells = [str(r["step"]), r["arch"], r["set"], *([evaluation_labels(r)] if variants else [])]
+        cells += [f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", str(r["n"])]
+        cells += [f"{100 * r[k]:.2f} ± {100 * r.get(k + '_std', 0.0):.2f}" if k in r else "" for k in scores]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def attach_scores(rows: list[dict[str, Any]], real_hard_acc: float, source: str | None, weight: float = 0.5) -> None:
+    """Add DD-Ranking's HLR, IOR, LRS and ARS to the synthetic rows of ``rows`` (in place).
+
+    For every ``(step, arch)`` with a hard-label, augmented pair of ``synthetic`` and ``random_real`` rows:
+    the synthetic hard row gets ``hlr``, ``ior``, ``lrs`` (and ``ars`` when both sets were also evaluated without
+    augmentation), a synthetic soft row ``hlr``, ``ior``, ``lrs`` of soft labels; each with ``<key>_std``, plus
+    ``real_hard_acc`` and ``real_hard_source``. Fractions, per round (model ``i`` of every set), as
+    :func:`ptmdd_lightning.core.soft_labels.robust_scores` computes them.
+
+    Raises:
+        PtmddError: sets of different sizes (see ``robust_scores``).
+    """
+
+    def find(step: int, arch: str, which: str, labels: str, augment: bool) -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in rows
+                if (r["step"], r["arch"], r["set"]) == (step, arch, which)
+                and r.get("labels", "hard") == labels
+                and r.get("augment", True) == augment
+            ),
+            None,
+        )
+
+    for step, arch in dict.fromkeys((r["step"], r["arch"]) for r in rows):
+        syn, rnd = find(step, arch, "synthetic", "hard", True), find(step, arch, "random_real", "hard", True)
+        if syn is None or rnd is None:
+            continue
+        syn_s, rnd_s = find(step, arch, "synthetic", "soft", True), find(step, arch, "random_real", "soft", True)
+        syn_n, rnd_n = find(step, arch, "synthetic", "hard", False), find(step, arch, "random_real", "hard", False)
+        soft = syn_s is not None and rnd_s is not None
+        no_aug = syn_n is not None and rnd_n is not None
+        out = robust_scores(
+            real_hard_acc,
+            syn["accs"],
+            rnd["accs"],
+            syn_s["accs"] if soft else None,
+            rnd_s["accs"] if soft else None,
+            syn_n["accs"] if no_aug else None,
+            rnd_n["accs"] if no_aug else None,
+            weight,
+        )
+        record = {"real_hard_acc": float(real_hard_acc), "real_hard_source": source}
+        keys = {"hlr": "hlr", "ior": "ior_hard", "lrs": "lrs_hard", "ars": "ars"}
+        syn.update(record)
+        for key, name in keys.items():
+            if name in out:
+                syn[key], syn[key + "_std"] = out[name]["mean"], out[name]["std"]
+        if soft:
+            syn_s.update(record)
+            for key, name in {"hlr": "hlr", "ior": "ior_soft", "lrs": "lrs_soft"}.items():
+                syn_s[key], syn_s[key + "_std"] = out[name]["mean"], out[name]["std"]
 
 
 def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -> dict[str, Any]:
@@ -88,6 +179,9 @@ def write_results(
     atomic_write_text(folder / f"{stem}.md", text)
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
     fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
+    optional = ["labels", "augment", "teacher", *[f"{k}{s}" for k in SCORE_COLUMNS for s in ("", "_std")]]
+    optional += ["real_hard_acc", "real_hard_source"]
+    fields += [f for f in optional if any(f in r for r in rows)]  # columns only where a row has them
     extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fields + extra, extrasaction="ignore")

@@ -20,10 +20,12 @@ from typing_extensions import override
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.guidance import pool_key
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, build_teacher
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
-from ptmdd_lightning.reporting import format_table, result_row, run_dir, write_results
+from ptmdd_lightning.reporting import attach_scores, evaluation_labels, format_table, result_row, run_dir, write_results
 
 
 class SyntheticSetEvaluation(EndOfTrainingWork):
@@ -51,10 +53,19 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).
+        teacher: soft-label evaluation (:class:`~ptmdd_lightning.core.soft_labels.TeacherSpec`: ``ptms``, groups of
+            the distiller's PTM pool (``pool_root``, ``ptm_recipe``), and ``temperature``): every set is evaluated
+            with hard labels and again with the teacher's soft labels, the random real subset with the same
+            teacher; rows carry ``labels`` and ``teacher``. ``None`` (default): hard labels only.
+        real_hard_acc: ``Acc(real, hard)`` (fraction) of the first arch on the whole training set under this
+            protocol, for DD-Ranking's HLR/IOR/LRS/ARS on the synthetic rows (``None``: no scores).
+        real_hard_source: where ``real_hard_acc`` comes from, recorded in the rows.
+        no_aug: also evaluate both sets with hard labels without augmentation (for ARS).
 
     Raises:
-        PtmddError: num_models < 1, no archs, or a ``protocol`` that is not an ``EvalProtocol`` (a flat key of
-            older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``).
+        PtmddError: num_models < 1, no archs, a ``protocol`` that is not an ``EvalProtocol`` (a flat key of
+            older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``), a bad ``teacher``
+            or a ``real_hard_acc`` outside ``[0, 1]``.
     """
 
     def __init__(
@@ -66,6 +77,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         baseline: bool = True,
         every_n_steps: int | None = None,
         seed: int = 0,
+        teacher: TeacherSpec | None = None,
+        real_hard_acc: float | None = None,
+        real_hard_source: str | None = None,
+        no_aug: bool = False,
     ) -> None:
         archs = list(archs) if archs else ["ConvNet"]
         if num_models < 1:
@@ -77,6 +92,20 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
                 f"{type(protocol).__name__}."
             )
+        if isinstance(teacher, dict):
+            teacher = TeacherSpec(**teacher)
+        if teacher is not None:
+            teacher.validate()
+        if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
+            raise PtmddError(
+                f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
+                "write 0.91, not 91."
+            )
+        self.teacher_spec = teacher
+        self.real_hard_acc = real_hard_acc
+        self.real_hard_source = real_hard_source
+        self.no_aug = no_aug
+        self._teacher: Teacher | None = None
         self.archs = archs
         self.num_models = num_models
         self.protocol = protocol if protocol is not None else EvalProtocol()
@@ -146,13 +175,53 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         trainer.strategy.barrier("synthetic_set_evaluation")
         return rows
 
+    def _variants(self, trainer: Trainer, pl_module: LightningModule) -> list[tuple[str, bool]]:
+        """The evaluations of every set: ``(labels, augment)``, hard and augmented first."""
+        variants = [("hard", True)]
+        if self.teacher_spec is not None:
+            variants.append(("soft", True))
+        if self.no_aug:
+            variants.append(("hard", False))
+        return variants
+
+    def _get_teacher(self, trainer: Trainer, pl_module: LightningModule) -> Teacher:
+        """The teacher, loaded once from the distiller's pool folder with its recipe."""
+        if self._teacher is None:
+            info = pl_module.dataset_info
+            self._teacher = build_teacher(
+                self.teacher_spec,
+                pl_module.hparams.pool_root,
+                pool_key(info.name, info.classes),
+                info.num_classes,
+                info.mean,
+                info.std,
+                info.channels,
+                info.image_size,
+                recipe=getattr(pl_module, "ptm_recipe", None),
+                data_root=getattr(trainer.datamodule, "root", None),
+            )
+        return self._teacher
+
     def _run(
-        self, trainer: Trainer, arch: str, which: str, images, labels, pl_module, seed: int
+        self,
+        trainer: Trainer,
+        arch: str,
+        which: str,
+        images,
+        labels,
+        pl_module,
+        seed: int,
+        variant: tuple[str, bool] = ("hard", True),
     ) -> tuple[torch.Tensor, float]:
         dm = trainer.datamodule
         num_models = 1 if trainer.fast_dev_run else self.num_models
         protocol = self._protocol(trainer)
-        rank_zero_info(f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs")
+        kind, augment = variant
+        if not augment:
+            protocol = dataclasses.replace(protocol, dsa_strategy=None)
+        teacher = self._get_teacher(trainer, pl_module) if kind == "soft" else None
+        what = f"{which} set on {arch}" + ("" if variant == ("hard", True) else f", {kind} labels, augment {augment}")
+        rank_zero_info(f"[ptmdd] evaluating the {what}: {num_models} models x {protocol.epochs} epochs")
         start = time.perf_counter()
         with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
             accs = train_and_test(
@@ -168,16 +237,33 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 device=pl_module.device,
                 mode=self.mode,
                 progress=progress,
+                teacher=teacher,
             )
         return accs, time.perf_counter() - start
 
-    def _row_at(self, step: int, arch: str, which: str) -> dict[str, Any] | None:
-        """The row of ``(step, arch, set)`` evaluated already (kept in the state across a resume), if any."""
-        return next((r for r in self.rows if (r["step"], r["arch"], r["set"]) == (step, arch, which)), None)
+    def _row_at(
+        self, step: int, arch: str, which: str, variant: tuple[str, bool] = ("hard", True)
+    ) -> dict[str, Any] | None:
+        """The row of ``(step, arch, set, variant)`` evaluated already (kept in the state across a resume), if any."""
+        return next(
+            (
+                r
+                for r in self.rows
+                if (r["step"], r["arch"], r["set"]) == (step, arch, which)
+                and (r.get("labels", "hard"), r.get("augment", True)) == variant
+            ),
+            None,
+        )
 
-    @staticmethod
-    def _row(step: int, arch: str, which: str, accs: torch.Tensor, seconds: float) -> dict[str, Any]:
-        return result_row(step, arch, which, accs, seconds)
+    def _row(
+        self, step: int, arch: str, which: str, accs: torch.Tensor, seconds: float, variant=("hard", True)
+    ) -> dict[str, Any]:
+        row = result_row(step, arch, which, accs, seconds)
+        if self.teacher_spec is not None or self.no_aug:  # rows of hard labels alone keep their earlier keys
+            row.update(labels=variant[0], augment=variant[1])
+            if variant[0] == "soft":
+                row["teacher"] = self.teacher_spec.describe()
+        return row
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
         dm = trainer.datamodule
@@ -187,18 +273,26 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         rows = []
         metrics: dict[str, float] = {}
         for arch in self.archs:
-            # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
-            row = self._row_at(step, arch, "synthetic")
-            if row is None:
-                accs, secs = self._run(trainer, arch, "synthetic", images, labels, pl_module, self.seed)
-                row = self._row(step, arch, "synthetic", accs, secs)
-                self.rows.append(row)
-                self._unsaved = True
-            rows.append(row)
-            metrics[f"eval/{arch}/acc"] = row["mean"]
-            metrics[f"eval/{arch}/acc_std"] = row["std"]
-            if self.baseline:
-                if arch not in self._baseline_rows:
+            for variant in self._variants(trainer, pl_module):
+                plain_hard = variant == ("hard", True)
+                # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
+                row = self._row_at(step, arch, "synthetic", variant)
+                if row is None:
+                    accs, secs = self._run(trainer, arch, "synthetic", images, labels, pl_module, self.seed, variant)
+                    row = self._row(step, arch, "synthetic", accs, secs, variant)
+                    self.rows.append(row)
+                    self._unsaved = True
+                rows.append(row)
+                if plain_hard:
+                    metrics[f"eval/{arch}/acc"] = row["mean"]
+                    metrics[f"eval/{arch}/acc_std"] = row["std"]
+                elif variant[0] == "soft":
+                    metrics[f"eval/{arch}/soft_acc"] = row["mean"]
+                if not self.baseline:
+                    continue
+                # the random real subset is evaluated once per run and variant (it does not change)
+                key = arch if plain_hard else f"{arch}|{variant[0]}|{variant[1]}"
+                if key not in self._baseline_rows:
                     gen = torch.Generator().manual_seed(self.seed + 1)
                     real_x, real_y = random_real_subset(
                         dm.train_images, dm.train_labels, pl_module.hparams.ipc, pl_module.dataset_info.num_classes, gen
@@ -211,16 +305,23 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                         real_y.to(pl_module.device),
                         pl_module,
                         self.seed,
+                        variant,
                     )
-                    self._baseline_rows[arch] = self._row(step, arch, "random_real", accs_b, secs_b)
+                    self._baseline_rows[key] = self._row(step, arch, "random_real", accs_b, secs_b, variant)
                     self._unsaved = True
-                base = self._row_at(step, arch, "random_real")
+                base = self._row_at(step, arch, "random_real", variant)
                 if base is None:
-                    base = dict(self._baseline_rows[arch], step=step)
+                    base = dict(self._baseline_rows[key], step=step)
                     self.rows.append(base)
                 rows.append(base)
-                metrics[f"eval/{arch}/baseline_acc"] = base["mean"]
-                metrics[f"eval/{arch}/gain"] = row["mean"] - base["mean"]
+                if plain_hard:
+                    metrics[f"eval/{arch}/baseline_acc"] = base["mean"]
+                    metrics[f"eval/{arch}/gain"] = row["mean"] - base["mean"]
+        if self.real_hard_acc is not None:
+            attach_scores(self.rows, float(self.real_hard_acc), self.real_hard_source)
+            for r in rows:
+                if r["set"] == "synthetic" and evaluation_labels(r) == "hard":
+                    metrics.update({f"eval/{r['arch']}/{k}": r[k] for k in ("hlr", "ior", "lrs", "ars") if k in r})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         log_synthetic_grid(trainer, pl_module)
@@ -241,8 +342,9 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         ]
         lines.append(format_table(rows))
         for arch in self.archs:
-            syn = next((r for r in rows if r["arch"] == arch and r["set"] == "synthetic"), None)
-            base = next((r for r in rows if r["arch"] == arch and r["set"] == "random_real"), None)
+            hard = [r for r in rows if r["arch"] == arch and evaluation_labels(r) == "hard"]
+            syn = next((r for r in hard if r["set"] == "synthetic"), None)
+            base = next((r for r in hard if r["set"] == "random_real"), None)
             if syn and base:
                 lines.append(
                     f"{arch}: distilled {100 * syn['mean']:.2f}% vs random real {100 * base['mean']:.2f}% "

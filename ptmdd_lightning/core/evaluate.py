@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ptmdd_lightning.core.augment import DEFAULT_STRATEGY, DSAParams, dsa_augment
+from ptmdd_lightning.core.soft_labels import Teacher, kd_loss
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision
 from ptmdd_lightning.nets import build_net
@@ -302,8 +303,13 @@ def _train_loop(
     protocol: EvalProtocol,
     rngs: Sequence[_ModelRNG],
     progress: Progress | None = None,
+    teacher: Teacher | None = None,
 ) -> None:
-    """Train the models one after the other with ``torch.optim.SGD`` (the reference ``evaluate_synset``)."""
+    """Train the models one after the other with ``torch.optim.SGD`` (the reference ``evaluate_synset``).
+
+    With a ``teacher`` the loss of a batch is :func:`~ptmdd_lightning.core.soft_labels.kd_loss` against the
+    teacher's soft labels of the same augmented batch, instead of the cross-entropy with the hard labels.
+    """
     device = images.device
     fmt = torch.channels_last if protocol.channels_last else torch.contiguous_format
     for i, (model, rng) in enumerate(zip(models, rngs, strict=True)):
@@ -325,7 +331,11 @@ def _train_loop(
                 x = _augment(images[idx], protocol, rng).contiguous(memory_format=fmt)
                 with _autocast(device, protocol.precision):
                     out = forward(x)
-                loss = F.cross_entropy(out.float(), labels[idx])
+                    soft = teacher(x) if teacher is not None else None
+                if soft is None:
+                    loss = F.cross_entropy(out.float(), labels[idx])
+                else:
+                    loss = kd_loss(out.float(), soft, teacher.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -365,13 +375,21 @@ def _stack(models: Sequence[nn.Module]) -> tuple[nn.Module, dict[str, Tensor], d
     return template, params, buffers
 
 
-def _vmapped_grad(template: nn.Module, device: torch.device, precision: str) -> Callable:
-    """``vmap(grad(loss))`` over models: ``(params, buffers, x (M, b, C, H, W), y (M, b)) -> grads``."""
+def _vmapped_grad(
+    template: nn.Module, device: torch.device, precision: str, temperature: float | None = None
+) -> Callable:
+    """``vmap(grad(loss))`` over models: ``(params, buffers, x (M, b, C, H, W), y) -> grads``.
+
+    ``y``: hard labels ``(M, b)`` (cross-entropy) or, with a ``temperature``, soft labels ``(M, b, K)``
+    (:func:`~ptmdd_lightning.core.soft_labels.kd_loss`).
+    """
     from torch.func import functional_call, grad, vmap
 
     def loss_fn(params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         with _autocast(device, precision):
             out = functional_call(template, (params, buffers), (x,))
+        if temperature is not None:
+            return kd_loss(out.float(), y, temperature)
         return F.cross_entropy(out.float(), y)
 
     return vmap(grad(loss_fn), in_dims=(0, 0, 0, 0), randomness="different")
@@ -400,6 +418,7 @@ def _train_vmap(
     protocol: EvalProtocol,
     rngs: Sequence[_ModelRNG],
     progress: Progress | None = None,
+    teacher: Teacher | None = None,
 ) -> None:
     """Train all models at once (vmap).
 
@@ -410,7 +429,7 @@ def _train_vmap(
     device = images.device
     template, params, buffers = _stack(models)
     template.train()
-    grad_fn = _vmapped_grad(template, device, protocol.precision)
+    grad_fn = _vmapped_grad(template, device, protocol.precision, teacher.temperature if teacher else None)
     names = list(params)
     plist = [params[k] for k in names]
     opt, opt_lr = None, None
@@ -429,7 +448,12 @@ def _train_vmap(
             x = images[idx]  # (M, b, C, H, W)
             if protocol.augments:
                 x = torch.stack([_augment(x[m], protocol, r) for m, r in enumerate(rngs)])
-            grads = grad_fn(params, buffers, x, labels[idx])
+            if teacher is None:
+                target = labels[idx]
+            else:
+                with _autocast(device, protocol.precision):
+                    target = torch.stack([teacher(x[m]) for m in range(x.shape[0])])  # (M, b, K)
+            grads = grad_fn(params, buffers, x, target)
             for k, p in zip(names, plist, strict=True):
                 p.grad = grads[k]
             opt.step()
@@ -476,6 +500,7 @@ def train_models(
     device: torch.device | str | None = None,
     mode: str = "auto",
     progress: Progress | None = None,
+    teacher: Teacher | None = None,
 ) -> list[nn.Module]:
     """Train ``num_models`` freshly initialised nets on ``(images, labels)`` with the evaluation protocol.
 
@@ -500,12 +525,16 @@ def train_models(
         progress: called as ``progress(done, total)`` after every training epoch, in model-epochs
             (``total = num_models * protocol.epochs``; the loop counts one model's epoch, vmap all models'):
             for a progress bar, or to stop early by raising (the exception propagates unchanged).
+        teacher: soft-label evaluation (:class:`~ptmdd_lightning.core.soft_labels.Teacher`): every augmented
+            batch gets the teacher's soft labels and the loss is ``T^2 * KL`` (SRe2L/RDED evaluation); ``labels``
+            then only fix the class balance. ``None`` (default): hard labels and cross-entropy, the reference's.
 
     Returns:
         the ``num_models`` trained nets (float32, contiguous format, on ``device``, in train mode).
 
     Raises:
-        PtmddError: bad shapes/labels/``num_models``/``mode``; ``mode="vmap"`` for a net vmap cannot train.
+        PtmddError: bad shapes/labels/``num_models``/``mode``; ``mode="vmap"`` for a net vmap cannot train; a
+            teacher whose input shape or class count does not match the student's.
     """
     protocol = protocol if protocol is not None else EvalProtocol()
     _check_data(images, labels, num_classes, "training")
@@ -519,14 +548,17 @@ def train_models(
     master = torch.Generator().manual_seed(int(seed))
     global_seed = _seed_from(master)
     rngs = [_ModelRNG(master, device) for _ in range(num_models)]
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        teacher.check(num_classes, (c, h, w), device)
     models = _build_models(build, rngs, device)
     chosen = _resolve_mode(mode, models, images, labels, protocol.precision)
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(global_seed)
         if chosen == "vmap":
-            _train_vmap(models, images, labels, protocol, rngs, progress)
+            _train_vmap(models, images, labels, protocol, rngs, progress, teacher)
         else:
-            _train_loop(models, images, labels, protocol, rngs, progress)
+            _train_loop(models, images, labels, protocol, rngs, progress, teacher)
     return models
 
 
@@ -631,6 +663,7 @@ def train_and_test(
     device: torch.device | str | None = None,
     mode: str = "auto",
     progress: Progress | None = None,
+    teacher: Teacher | None = None,
 ) -> Tensor:
     """Evaluate a synthetic set: train ``num_models`` fresh nets on it, return their real test accuracies.
 
@@ -650,13 +683,14 @@ def train_and_test(
         device: where to run (default: ``images.device``).
         mode: ``"auto"`` | ``"vmap"`` | ``"loop"`` (see :func:`train_models`).
         progress: ``progress(done, total)`` after every training epoch (see :func:`train_models`).
+        teacher: soft labels from a PTM or an ensemble (see :func:`train_models`); ``None``: hard labels.
 
     Returns:
         ``(num_models,)`` float64 CPU tensor of test accuracies in ``[0, 1]``.
 
     Raises:
         PtmddError: bad shapes/labels, test images of another shape than the training images, bad
-            ``num_models``/``mode``, or ``mode="vmap"`` for a net vmap cannot train.
+            ``num_models``/``mode``, ``mode="vmap"`` for a net vmap cannot train, or a teacher that does not fit.
     """
     protocol = protocol if protocol is not None else EvalProtocol()
     _check_data(test_images, test_labels, num_classes, "test")
@@ -665,7 +699,9 @@ def train_and_test(
             f"test images are {tuple(test_images.shape[1:])} but the synthetic images are "
             f"{tuple(images.shape[1:])}; evaluate on the test split of the dataset that was distilled."
         )
-    models = train_models(arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress)
+    models = train_models(
+        arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress, teacher
+    )
     return evaluate_models(
         models,
         test_images,

@@ -407,6 +407,10 @@ class PTMMember(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         return (x - self.s_mean) / self.s_std
 
+    def forward(self, x: Tensor) -> Tensor:
+        """The PTM's logits ``(N, K_s)`` of normalised target images ``(N, C_t, H_t, W_t)`` (via :meth:`adapt`)."""
+        return self.net(self.adapt(x))
+
     def train(self, mode: bool = True) -> PTMMember:
         """PTMs stay in eval mode whatever the parent module does (frozen BatchNorm statistics)."""
         return super().train(False)

@@ -27,13 +27,23 @@ from torch import Tensor
 from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.guidance import PTMRecipe, pool_key
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, build_teacher
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.nets import build_net
 from ptmdd_lightning.progress import EvaluationProgress
-from ptmdd_lightning.reporting import format_table, result_row, run_dir, set_plain_hparam, write_results
+from ptmdd_lightning.reporting import (
+    attach_scores,
+    evaluation_labels,
+    format_table,
+    result_row,
+    run_dir,
+    set_plain_hparam,
+    write_results,
+)
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -157,10 +167,22 @@ class SyntheticSetEvaluator(LightningModule):
         stem: base name of the table files.
         dataset_info: the real data's :class:`~ptmdd_lightning.data.DatasetInfo`, linked from the DataModule's
             ``info`` by the CLI; never set it in YAML (``None``: Fashion-MNIST; a dict of its fields is accepted).
+        teacher: soft-label evaluation (:class:`~ptmdd_lightning.core.soft_labels.TeacherSpec`: ``ptms``, the
+            teaching PTM pool groups, and ``temperature``; in YAML ``teacher: {ptms: [{arch: ConvNet, epoch: 10}],
+            temperature: 4}``). Every set is then evaluated twice, with hard labels and with the teacher's soft
+            labels (``T^2 * KL`` on every augmented batch), the random real subset with the same teacher; rows
+            carry ``labels: hard | soft`` and ``teacher``. ``None`` (default): hard labels only.
+        pool_root: the PTM pool folder of the teacher's members.
+        ptm_recipe: the recipe of the teacher's members (``None``: the authors').
+        real_hard_acc: ``Acc(real, hard)``, the accuracy (fraction) of the first arch trained on the whole
+            training set under this protocol, for DD-Ranking's HLR/LRS (``None``: no robust scores).
+        real_hard_source: where ``real_hard_acc`` comes from (a run folder, a paper table), recorded in the rows.
+        no_aug: also evaluate both sets with hard labels and without augmentation, for DD-Ranking's ARS.
 
     Raises:
-        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` (construction); no ``path``, a missing or
-            corrupted file, or an export that does not fit the DataModule (:meth:`setup`).
+        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` or ``teacher`` (construction); no ``path``, a
+            missing or corrupted file, an export that does not fit the DataModule, or a teacher that does not fit
+            the data (:meth:`setup`).
     """
 
     def __init__(
@@ -175,6 +197,12 @@ class SyntheticSetEvaluator(LightningModule):
         output_dir: str | None = None,
         stem: str = "results",
         dataset_info: DatasetInfo | None = None,
+        teacher: TeacherSpec | None = None,
+        pool_root: str = "ptm_pool",
+        ptm_recipe: PTMRecipe | None = None,
+        real_hard_acc: float | None = None,
+        real_hard_source: str | None = None,
+        no_aug: bool = False,
     ) -> None:
         super().__init__()
         info = self.dataset_info = as_dataset_info(dataset_info)
@@ -194,9 +222,25 @@ class SyntheticSetEvaluator(LightningModule):
         for arch in archs:
             build_net(arch, info.channels, info.num_classes, info.image_size)  # unknown arch -> PtmddError now
         self.protocol = protocol if protocol is not None else EvalProtocol()
-        self.save_hyperparameters(ignore=["protocol"])
+        if isinstance(teacher, dict):
+            teacher = TeacherSpec(**teacher)
+        if teacher is not None:
+            teacher.validate()
+        if isinstance(ptm_recipe, dict):
+            ptm_recipe = PTMRecipe(**ptm_recipe)
+        if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
+            raise PtmddError(
+                f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
+                "write 0.91, not 91."
+            )
+        self.teacher_spec = teacher
+        self.ptm_recipe = ptm_recipe
+        self.save_hyperparameters(ignore=["protocol", "teacher", "ptm_recipe"])
         set_plain_hparam(self, "protocol", self.protocol)  # plain values in hparams.yaml
         set_plain_hparam(self, "dataset_info", info)
+        set_plain_hparam(self, "teacher", teacher)
+        set_plain_hparam(self, "ptm_recipe", ptm_recipe)
+        self.teacher: Teacher | None = None
         self.archs = archs
         self.export_blob: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
@@ -215,6 +259,21 @@ class SyntheticSetEvaluator(LightningModule):
         blob = load_synthetic_set(hp.path)
         check_export(blob, hp.path, self.dataset_info)
         self.export_blob = blob
+        if self.teacher_spec is not None:
+            info = self.dataset_info
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            self.teacher = build_teacher(
+                self.teacher_spec,
+                hp.pool_root,
+                pool_key(info.name, info.classes),
+                info.num_classes,
+                info.mean,
+                info.std,
+                info.channels,
+                info.image_size,
+                recipe=self.ptm_recipe,
+                data_root=getattr(dm, "root", None),
+            )
 
     @property
     def ipc(self) -> int:
@@ -290,28 +349,44 @@ class SyntheticSetEvaluator(LightningModule):
             sets = [("synthetic", images, labels)]
             if real is not None:
                 sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
+            # (labels, augment, teacher, protocol): hard labels always; the teacher's soft labels; no augmentation
+            variants: list[tuple[str, bool, Teacher | None, EvalProtocol]] = [("hard", True, None, protocol)]
+            if self.teacher is not None:
+                variants.append(("soft", True, self.teacher, protocol))
+            if hp.no_aug:
+                variants.append(("hard", False, None, dataclasses.replace(protocol, dsa_strategy=None)))
             for arch in self.archs:
-                for which, x, y in sets:
-                    rank_zero_info(
-                        f"[ptmdd] evaluating the {which} set on {arch}: {num_models} models x {protocol.epochs} epochs"
-                    )
-                    start = time.perf_counter()
-                    with EvaluationProgress(f"eval {arch} {which}", num_models, self.trainer) as progress:
-                        accs = train_and_test(
-                            arch,
-                            x,
-                            y,
-                            test_x,
-                            test_y,
-                            k,
-                            num_models,
-                            protocol,
-                            seed=int(hp.eval_seed),
-                            device=self.device,
-                            mode=hp.mode,
-                            progress=progress,
+                for labels_kind, augment, teacher, variant_protocol in variants:
+                    for which, x, y in sets:
+                        what = f"{which} set on {arch}, {labels_kind} labels{'' if augment else ', no augmentation'}"
+                        rank_zero_info(
+                            f"[ptmdd] evaluating the {what}: {num_models} models x {variant_protocol.epochs} epochs"
                         )
-                    rows.append(self._row(arch, which, accs, time.perf_counter() - start))
+                        start = time.perf_counter()
+                        with EvaluationProgress(f"eval {arch} {which}", num_models, self.trainer) as progress:
+                            accs = train_and_test(
+                                arch,
+                                x,
+                                y,
+                                test_x,
+                                test_y,
+                                k,
+                                num_models,
+                                variant_protocol,
+                                seed=int(hp.eval_seed),
+                                device=self.device,
+                                mode=hp.mode,
+                                progress=progress,
+                                teacher=teacher,
+                            )
+                        row = self._row(arch, which, accs, time.perf_counter() - start)
+                        if len(variants) > 1:
+                            row.update(labels=labels_kind, augment=augment)
+                            if teacher is not None:
+                                row["teacher"] = self.teacher_spec.describe()
+                        rows.append(row)
+        if hp.real_hard_acc is not None:
+            attach_scores(rows, float(hp.real_hard_acc), hp.real_hard_source)
         return rows
 
     def _output_dir(self) -> Path:
@@ -326,10 +401,22 @@ class SyntheticSetEvaluator(LightningModule):
         rows = self.trainer.strategy.broadcast(rows, src=0)
         self.rows = rows
         for r in rows:
-            if r["set"] == "synthetic":
+            if r["set"] == "synthetic" and r.get("labels", "hard") == "soft":
+                self.log(f"{stage}/{r['arch']}/soft_acc", r["mean"])
+            if r["set"] == "synthetic" and evaluation_labels(r) == "hard":
                 self.log(f"{stage}/{r['arch']}/acc", r["mean"])
                 self.log(f"{stage}/{r['arch']}/acc_std", r["std"])
-                base = next((b for b in rows if b["arch"] == r["arch"] and b["set"] == "random_real"), None)
+                for key in ("hlr", "ior", "lrs", "ars"):
+                    if key in r:
+                        self.log(f"{stage}/{r['arch']}/{key}", r[key])
+                base = next(
+                    (
+                        b
+                        for b in rows
+                        if b["arch"] == r["arch"] and b["set"] == "random_real" and evaluation_labels(b) == "hard"
+                    ),
+                    None,
+                )
                 if base is not None:
                     self.log(f"{stage}/{r['arch']}/baseline_acc", base["mean"])
                     self.log(f"{stage}/{r['arch']}/gain", r["mean"] - base["mean"])

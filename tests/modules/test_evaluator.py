@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.guidance import member_path
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.data import RealDataModule
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.main import main
+from ptmdd_lightning.modules import evaluator as evaluator_module
 from ptmdd_lightning.modules.evaluator import SyntheticSetEvaluator, check_export
 from tests.helpers import fmnist_info
+from tests.test_resume import write_ptm
 
 REPO = Path(__file__).resolve().parents[2]
 EVALUATE = str(REPO / "configs" / "evaluate.yaml")
@@ -239,3 +243,88 @@ def test_an_export_holding_nan_is_refused(tmp_path, monkeypatch, capsys, fake_fa
     assert exit_info.value.code == 2
     assert "1 non-finite pixel values" in capsys.readouterr().err
     assert not list(tmp_path.glob("lightning_logs/evaluate/*/results.json"))
+
+
+def test_test_command_with_a_teacher_evaluates_hard_soft_and_without_augmentation_and_scores_them(
+    tmp_path, monkeypatch, fake_fashion_root
+):
+    """Issue "PTMs as teachers too": a pool member's soft labels, the random set with the same teacher, DD-Ranking."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args[7], kwargs["teacher"]))  # (protocol, teacher) of every evaluation
+        return evaluator_module.train_and_test.__wrapped__(*args, **kwargs)
+
+    spy.__wrapped__ = evaluator_module.train_and_test
+    monkeypatch.setattr(evaluator_module, "train_and_test", spy)
+    write_ptm(member_path(tmp_path / "pool", "fashion_mnist", "ConvNetW32", 0, 1), seed=0)
+    path = _noise_export(tmp_path)
+    teacher = '{"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 2.0}'
+    main(
+        [
+            "test",
+            "--config",
+            EVALUATE,
+            "--model.init_args.path",
+            str(path),
+            "--data.init_args.root",
+            str(fake_fashion_root),
+            "--model.init_args.archs",
+            "[ConvNetW32]",
+            "--model.init_args.protocol.epochs",
+            "1",
+            "--model.init_args.num_models",
+            "2",
+            "--model.init_args.teacher",
+            teacher,
+            "--model.init_args.pool_root",
+            str(tmp_path / "pool"),
+            "--model.init_args.real_hard_acc",
+            "0.9",
+            "--model.init_args.real_hard_source",
+            "a test value",
+            "--model.init_args.no_aug",
+            "true",
+            "--model.init_args.output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    kinds = [(r["set"], r["labels"], r["augment"]) for r in rows]
+    assert kinds == [
+        (s, labels, aug)
+        for labels, aug in (("hard", True), ("soft", True), ("hard", False))
+        for s in ("synthetic", "random_real")
+    ]
+    soft = [r for r in rows if r["labels"] == "soft"]
+    assert all(r["teacher"] == "ConvNetW32 e1 s[0] T=2" for r in soft)
+    syn, rnd, syn_s, rnd_s, syn_n, rnd_n = (torch.tensor(r["accs"], dtype=torch.float64) for r in rows)
+    # both soft evaluations got the pool member as teacher at T = 2; the no-aug ones a protocol without DSA
+    assert [c[1] is not None for c in calls] == [False, False, True, True, False, False]
+    assert all(len(c[1].members) == 1 and c[1].temperature == 2.0 for c in calls[2:4])
+    assert [c[0].augments for c in calls] == [True, True, True, True, False, False]
+
+    def score(x: torch.Tensor) -> float:  # DD-Ranking's (e^x - e^-1) / (e - e^-1), per round, then the mean
+        return float(((x.exp() - math.exp(-1)) / (math.e - math.exp(-1))).mean())
+
+    hard = rows[0]
+    assert hard["hlr"] == pytest.approx(float((0.9 - syn).mean()))
+    assert hard["ior"] == pytest.approx(float((syn - rnd).mean()))
+    assert hard["lrs"] == pytest.approx(score(0.5 * (syn - rnd) - 0.5 * (0.9 - syn)))
+    assert hard["ars"] == pytest.approx(score(0.5 * (syn - rnd) + 0.5 * (syn_n - rnd_n)))
+    assert rows[2]["lrs"] == pytest.approx(score(0.5 * (syn_s - rnd_s) - 0.5 * (0.9 - syn)))
+    assert hard["real_hard_source"] == "a test value" and "lrs" not in rows[1]  # scores on the synthetic rows
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| labels |" in md and "LRS (%)" in md and "soft (ConvNetW32 e1 s[0] T=2)" in md and ", no aug" in md
+    csv_head = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
+    assert "labels" in csv_head and "lrs_std" in csv_head and "real_hard_source" in csv_head
+
+
+def test_teacher_settings_are_checked_at_construction():
+    with pytest.raises(PtmddError, match="fraction"):
+        SyntheticSetEvaluator(real_hard_acc=91.0)
+    with pytest.raises(PtmddError, match="loss: clom"):
+        SyntheticSetEvaluator(teacher={"ptms": [{"arch": "ConvNet", "loss": "cclom"}]})
+    with pytest.raises(PtmddError, match=r"teacher\.ptms is empty"):
+        SyntheticSetEvaluator(teacher={"ptms": []})

@@ -1,0 +1,49 @@
+"""SyntheticSetEvaluation with a teacher: soft-label rows beside the hard ones, DD-Ranking's scores (tiny fit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ptmdd_lightning.main import main
+from tests.test_resume import ptm_pool, tiny_config  # noqa: F401  (ptm_pool is a fixture)
+
+
+def test_the_callback_evaluates_with_hard_and_soft_labels_and_scores_the_synthetic_rows(
+    tmp_path,
+    monkeypatch,
+    fake_fashion_root,
+    ptm_pool,  # noqa: F811
+):
+    monkeypatch.chdir(tmp_path)
+    evaluation = {
+        "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+        "init_args": {
+            "archs": ["ConvNetW32"],
+            "num_models": 2,
+            "protocol": {"epochs": 1},
+            "teacher": {"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 3.0},
+            "real_hard_acc": 0.85,
+            "real_hard_source": "a test value",
+            "no_aug": True,
+        },
+    }
+    config = tiny_config(
+        tmp_path / "c.yaml", fake_fashion_root, max_steps=2, extra_callbacks=[evaluation], ptm_pool=ptm_pool
+    )
+    cli = main(["fit", "--config", str(config)])
+    rows = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
+    assert [(r["set"], r["labels"], r["augment"]) for r in rows] == [
+        (s, labels, aug)
+        for labels, aug in (("hard", True), ("soft", True), ("hard", False))
+        for s in ("synthetic", "random_real")
+    ]
+    assert rows[2]["teacher"] == rows[3]["teacher"] == "ConvNetW32 e1 s[0] T=3"
+    syn, rnd = rows[0]["accs"], rows[1]["accs"]
+    assert rows[0]["hlr"] == pytest.approx(sum(0.85 - a for a in syn) / 2)
+    assert rows[0]["ior"] == pytest.approx(sum(a - b for a, b in zip(syn, rnd, strict=True)) / 2)
+    assert {"lrs", "ars"} <= set(rows[0]) and "lrs" in rows[2] and "lrs" not in rows[1]
+    md = (Path(cli.trainer.log_dir) / "results.md").read_text()
+    assert "soft (ConvNetW32 e1 s[0] T=3)" in md and "HLR (pts)" in md and "ARS (%)" in md
