@@ -20,6 +20,7 @@ from torch import Tensor
 from ptmdd_lightning.core.evaluate import summarize
 from ptmdd_lightning.core.soft_labels import robust_scores
 from ptmdd_lightning.fileio import atomic_write_text, plain
+from ptmdd_lightning.result_rows import evaluation_labels
 
 __all__ = [
     "SCORE_COLUMNS",
@@ -53,16 +54,6 @@ def run_dir(trainer: Trainer) -> Path:
 SCORE_COLUMNS = {"hlr": "HLR (pts)", "ior": "IOR (pts)", "lrs": "LRS (%)", "ars": "ARS (%)"}
 
 
-def evaluation_labels(row: dict[str, Any]) -> str:
-    """How a row's models were trained: ``hard``, ``soft (<teacher>)``, with ``, no aug`` when not augmented."""
-    text = str(row.get("labels", "hard"))
-    if row.get("teacher"):
-        text += f" ({row['teacher']})"
-    if not row.get("augment", True):
-        text += ", no aug"
-    return text
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of evaluation rows (``arch``, ``set``, ``mean``, ``std``, ``n``; accuracies in %).
 
@@ -89,7 +80,8 @@ def attach_scores(rows: list[dict[str, Any]], real_hard_acc: float, source: str 
 
     For every ``(step, arch)`` with a hard-label, augmented pair of ``synthetic`` and ``random_real`` rows:
     the synthetic hard row gets ``hlr``, ``ior``, ``lrs`` (and ``ars`` when both sets were also evaluated without
-    augmentation), a synthetic soft row ``hlr``, ``ior``, ``lrs`` of soft labels; each with ``<key>_std``, plus
+    augmentation), every synthetic soft row ``hlr``, ``ior``, ``lrs`` of its teacher's soft labels (paired with
+    the random row of the same teacher); each with ``<key>_std``, plus
     ``real_hard_acc`` and ``real_hard_source``. Fractions, per round (model ``i`` of every set), as
     :func:`ptmdd_lightning.core.soft_labels.robust_scores` computes them.
 
@@ -97,43 +89,42 @@ def attach_scores(rows: list[dict[str, Any]], real_hard_acc: float, source: str 
         PtmddError: sets of different sizes (see ``robust_scores``).
     """
 
-    def find(step: int, arch: str, which: str, labels: str, augment: bool) -> dict[str, Any] | None:
+    def find(step: int, arch: str, which: str, labels: str, augment: bool, teacher: str | None = None):
         return next(
             (
                 r
                 for r in rows
                 if (r["step"], r["arch"], r["set"]) == (step, arch, which)
-                and r.get("labels", "hard") == labels
-                and r.get("augment", True) == augment
+                and (r.get("labels", "hard"), r.get("augment", True), r.get("teacher")) == (labels, augment, teacher)
             ),
             None,
         )
 
+    record = {"real_hard_acc": float(real_hard_acc), "real_hard_source": source}
     for step, arch in dict.fromkeys((r["step"], r["arch"]) for r in rows):
         syn, rnd = find(step, arch, "synthetic", "hard", True), find(step, arch, "random_real", "hard", True)
         if syn is None or rnd is None:
             continue
-        syn_s, rnd_s = find(step, arch, "synthetic", "soft", True), find(step, arch, "random_real", "soft", True)
         syn_n, rnd_n = find(step, arch, "synthetic", "hard", False), find(step, arch, "random_real", "hard", False)
-        soft = syn_s is not None and rnd_s is not None
         no_aug = syn_n is not None and rnd_n is not None
         out = robust_scores(
             real_hard_acc,
             syn["accs"],
             rnd["accs"],
-            syn_s["accs"] if soft else None,
-            rnd_s["accs"] if soft else None,
-            syn_n["accs"] if no_aug else None,
-            rnd_n["accs"] if no_aug else None,
-            weight,
+            syn_no_aug=syn_n["accs"] if no_aug else None,
+            random_no_aug=rnd_n["accs"] if no_aug else None,
+            weight=weight,
         )
-        record = {"real_hard_acc": float(real_hard_acc), "real_hard_source": source}
-        keys = {"hlr": "hlr", "ior": "ior_hard", "lrs": "lrs_hard", "ars": "ars"}
         syn.update(record)
-        for key, name in keys.items():
+        for key, name in {"hlr": "hlr", "ior": "ior_hard", "lrs": "lrs_hard", "ars": "ars"}.items():
             if name in out:
                 syn[key], syn[key + "_std"] = out[name]["mean"], out[name]["std"]
-        if soft:
+        for syn_s in [r for r in rows if (r["step"], r["arch"], r["set"]) == (step, arch, "synthetic")]:
+            teacher = syn_s.get("teacher")
+            rnd_s = find(step, arch, "random_real", "soft", True, teacher) if teacher else None
+            if syn_s.get("labels") != "soft" or not syn_s.get("augment", True) or rnd_s is None:
+                continue
+            out = robust_scores(real_hard_acc, syn["accs"], rnd["accs"], syn_s["accs"], rnd_s["accs"], weight=weight)
             syn_s.update(record)
             for key, name in {"hlr": "hlr", "ior": "ior_soft", "lrs": "lrs_soft"}.items():
                 syn_s[key], syn_s[key + "_std"] = out[name]["mean"], out[name]["std"]

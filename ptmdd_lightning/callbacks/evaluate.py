@@ -21,11 +21,15 @@ from typing_extensions import override
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import pool_key
-from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, build_teacher
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import attach_scores, evaluation_labels, format_table, result_row, run_dir, write_results
+
+#: one evaluation of a set: ``(labels, augment, teacher)``, teacher the :meth:`TeacherSpec.describe` of a soft one
+Variant = tuple[str, bool, str | None]
+HARD: Variant = ("hard", True, None)
 
 
 class SyntheticSetEvaluation(EndOfTrainingWork):
@@ -53,10 +57,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).
-        teacher: soft-label evaluation (:class:`~ptmdd_lightning.core.soft_labels.TeacherSpec`: ``ptms``, groups of
-            the distiller's PTM pool (``pool_root``, ``ptm_recipe``), and ``temperature``): every set is evaluated
-            with hard labels and again with the teacher's soft labels, the random real subset with the same
-            teacher; rows carry ``labels`` and ``teacher``. ``None`` (default): hard labels only.
+        teachers: soft-label evaluation, a list of :class:`~ptmdd_lightning.core.soft_labels.TeacherSpec` (``ptms``,
+            groups of the distiller's PTM pool (``pool_root``, ``ptm_recipe``), and ``temperature``): every set is
+            evaluated with hard labels and again with each teacher's soft labels, the random real subset with the
+            same teacher; rows carry ``labels`` and ``teacher``. ``None`` (default): hard labels only.
         real_hard_acc: ``Acc(real, hard)`` (fraction) of the first arch on the whole training set under this
             protocol, for DD-Ranking's HLR/IOR/LRS/ARS on the synthetic rows (``None``: no scores).
         real_hard_source: where ``real_hard_acc`` comes from, recorded in the rows.
@@ -64,7 +68,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     Raises:
         PtmddError: num_models < 1, no archs, a ``protocol`` that is not an ``EvalProtocol`` (a flat key of
-            older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``), a bad ``teacher``
+            older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``), a bad teacher
             or a ``real_hard_acc`` outside ``[0, 1]``.
     """
 
@@ -77,7 +81,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         baseline: bool = True,
         every_n_steps: int | None = None,
         seed: int = 0,
-        teacher: TeacherSpec | None = None,
+        teachers: list[TeacherSpec] | None = None,
         real_hard_acc: float | None = None,
         real_hard_source: str | None = None,
         no_aug: bool = False,
@@ -92,20 +96,17 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
                 f"{type(protocol).__name__}."
             )
-        if isinstance(teacher, dict):
-            teacher = TeacherSpec(**teacher)
-        if teacher is not None:
-            teacher.validate()
+        specs = as_teacher_specs(teachers)
         if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
             raise PtmddError(
                 f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
                 "write 0.91, not 91."
             )
-        self.teacher_spec = teacher
+        self.teacher_specs = {spec.describe(): spec for spec in specs}
         self.real_hard_acc = real_hard_acc
         self.real_hard_source = real_hard_source
         self.no_aug = no_aug
-        self._teacher: Teacher | None = None
+        self._teachers: dict[str, Teacher] = {}
         self.archs = archs
         self.num_models = num_models
         self.protocol = protocol if protocol is not None else EvalProtocol()
@@ -175,21 +176,20 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         trainer.strategy.barrier("synthetic_set_evaluation")
         return rows
 
-    def _variants(self, trainer: Trainer, pl_module: LightningModule) -> list[tuple[str, bool]]:
-        """The evaluations of every set: ``(labels, augment)``, hard and augmented first."""
-        variants = [("hard", True)]
-        if self.teacher_spec is not None:
-            variants.append(("soft", True))
+    def _variants(self) -> list[Variant]:
+        """The evaluations of every set: ``(labels, augment, teacher)``, hard and augmented first."""
+        variants: list[Variant] = [("hard", True, None)]
+        variants += [("soft", True, name) for name in self.teacher_specs]
         if self.no_aug:
-            variants.append(("hard", False))
+            variants.append(("hard", False, None))
         return variants
 
-    def _get_teacher(self, trainer: Trainer, pl_module: LightningModule) -> Teacher:
-        """The teacher, loaded once from the distiller's pool folder with its recipe."""
-        if self._teacher is None:
+    def _get_teacher(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Teacher:
+        """The teacher ``name``, loaded once from the distiller's pool folder with its recipe."""
+        if name not in self._teachers:
             info = pl_module.dataset_info
-            self._teacher = build_teacher(
-                self.teacher_spec,
+            self._teachers[name] = build_teacher(
+                self.teacher_specs[name],
                 pl_module.hparams.pool_root,
                 pool_key(info.name, info.classes),
                 info.num_classes,
@@ -200,7 +200,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 recipe=getattr(pl_module, "ptm_recipe", None),
                 data_root=getattr(trainer.datamodule, "root", None),
             )
-        return self._teacher
+        return self._teachers[name]
 
     def _run(
         self,
@@ -211,16 +211,16 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         labels,
         pl_module,
         seed: int,
-        variant: tuple[str, bool] = ("hard", True),
+        variant: Variant = HARD,
     ) -> tuple[torch.Tensor, float]:
         dm = trainer.datamodule
         num_models = 1 if trainer.fast_dev_run else self.num_models
         protocol = self._protocol(trainer)
-        kind, augment = variant
+        kind, augment, name = variant
         if not augment:
             protocol = dataclasses.replace(protocol, dsa_strategy=None)
-        teacher = self._get_teacher(trainer, pl_module) if kind == "soft" else None
-        what = f"{which} set on {arch}" + ("" if variant == ("hard", True) else f", {kind} labels, augment {augment}")
+        teacher = self._get_teacher(trainer, pl_module, name) if name is not None else None
+        what = f"{which} set on {arch}" + ("" if variant == HARD else f", {kind} labels ({name}), augment {augment}")
         rank_zero_info(f"[ptmdd] evaluating the {what}: {num_models} models x {protocol.epochs} epochs")
         start = time.perf_counter()
         with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
@@ -241,28 +241,26 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             )
         return accs, time.perf_counter() - start
 
-    def _row_at(
-        self, step: int, arch: str, which: str, variant: tuple[str, bool] = ("hard", True)
-    ) -> dict[str, Any] | None:
+    def _row_at(self, step: int, arch: str, which: str, variant: Variant = HARD) -> dict[str, Any] | None:
         """The row of ``(step, arch, set, variant)`` evaluated already (kept in the state across a resume), if any."""
         return next(
             (
                 r
                 for r in self.rows
                 if (r["step"], r["arch"], r["set"]) == (step, arch, which)
-                and (r.get("labels", "hard"), r.get("augment", True)) == variant
+                and (r.get("labels", "hard"), r.get("augment", True), r.get("teacher")) == variant
             ),
             None,
         )
 
     def _row(
-        self, step: int, arch: str, which: str, accs: torch.Tensor, seconds: float, variant=("hard", True)
+        self, step: int, arch: str, which: str, accs: torch.Tensor, seconds: float, variant: Variant = HARD
     ) -> dict[str, Any]:
         row = result_row(step, arch, which, accs, seconds)
-        if self.teacher_spec is not None or self.no_aug:  # rows of hard labels alone keep their earlier keys
+        if self.teacher_specs or self.no_aug:  # rows of hard labels alone keep their earlier keys
             row.update(labels=variant[0], augment=variant[1])
-            if variant[0] == "soft":
-                row["teacher"] = self.teacher_spec.describe()
+            if variant[2] is not None:
+                row["teacher"] = variant[2]
         return row
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
@@ -273,8 +271,8 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         rows = []
         metrics: dict[str, float] = {}
         for arch in self.archs:
-            for variant in self._variants(trainer, pl_module):
-                plain_hard = variant == ("hard", True)
+            for variant in self._variants():
+                plain_hard = variant == HARD
                 # a row already evaluated at this step (before a SIGTERM, then resumed) is not evaluated again
                 row = self._row_at(step, arch, "synthetic", variant)
                 if row is None:
@@ -286,12 +284,12 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 if plain_hard:
                     metrics[f"eval/{arch}/acc"] = row["mean"]
                     metrics[f"eval/{arch}/acc_std"] = row["std"]
-                elif variant[0] == "soft":
-                    metrics[f"eval/{arch}/soft_acc"] = row["mean"]
+                elif variant[2] is not None:
+                    metrics[f"eval/{arch}/soft_acc/{variant[2]}"] = row["mean"]
                 if not self.baseline:
                     continue
                 # the random real subset is evaluated once per run and variant (it does not change)
-                key = arch if plain_hard else f"{arch}|{variant[0]}|{variant[1]}"
+                key = arch if plain_hard else f"{arch}|{variant[0]}|{variant[1]}|{variant[2]}"
                 if key not in self._baseline_rows:
                     gen = torch.Generator().manual_seed(self.seed + 1)
                     real_x, real_y = random_real_subset(

@@ -176,6 +176,9 @@ class PTMCheckpoint(Callback):
 class PretrainPTMPool(Callback):
     """Before distillation, pretrain every PTM pool member that is not on disk yet (existing ones are reused).
 
+    The members are those of the distiller's guidance (``ptms``) and of every soft-label teacher of the run's
+    :class:`~ptmdd_lightning.callbacks.SyntheticSetEvaluation` (``teachers``), all in the distiller's ``pool_root``.
+
     For each missing ``(source, arch, seed)`` it runs a nested Lightning ``Trainer.fit`` of a
     :class:`~ptmdd_lightning.modules.Classifier` with :class:`PTMCheckpoint` saving the epochs the pool asks for. It
     runs on global rank 0 while the other ranks wait, and it isolates the RNG so the distillation's randomness is the
@@ -237,7 +240,11 @@ class PretrainPTMPool(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        groups = getattr(pl_module, "ptm_groups", None)
+        # the distiller's guidance members and the members of every soft-label teacher of the run's evaluation
+        groups = list(getattr(pl_module, "ptm_groups", None) or [])
+        for callback in trainer.callbacks:
+            for spec in (getattr(callback, "teacher_specs", None) or {}).values():
+                groups += list(spec.ptms)
         if stage != "fit" or not groups:
             return
         dm = trainer.datamodule

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["Teacher", "TeacherSpec", "ars", "build_teacher", "kd_loss", "lrs", "robust_scores"]
+__all__ = ["Teacher", "TeacherSpec", "ars", "as_teacher_specs", "build_teacher", "kd_loss", "lrs", "robust_scores"]
 
 _NORM = math.e - math.exp(-1.0)
 
@@ -180,6 +180,28 @@ class TeacherSpec:
         """A short label, e.g. ``ConvNet e2 s[0, 1] T=4``."""
         parts = [f"{g.arch} e{g.epoch} s{g.member_seeds()}" for g in self.ptms]
         return f"{' + '.join(parts)} T={self.temperature:g}"
+
+
+def as_teacher_specs(value: TeacherSpec | dict | Sequence[TeacherSpec | dict] | None) -> list[TeacherSpec]:
+    """The teachers of an evaluation: ``None`` -> ``[]``, one spec or a list of them (dicts accepted), validated.
+
+    Raises:
+        PtmddError: a bad spec (:meth:`TeacherSpec.validate`), or two teachers of the same description (the same
+            members and temperature twice: their rows would collide).
+    """
+    if value is None:
+        return []
+    items = [value] if isinstance(value, TeacherSpec | dict) else list(value)
+    specs = [TeacherSpec(**v) if isinstance(v, dict) else v for v in items]
+    seen: set[str] = set()
+    for spec in specs:
+        if not isinstance(spec, TeacherSpec):
+            raise PtmddError(f"a teacher must be a mapping {{ptms: [...], temperature: T}}, got {spec!r}.")
+        spec.validate()
+        if spec.describe() in seen:
+            raise PtmddError(f"teacher {spec.describe()!r} is listed twice; list every teacher once.")
+        seen.add(spec.describe())
+    return specs
 
 
 def build_teacher(

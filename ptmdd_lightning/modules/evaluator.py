@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import PTMRecipe, pool_key
-from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, build_teacher
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
@@ -167,11 +167,11 @@ class SyntheticSetEvaluator(LightningModule):
         stem: base name of the table files.
         dataset_info: the real data's :class:`~ptmdd_lightning.data.DatasetInfo`, linked from the DataModule's
             ``info`` by the CLI; never set it in YAML (``None``: Fashion-MNIST; a dict of its fields is accepted).
-        teacher: soft-label evaluation (:class:`~ptmdd_lightning.core.soft_labels.TeacherSpec`: ``ptms``, the
-            teaching PTM pool groups, and ``temperature``; in YAML ``teacher: {ptms: [{arch: ConvNet, epoch: 10}],
-            temperature: 4}``). Every set is then evaluated twice, with hard labels and with the teacher's soft
-            labels (``T^2 * KL`` on every augmented batch), the random real subset with the same teacher; rows
-            carry ``labels: hard | soft`` and ``teacher``. ``None`` (default): hard labels only.
+        teachers: soft-label evaluation, a list of :class:`~ptmdd_lightning.core.soft_labels.TeacherSpec`
+            (``ptms``, the teaching PTM pool groups, and ``temperature``; in YAML ``teachers: [{ptms: [{arch:
+            ConvNet, epoch: 10}], temperature: 4}]``). Every set is evaluated with hard labels and then with each
+            teacher's soft labels (``T^2 * KL`` on every augmented batch), the random real subset with the same
+            teacher; rows carry ``labels: hard | soft`` and ``teacher``. ``None`` (default): hard labels only.
         pool_root: the PTM pool folder of the teacher's members.
         ptm_recipe: the recipe of the teacher's members (``None``: the authors').
         real_hard_acc: ``Acc(real, hard)``, the accuracy (fraction) of the first arch trained on the whole
@@ -180,7 +180,7 @@ class SyntheticSetEvaluator(LightningModule):
         no_aug: also evaluate both sets with hard labels and without augmentation, for DD-Ranking's ARS.
 
     Raises:
-        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` or ``teacher`` (construction); no ``path``, a
+        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` or teacher (construction); no ``path``, a
             missing or corrupted file, an export that does not fit the DataModule, or a teacher that does not fit
             the data (:meth:`setup`).
     """
@@ -197,7 +197,7 @@ class SyntheticSetEvaluator(LightningModule):
         output_dir: str | None = None,
         stem: str = "results",
         dataset_info: DatasetInfo | None = None,
-        teacher: TeacherSpec | None = None,
+        teachers: list[TeacherSpec] | None = None,
         pool_root: str = "ptm_pool",
         ptm_recipe: PTMRecipe | None = None,
         real_hard_acc: float | None = None,
@@ -222,10 +222,7 @@ class SyntheticSetEvaluator(LightningModule):
         for arch in archs:
             build_net(arch, info.channels, info.num_classes, info.image_size)  # unknown arch -> PtmddError now
         self.protocol = protocol if protocol is not None else EvalProtocol()
-        if isinstance(teacher, dict):
-            teacher = TeacherSpec(**teacher)
-        if teacher is not None:
-            teacher.validate()
+        specs = as_teacher_specs(teachers)
         if isinstance(ptm_recipe, dict):
             ptm_recipe = PTMRecipe(**ptm_recipe)
         if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
@@ -233,14 +230,14 @@ class SyntheticSetEvaluator(LightningModule):
                 f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
                 "write 0.91, not 91."
             )
-        self.teacher_spec = teacher
+        self.teacher_specs = specs
         self.ptm_recipe = ptm_recipe
-        self.save_hyperparameters(ignore=["protocol", "teacher", "ptm_recipe"])
+        self.save_hyperparameters(ignore=["protocol", "teachers", "ptm_recipe"])
         set_plain_hparam(self, "protocol", self.protocol)  # plain values in hparams.yaml
         set_plain_hparam(self, "dataset_info", info)
-        set_plain_hparam(self, "teacher", teacher)
+        set_plain_hparam(self, "teachers", specs)
         set_plain_hparam(self, "ptm_recipe", ptm_recipe)
-        self.teacher: Teacher | None = None
+        self.teachers: list[Teacher] = []
         self.archs = archs
         self.export_blob: dict[str, Any] | None = None
         self.rows: list[dict[str, Any]] = []
@@ -259,11 +256,11 @@ class SyntheticSetEvaluator(LightningModule):
         blob = load_synthetic_set(hp.path)
         check_export(blob, hp.path, self.dataset_info)
         self.export_blob = blob
-        if self.teacher_spec is not None:
-            info = self.dataset_info
-            dm = self.trainer.datamodule if self._trainer is not None else None
-            self.teacher = build_teacher(
-                self.teacher_spec,
+        info = self.dataset_info
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        for spec in self.teacher_specs:
+            teacher = build_teacher(
+                spec,
                 hp.pool_root,
                 pool_key(info.name, info.classes),
                 info.num_classes,
@@ -274,6 +271,7 @@ class SyntheticSetEvaluator(LightningModule):
                 recipe=self.ptm_recipe,
                 data_root=getattr(dm, "root", None),
             )
+            self.teachers.append(teacher)
 
     @property
     def ipc(self) -> int:
@@ -349,14 +347,18 @@ class SyntheticSetEvaluator(LightningModule):
             sets = [("synthetic", images, labels)]
             if real is not None:
                 sets.append(("random_real", real[0].to(self.device), real[1].to(self.device)))
-            # (labels, augment, teacher, protocol): hard labels always; the teacher's soft labels; no augmentation
-            variants: list[tuple[str, bool, Teacher | None, EvalProtocol]] = [("hard", True, None, protocol)]
-            if self.teacher is not None:
-                variants.append(("soft", True, self.teacher, protocol))
+            # (labels, augment, teacher, its spec, protocol): hard labels always; every teacher's soft labels; the
+            # hard labels without augmentation
+            variants: list[tuple[str, bool, Teacher | None, TeacherSpec | None, EvalProtocol]] = [
+                ("hard", True, None, None, protocol)
+            ]
+            variants += [
+                ("soft", True, t, spec, protocol) for t, spec in zip(self.teachers, self.teacher_specs, strict=True)
+            ]
             if hp.no_aug:
-                variants.append(("hard", False, None, dataclasses.replace(protocol, dsa_strategy=None)))
+                variants.append(("hard", False, None, None, dataclasses.replace(protocol, dsa_strategy=None)))
             for arch in self.archs:
-                for labels_kind, augment, teacher, variant_protocol in variants:
+                for labels_kind, augment, teacher, spec, variant_protocol in variants:
                     for which, x, y in sets:
                         what = f"{which} set on {arch}, {labels_kind} labels{'' if augment else ', no augmentation'}"
                         rank_zero_info(
@@ -382,8 +384,8 @@ class SyntheticSetEvaluator(LightningModule):
                         row = self._row(arch, which, accs, time.perf_counter() - start)
                         if len(variants) > 1:
                             row.update(labels=labels_kind, augment=augment)
-                            if teacher is not None:
-                                row["teacher"] = self.teacher_spec.describe()
+                            if spec is not None:
+                                row["teacher"] = spec.describe()
                         rows.append(row)
         if hp.real_hard_acc is not None:
             attach_scores(rows, float(hp.real_hard_acc), hp.real_hard_source)

@@ -2,9 +2,11 @@
 
 Written with pandas into the study folder, each file atomically:
 
-- ``results_long.csv``: one row per evaluated model: ``kind, point, name, <axes>, x, series, seed, run, arch, set,
-  model, acc, step`` (``acc`` a fraction in [0, 1]; ``set`` is ``synthetic`` or ``random_real``);
-- ``summary.{md,csv,json}``: one row per point and evaluation architecture, grouped from it: the mean and the
+- ``results_long.csv``: one row per evaluated model: ``kind, point, name, <axes>, x, series, seed, run, arch, labels,
+  set, model, acc, step`` (``acc`` a fraction in [0, 1]; ``set`` is ``synthetic`` or ``random_real``; ``labels`` how
+  the models were trained, :func:`ptmdd_lightning.result_rows.evaluation_labels`: ``hard``, or e.g. ``soft (<teacher>)``
+  for a run evaluated with teachers, docs/soft_labels.md);
+- ``summary.{md,csv,json}``: one row per point, evaluation architecture and labels, grouped from it: the mean and the
   population std over every model of every seed, the random-real baseline under the identical protocol, the gain
   over it, the gain over the first baseline, and the paired difference to that baseline over the seeds the two
   share (mean and 95 % CI half-width, :func:`ptmdd_lightning.compare.paired_difference`, with >= 2 seeds);
@@ -25,6 +27,7 @@ import pandas as pd
 
 from ptmdd_lightning.compare import paired_difference
 from ptmdd_lightning.fileio import atomic_write, atomic_write_text
+from ptmdd_lightning.result_rows import evaluation_labels
 from ptmdd_lightning.studies.spec import SUMMARY_FIELDS, SweepSpec
 from ptmdd_lightning.studies.store import Study
 
@@ -61,13 +64,17 @@ def long_table(study: Study) -> pd.DataFrame:
                         "seed": slot.seed,
                         "run": str(folder.relative_to(study.out)),
                         "arch": r["arch"],
+                        "labels": evaluation_labels(r),
                         "set": r["set"],
                         "model": i,
                         "acc": float(acc),
                         "step": final,
                     }
                 )
-    columns = ["kind", "point", "name", *axes, "x", "series", "seed", "run", "arch", "set", "model", "acc", "step"]
+    columns = [
+        *("kind", "point", "name", *axes, "x", "series", "seed", "run"),
+        *("arch", "labels", "set", "model", "acc", "step"),
+    ]
     return pd.DataFrame.from_records(records, columns=columns)
 
 
@@ -76,7 +83,10 @@ def _population_std(values: pd.Series) -> float:
 
 
 def collect(study: Study) -> list[dict[str, Any]]:
-    """The summary rows of ``study``: one per point (sweep order, then baselines) and evaluation architecture.
+    """The summary rows of ``study``: one per point (sweep order, then baselines), evaluation architecture and labels.
+
+    Every comparison stays within one ``labels`` value (hard labels with hard labels, a teacher's soft labels with the
+    same teacher's): the random-real baseline, the gain over the first baseline, the paired difference.
 
     Returns:
         Rows with :data:`SUMMARY_FIELDS` and the axis labels (accuracies as fractions). ``gain_vs_baseline`` is the
@@ -90,30 +100,35 @@ def collect(study: Study) -> list[dict[str, Any]]:
     table = long_table(study)
     if table.empty:
         return []
-    stats = table.groupby(["point", "arch", "set"], sort=False)["acc"].agg(mean="mean", std=_population_std, n="size")
-    runs = table.groupby(["point", "arch"], sort=False)["seed"].nunique()
-    per_seed = table[table["set"] == "synthetic"].groupby(["point", "arch", "seed"])["acc"].mean()
+    keys = ["point", "arch", "labels"]
+    stats = table.groupby([*keys, "set"], sort=False)["acc"].agg(mean="mean", std=_population_std, n="size")
+    runs = table.groupby(keys, sort=False)["seed"].nunique()
+    per_seed = table[table["set"] == "synthetic"].groupby([*keys, "seed"])["acc"].mean()
     first = next(iter(spec.baselines), None)
     baseline_id = next((p.id for p in study.points if p.kind == "baseline" and p.name == first), None)
     axes = [a.name for a in spec.axes]
     rows: list[dict[str, Any]] = []
-    for (point_id, arch), group in table.groupby(["point", "arch"], sort=False):
-        if (point_id, arch, "synthetic") not in stats.index:
+    for (point_id, arch, labels), group in table.groupby(keys, sort=False):
+        if (point_id, arch, labels, "synthetic") not in stats.index:
             continue
         head = group.iloc[0]
-        syn = stats.loc[(point_id, arch, "synthetic")]
+        syn = stats.loc[(point_id, arch, labels, "synthetic")]
+        series = head["series"]
+        if labels != "hard":  # each label kind is its own series in the plot
+            series = f"{series}, {labels}" if series else labels
         row: dict[str, Any] = {
             "kind": head["kind"],
             "point": point_id,
             "name": head["name"],
             **{a: head[a] for a in axes},
             "x": head["x"],
-            "series": head["series"],
+            "series": series,
             "arch": arch,
+            "labels": labels,
             "synthetic_mean": float(syn["mean"]),
             "synthetic_std": float(syn["std"]),
             "n": int(syn["n"]),
-            "runs": int(runs.loc[(point_id, arch)]),
+            "runs": int(runs.loc[(point_id, arch, labels)]),
             "random_real_mean": None,
             "random_real_std": None,
             "gain_vs_random": None,
@@ -123,36 +138,39 @@ def collect(study: Study) -> list[dict[str, Any]]:
             "paired_ci95": None,
             "paired_seeds": None,
         }
-        if (point_id, arch, "random_real") in stats.index:
-            real = stats.loc[(point_id, arch, "random_real")]
+        if (point_id, arch, labels, "random_real") in stats.index:
+            real = stats.loc[(point_id, arch, labels, "random_real")]
             row.update(
                 random_real_mean=float(real["mean"]),
                 random_real_std=float(real["std"]),
                 gain_vs_random=float(syn["mean"] - real["mean"]),
             )
         rows.append(row)
-    for arch in {r["arch"] for r in rows}:
+    for arch, labels in {(r["arch"], r["labels"]) for r in rows}:
         shared = {
             (r["random_real_mean"], r["random_real_std"])
             for r in rows
-            if r["arch"] == arch and r["random_real_mean"] is not None
+            if (r["arch"], r["labels"]) == (arch, labels) and r["random_real_mean"] is not None
         }
         if len(shared) == 1:
             rm, rs = shared.pop()
             for r in rows:
-                if r["arch"] == arch and r["random_real_mean"] is None:
+                if (r["arch"], r["labels"]) == (arch, labels) and r["random_real_mean"] is None:
                     r.update(random_real_mean=rm, random_real_std=rs, gain_vs_random=r["synthetic_mean"] - rm)
     order = {p.id: i for i, p in enumerate(study.points)}
     rows.sort(key=lambda r: order.get(r["point"], len(order)))
     if baseline_id is not None:
         for row in rows:
-            ref = next((r for r in rows if r["point"] == baseline_id and r["arch"] == row["arch"]), None)
+            ref = next(
+                (r for r in rows if (r["point"], r["arch"], r["labels"]) == (baseline_id, row["arch"], row["labels"])),
+                None,
+            )
             if ref is None or ref is row:
                 continue
             row["gain_vs_baseline"] = row["synthetic_mean"] - ref["synthetic_mean"]
             row["baseline"] = first
-            mine = per_seed.loc[(row["point"], row["arch"])]
-            theirs = per_seed.loc[(baseline_id, row["arch"])]
+            mine = per_seed.loc[(row["point"], row["arch"], row["labels"])]
+            theirs = per_seed.loc[(baseline_id, row["arch"], row["labels"])]
             seeds = sorted(set(mine.index) & set(theirs.index))
             row["paired_seeds"] = len(seeds)
             if seeds:
@@ -184,6 +202,8 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cell = {"run": r["name"] if r["kind"] == "baseline" else "point"}
         cell.update({a: r.get(a, "") for a in axes})
+        if any(x["labels"] != "hard" for x in rows):
+            cell["labels"] = r["labels"]
         cell.update(
             {
                 "arch": r["arch"],
@@ -200,7 +220,7 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(cells)
     if frame.empty:
         return f"## {spec.title}\n\n(no finished runs yet)"
-    align = ["left" if c in ("run", "arch", *axes) else "right" for c in frame.columns]
+    align = ["left" if c in ("run", "arch", "labels", *axes) else "right" for c in frame.columns]
     return f"## {spec.title}\n\n" + frame.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
@@ -286,16 +306,23 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
                 ax.set_xticklabels(labels)
             ax.set_xlabel(x_axis)
         for j, b in enumerate(r for r in rows if r["arch"] == arch and r["kind"] == "baseline"):
+            name = b["name"] if b["labels"] == "hard" else f"{b['name']}, {b['labels']}"
             color = colors[(len(series) + j) % len(colors)]
             lo, hi = (
                 100 * (b["synthetic_mean"] - b["synthetic_std"]),
                 100 * (b["synthetic_mean"] + b["synthetic_std"]),
             )
             ax.axhspan(lo, hi, color=color, alpha=0.12)
-            ax.axhline(100 * b["synthetic_mean"], color=color, lw=1.6, label=f"{b['name']} (baseline)")
-        real = [r["random_real_mean"] for r in rows if r["arch"] == arch and r["random_real_mean"] is not None]
-        if real and max(real) - min(real) < 1e-9:
-            ax.axhline(100 * real[0], color="grey", ls="--", lw=1.2, label="random real subset")
+            ax.axhline(100 * b["synthetic_mean"], color=color, lw=1.6, label=f"{name} (baseline)")
+        for labels in dict.fromkeys(r["labels"] for r in rows if r["arch"] == arch):
+            real = [
+                r["random_real_mean"]
+                for r in rows
+                if (r["arch"], r["labels"]) == (arch, labels) and r["random_real_mean"] is not None
+            ]
+            if real and max(real) - min(real) < 1e-9:
+                name = "random real subset" + ("" if labels == "hard" else f", {labels}")
+                ax.axhline(100 * real[0], color="grey", ls="--", lw=1.2, label=name)
         ax.set_title(f"{spec.title} — {arch}", fontsize=10)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)

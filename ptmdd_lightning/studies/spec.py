@@ -77,6 +77,7 @@ SUMMARY_FIELDS = (
     "x",
     "series",
     "arch",
+    "labels",
     "synthetic_mean",
     "synthetic_std",
     "n",

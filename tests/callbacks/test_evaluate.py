@@ -24,7 +24,7 @@ def test_the_callback_evaluates_with_hard_and_soft_labels_and_scores_the_synthet
             "archs": ["ConvNetW32"],
             "num_models": 2,
             "protocol": {"epochs": 1},
-            "teacher": {"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 3.0},
+            "teachers": [{"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 3.0}],
             "real_hard_acc": 0.85,
             "real_hard_source": "a test value",
             "no_aug": True,
@@ -47,3 +47,29 @@ def test_the_callback_evaluates_with_hard_and_soft_labels_and_scores_the_synthet
     assert {"lrs", "ars"} <= set(rows[0]) and "lrs" in rows[2] and "lrs" not in rows[1]
     md = (Path(cli.trainer.log_dir) / "results.md").read_text()
     assert "soft (ConvNetW32 e1 s[0] T=3)" in md and "HLR (pts)" in md and "ARS (%)" in md
+
+
+def test_pretrain_ptm_pool_also_pretrains_the_teachers_members(tmp_path, monkeypatch, fake_fashion_root):
+    """A run without guidance but with a teacher: PretrainPTMPool trains the teacher (here in fast_dev_run's pool)."""
+    monkeypatch.chdir(tmp_path)
+    callbacks = [
+        {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
+        {
+            "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+            "init_args": {
+                "archs": ["ConvNetW32"],
+                "num_models": 1,
+                "protocol": {"epochs": 1},
+                "teachers": [{"ptms": [{"arch": "ConvNetW32", "epoch": 1}]}],
+            },
+        },
+    ]
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=2, extra_callbacks=callbacks)
+    cli = main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true"])
+    evaluation = next(c for c in cli.trainer.callbacks if type(c).__name__ == "SyntheticSetEvaluation")
+    assert [(r["set"], r["labels"]) for r in evaluation.rows] == [
+        ("synthetic", "hard"),
+        ("random_real", "hard"),
+        ("synthetic", "soft"),
+        ("random_real", "soft"),
+    ]

@@ -258,9 +258,14 @@ def test_test_command_with_a_teacher_evaluates_hard_soft_and_without_augmentatio
 
     spy.__wrapped__ = evaluator_module.train_and_test
     monkeypatch.setattr(evaluator_module, "train_and_test", spy)
-    write_ptm(member_path(tmp_path / "pool", "fashion_mnist", "ConvNetW32", 0, 1), seed=0)
+    for seed in (0, 1):
+        write_ptm(member_path(tmp_path / "pool", "fashion_mnist", "ConvNetW32", seed, 1), seed=seed)
     path = _noise_export(tmp_path)
-    teacher = '{"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 2.0}'
+    # one PTM, and an ensemble of two
+    teachers = (
+        '[{"ptms": [{"arch": "ConvNetW32", "epoch": 1}], "temperature": 2.0},'
+        ' {"ptms": [{"arch": "ConvNetW32", "epoch": 1, "num_seeds": 2}], "temperature": 2.0}]'
+    )
     main(
         [
             "test",
@@ -276,8 +281,8 @@ def test_test_command_with_a_teacher_evaluates_hard_soft_and_without_augmentatio
             "1",
             "--model.init_args.num_models",
             "2",
-            "--model.init_args.teacher",
-            teacher,
+            "--model.init_args.teachers",
+            teachers,
             "--model.init_args.pool_root",
             str(tmp_path / "pool"),
             "--model.init_args.real_hard_acc",
@@ -291,19 +296,23 @@ def test_test_command_with_a_teacher_evaluates_hard_soft_and_without_augmentatio
         ]
     )
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
-    kinds = [(r["set"], r["labels"], r["augment"]) for r in rows]
+    one, two = "ConvNetW32 e1 s[0] T=2", "ConvNetW32 e1 s[0, 1] T=2"
+    kinds = [(r["set"], r["labels"], r["augment"], r.get("teacher")) for r in rows]
     assert kinds == [
-        (s, labels, aug)
-        for labels, aug in (("hard", True), ("soft", True), ("hard", False))
+        (s, labels, aug, teacher)
+        for labels, aug, teacher in (
+            ("hard", True, None),
+            ("soft", True, one),
+            ("soft", True, two),
+            ("hard", False, None),
+        )
         for s in ("synthetic", "random_real")
     ]
-    soft = [r for r in rows if r["labels"] == "soft"]
-    assert all(r["teacher"] == "ConvNetW32 e1 s[0] T=2" for r in soft)
-    syn, rnd, syn_s, rnd_s, syn_n, rnd_n = (torch.tensor(r["accs"], dtype=torch.float64) for r in rows)
-    # both soft evaluations got the pool member as teacher at T = 2; the no-aug ones a protocol without DSA
-    assert [c[1] is not None for c in calls] == [False, False, True, True, False, False]
-    assert all(len(c[1].members) == 1 and c[1].temperature == 2.0 for c in calls[2:4])
-    assert [c[0].augments for c in calls] == [True, True, True, True, False, False]
+    syn, rnd, syn_s, rnd_s, syn_e, rnd_e, syn_n, rnd_n = (torch.tensor(r["accs"], dtype=torch.float64) for r in rows)
+    # both sets got the same teacher, at T = 2: one member, then the ensemble of two; no-aug: a protocol without DSA
+    assert [None if c[1] is None else len(c[1].members) for c in calls] == [None, None, 1, 1, 2, 2, None, None]
+    assert all(c[1].temperature == 2.0 for c in calls[2:6])
+    assert [c[0].augments for c in calls] == [True] * 6 + [False, False]
 
     def score(x: torch.Tensor) -> float:  # DD-Ranking's (e^x - e^-1) / (e - e^-1), per round, then the mean
         return float(((x.exp() - math.exp(-1)) / (math.e - math.exp(-1))).mean())
@@ -314,9 +323,10 @@ def test_test_command_with_a_teacher_evaluates_hard_soft_and_without_augmentatio
     assert hard["lrs"] == pytest.approx(score(0.5 * (syn - rnd) - 0.5 * (0.9 - syn)))
     assert hard["ars"] == pytest.approx(score(0.5 * (syn - rnd) + 0.5 * (syn_n - rnd_n)))
     assert rows[2]["lrs"] == pytest.approx(score(0.5 * (syn_s - rnd_s) - 0.5 * (0.9 - syn)))
+    assert rows[4]["ior"] == pytest.approx(float((syn_e - rnd_e).mean()))  # each teacher paired with its own
     assert hard["real_hard_source"] == "a test value" and "lrs" not in rows[1]  # scores on the synthetic rows
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| labels |" in md and "LRS (%)" in md and "soft (ConvNetW32 e1 s[0] T=2)" in md and ", no aug" in md
+    assert "| labels |" in md and "LRS (%)" in md and f"soft ({two})" in md and ", no aug" in md
     csv_head = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     assert "labels" in csv_head and "lrs_std" in csv_head and "real_hard_source" in csv_head
 
@@ -325,6 +335,8 @@ def test_teacher_settings_are_checked_at_construction():
     with pytest.raises(PtmddError, match="fraction"):
         SyntheticSetEvaluator(real_hard_acc=91.0)
     with pytest.raises(PtmddError, match="loss: clom"):
-        SyntheticSetEvaluator(teacher={"ptms": [{"arch": "ConvNet", "loss": "cclom"}]})
+        SyntheticSetEvaluator(teachers=[{"ptms": [{"arch": "ConvNet", "loss": "cclom"}]}])
     with pytest.raises(PtmddError, match=r"teacher\.ptms is empty"):
-        SyntheticSetEvaluator(teacher={"ptms": []})
+        SyntheticSetEvaluator(teachers=[{"ptms": []}])
+    with pytest.raises(PtmddError, match="listed twice"):
+        SyntheticSetEvaluator(teachers=[{"ptms": [{"arch": "ConvNet"}]}] * 2)

@@ -72,3 +72,37 @@ def test_an_empty_study_collects_nothing(tmp_path):
     study = make_study(tmp_path)
     assert collect(study) == []
     assert "no finished runs" in (write_summary(study, [])[1]).read_text()
+
+
+def test_runs_evaluated_with_teachers_are_summarised_per_labels_and_compared_within_them(tmp_path):
+    """Issue "PTMs as teachers too": hard and soft rows of one run never pool; gains pair within one label kind."""
+    study = make_study(tmp_path, SWEEP.replace("N_m: [1, 4]", "N_m: [1]"))
+    slot = {s.key: s for s in study.slots()}
+    teacher = {"labels": "soft", "augment": True, "teacher": "ConvNetW32 e5 s[0] T=4"}
+    accs = {  # (synthetic hard, real hard, synthetic soft, real soft)
+        "N_m=1@seed0": ([0.60, 0.62], [0.50, 0.50], [0.80, 0.80], [0.78, 0.78]),
+        "N_m=1@seed1": ([0.64, 0.64], [0.50, 0.50], [0.81, 0.83], [0.78, 0.78]),
+        "baseline=DM@seed0": ([0.58, 0.58], [0.50, 0.50], [0.81, 0.81], [0.78, 0.78]),
+        "baseline=DM@seed1": ([0.60, 0.60], [0.50, 0.50], [0.80, 0.80], [0.78, 0.78]),
+    }
+    for key, (syn, real, syn_s, real_s) in accs.items():
+        folder = finish(study, slot[key], syn, real)
+        rows = json.loads((folder / "results.json").read_text())
+        step = rows[-1]["step"]
+        rows += [
+            {"step": step, "arch": "ConvNet", "set": "synthetic", "accs": syn_s, **teacher},
+            {"step": step, "arch": "ConvNet", "set": "random_real", "accs": real_s, **teacher},
+        ]
+        (folder / "results.json").write_text(json.dumps(rows))
+    soft = "soft (ConvNetW32 e5 s[0] T=4)"
+    assert set(long_table(study)["labels"]) == {"hard", soft}
+    rows = {(r["point"], r["labels"]): r for r in collect(study)}
+    hard, soft_row = rows[("N_m=1", "hard")], rows[("N_m=1", soft)]
+    assert hard["synthetic_mean"] == pytest.approx(0.625) and soft_row["synthetic_mean"] == pytest.approx(0.81)
+    assert hard["random_real_mean"] == pytest.approx(0.5) and soft_row["random_real_mean"] == pytest.approx(0.78)
+    # paired per seed within the labels: hard (0.61 - 0.58, 0.64 - 0.60), soft (0.80 - 0.81, 0.82 - 0.80)
+    assert hard["paired_gain"] == pytest.approx(0.035) and soft_row["paired_gain"] == pytest.approx(0.005)
+    assert soft_row["series"].endswith(soft)  # its own series in the plot
+    write_summary(study, list(rows.values()))
+    assert f"| {soft}" in (study.out / "summary.md").read_text()
+    assert plot_summary(study.spec, list(rows.values()), study.out).is_file()
