@@ -20,7 +20,6 @@ from typing_extensions import override
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
-from ptmdd_lightning.core.guidance import pool_key
 from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
@@ -187,16 +186,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
     def _get_teacher(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Teacher:
         """The teacher ``name``, loaded once from the distiller's pool folder with its recipe."""
         if name not in self._teachers:
-            info = pl_module.dataset_info
             self._teachers[name] = build_teacher(
                 self.teacher_specs[name],
                 pl_module.hparams.pool_root,
-                pool_key(info.name, info.classes),
-                info.num_classes,
-                info.mean,
-                info.std,
-                info.channels,
-                info.image_size,
+                pl_module.dataset_info,
                 recipe=getattr(pl_module, "ptm_recipe", None),
                 data_root=getattr(trainer.datamodule, "root", None),
             )

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe
+from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, pool_key
+from ptmdd_lightning.data.datasets import DatasetInfo
 from ptmdd_lightning.errors import PtmddError
 
 __all__ = ["Teacher", "TeacherSpec", "ars", "as_teacher_specs", "build_teacher", "kd_loss", "lrs", "robust_scores"]
@@ -207,12 +208,7 @@ def as_teacher_specs(value: TeacherSpec | dict | Sequence[TeacherSpec | dict] | 
 def build_teacher(
     spec: TeacherSpec,
     pool_root: str | Path,
-    target: str,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    channels: int,
-    image_size: Sequence[int],
+    info: DatasetInfo,
     recipe: PTMRecipe | None = None,
     data_root: str | Path | None = None,
 ) -> Teacher:
@@ -220,8 +216,9 @@ def build_teacher(
 
     Args:
         spec: the teacher's groups and temperature.
-        pool_root, target, num_classes, mean, std, channels, image_size, recipe, data_root: as for
-            :class:`~ptmdd_lightning.core.guidance.PTMPool` (``target`` is the pool key of the target data).
+        pool_root: the pool folder (``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt``).
+        info: the target data (its pool key, K, normalisation, C and ``(H, W)``; a class subset's view).
+        recipe, data_root: as for :class:`~ptmdd_lightning.core.guidance.PTMPool`.
 
     Raises:
         PtmddError: a bad ``spec`` (:meth:`TeacherSpec.validate`), or any error of ``PTMPool``: a missing member
@@ -231,12 +228,12 @@ def build_teacher(
     pool = PTMPool(
         list(spec.ptms),
         pool_root,
-        target,
-        num_classes,
-        tuple(mean),
-        tuple(std),
-        channels=channels,
-        image_size=tuple(image_size),
+        pool_key(info.name, info.classes),
+        info.num_classes,
+        tuple(info.mean),
+        tuple(info.std),
+        channels=info.channels,
+        image_size=tuple(info.image_size),
         data_root=data_root,
         recipe=recipe,
     )
@@ -297,6 +294,18 @@ def _paired(a: Sequence[float] | Tensor, b: Sequence[float] | Tensor, what: str)
     return ta, tb
 
 
+def _gain(syn: Sequence[float] | Tensor | None, rnd: Sequence[float] | Tensor | None, what: str, n: int):
+    """``syn - rnd`` per round (``None`` when neither is given), paired with the ``n`` rounds of the hard labels."""
+    if (syn is None) != (rnd is None):
+        raise PtmddError(f"{what} needs the accuracies of both the synthetic and the random set.")
+    if syn is None:
+        return None
+    a, b = _paired(syn, rnd, what)
+    if a.numel() != n:
+        raise PtmddError(f"{what} pairs model i of every evaluation: train as many models in each ({a.numel()}, {n}).")
+    return a - b
+
+
 def _stats(t: Tensor) -> dict[str, float]:
     return {"mean": float(t.mean()), "std": float(t.std(correction=0))}
 
@@ -335,20 +344,11 @@ def robust_scores(
     hlr_r = float(real_hard) - syn_h
     ior_h = syn_h - rnd_h
     out = {"hlr": _stats(hlr_r), "ior_hard": _stats(ior_h), "lrs_hard": _stats(lrs(ior_h, hlr_r, weight))}
-    if (syn_soft is None) != (random_soft is None):
-        raise PtmddError("soft-label scores need the soft-label accuracies of both the synthetic and the random set.")
-    if syn_soft is not None:
-        syn_s, rnd_s = _paired(syn_soft, random_soft, "IOR (soft)")
-        if syn_s.numel() != syn_h.numel():
-            raise PtmddError("the soft- and hard-label evaluations must train the same number of models per set.")
-        ior_s = syn_s - rnd_s
+    ior_s = _gain(syn_soft, random_soft, "IOR (soft labels)", syn_h.numel())
+    if ior_s is not None:
         out["ior_soft"] = _stats(ior_s)
         out["lrs_soft"] = _stats(lrs(ior_s, hlr_r, weight))
-    if (syn_no_aug is None) != (random_no_aug is None):
-        raise PtmddError("ARS needs the accuracies without augmentation of both the synthetic and the random set.")
-    if syn_no_aug is not None:
-        syn_n, rnd_n = _paired(syn_no_aug, random_no_aug, "ARS")
-        if syn_n.numel() != ior_h.numel():
-            raise PtmddError("ARS pairs the evaluations with and without augmentation: train as many models in both.")
-        out["ars"] = _stats(ars(ior_h, syn_n - rnd_n, weight))
+    gain_no_aug = _gain(syn_no_aug, random_no_aug, "ARS (without augmentation)", syn_h.numel())
+    if gain_no_aug is not None:
+        out["ars"] = _stats(ars(ior_h, gain_no_aug, weight))
     return out

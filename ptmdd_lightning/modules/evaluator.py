@@ -27,7 +27,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
-from ptmdd_lightning.core.guidance import PTMRecipe, pool_key
+from ptmdd_lightning.core.guidance import PTMRecipe
 from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
@@ -256,20 +256,10 @@ class SyntheticSetEvaluator(LightningModule):
         blob = load_synthetic_set(hp.path)
         check_export(blob, hp.path, self.dataset_info)
         self.export_blob = blob
-        info = self.dataset_info
         dm = self.trainer.datamodule if self._trainer is not None else None
         for spec in self.teacher_specs:
             teacher = build_teacher(
-                spec,
-                hp.pool_root,
-                pool_key(info.name, info.classes),
-                info.num_classes,
-                info.mean,
-                info.std,
-                info.channels,
-                info.image_size,
-                recipe=self.ptm_recipe,
-                data_root=getattr(dm, "root", None),
+                spec, hp.pool_root, self.dataset_info, recipe=self.ptm_recipe, data_root=getattr(dm, "root", None)
             )
             self.teachers.append(teacher)
 
