@@ -23,6 +23,7 @@ from ptmdd_lightning.fileio import atomic_write_text, plain
 from ptmdd_lightning.result_rows import evaluation_labels
 
 __all__ = [
+    "COST_FIELDS",
     "SCORE_COLUMNS",
     "attach_scores",
     "evaluation_labels",
@@ -50,6 +51,16 @@ def run_dir(trainer: Trainer) -> Path:
     return path
 
 
+#: what a run cost, on its synthetic rows (distillation, guidance pool) and its soft-label rows (the teacher)
+COST_FIELDS = [
+    "distill_seconds",
+    "guidance_pool_bytes",
+    "guidance_pretrain_seconds",
+    "teacher_bytes",
+    "teacher_pool_bytes",
+    "teacher_pretrain_seconds",
+    "soft_label_bytes",
+]
 #: DD-Ranking's robust scores as row keys (mean; ``<key>_std`` the std over rounds), and how the table shows them
 SCORE_COLUMNS = {"hlr": "HLR (pts)", "ior": "IOR (pts)", "lrs": "LRS (%)", "ars": "ARS (%)"}
 
@@ -171,7 +182,7 @@ def write_results(
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
     fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]
     optional = ["labels", "augment", "teacher", *[f"{k}{s}" for k in SCORE_COLUMNS for s in ("", "_std")]]
-    optional += ["real_hard_acc", "real_hard_source"]
+    optional += ["real_hard_acc", "real_hard_source", *COST_FIELDS]
     fields += [f for f in optional if any(f in r for r in rows)]  # columns only where a row has them
     extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
     buffer = io.StringIO(newline="")

@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.guidance import pool_cost
 from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
@@ -116,6 +117,9 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.rows: list[dict[str, Any]] = []
         self._baseline_rows: dict[str, dict[str, Any]] = {}
         self._unsaved = False  # rows evaluated since the last checkpoint
+        self._train_seconds = 0.0  # wall seconds of the distillation steps so far (kept across a resume)
+        self._mark: float | None = None
+        self._soft_label_bytes = 0
 
     def state_dict(self) -> dict[str, Any]:
         """The rows evaluated so far, for the Lightning checkpoint.
@@ -125,7 +129,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         """
         self._unsaved = False
         baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
-        return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline}
+        return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline, "train_seconds": self._train_seconds}
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """After a SIGTERM during an evaluation, rewrite ``last.ckpt`` with the rows finished so far.
@@ -149,6 +153,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         """Restore :meth:`state_dict` (checkpoints written before this state existed restore nothing)."""
         self.rows = [dict(r) for r in state_dict.get("rows", [])]
         self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
+        self._train_seconds = float(state_dict.get("train_seconds", 0.0))
 
     def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
@@ -156,10 +161,17 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         return self.protocol
 
     @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._mark = time.perf_counter()
+
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        if self._mark is not None:  # the distillation's own time, evaluations excluded
+            self._train_seconds += time.perf_counter() - self._mark
         step = trainer.global_step
         if self.every_n_steps and step % self.every_n_steps == 0 and step != trainer.max_steps:
             self.evaluate(trainer, pl_module)
+        self._mark = time.perf_counter()
 
     @override
     def end_of_training(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -254,13 +266,31 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             row.update(labels=variant[0], augment=variant[1])
             if variant[2] is not None:
                 row["teacher"] = variant[2]
+                row.update(self._teacher_cost(variant[2]))
         return row
+
+    def _teacher_cost(self, name: str) -> dict[str, Any]:
+        """What the soft labels of teacher ``name`` cost: its pool files and pretraining, its weights in memory.
+
+        Also ``soft_label_bytes``: what one fp32 soft label per synthetic image would take instead of the teacher
+        (issue "PTMs as teachers too", cost).
+        """
+        teacher = self._teachers[name]
+        cost = pool_cost(list(teacher.members))
+        weights = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())  # what ships
+        return {
+            "teacher_bytes": int(weights),
+            "teacher_pool_bytes": cost["pool_bytes"],
+            "teacher_pretrain_seconds": cost["pretrain_seconds"],
+            "soft_label_bytes": self._soft_label_bytes,
+        }
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> list[dict[str, Any]]:
         dm = trainer.datamodule
         step = trainer.global_step
         images = pl_module.synthetic.images.detach().float()
         labels = pl_module.synthetic.labels
+        self._soft_label_bytes = int(images.shape[0] * pl_module.dataset_info.num_classes * 4)
         rows = []
         metrics: dict[str, float] = {}
         for arch in self.archs:
@@ -308,6 +338,13 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 if plain_hard:
                     metrics[f"eval/{arch}/baseline_acc"] = base["mean"]
                     metrics[f"eval/{arch}/gain"] = row["mean"] - base["mean"]
+        pool = getattr(pl_module, "pool", None)
+        guidance = pool_cost(list(pool.members)) if pool is not None else None
+        for r in rows:
+            if r["set"] == "synthetic" and (self.teacher_specs or self.no_aug):  # runs of the new kind only
+                r["distill_seconds"] = round(self._train_seconds, 1)
+                r["guidance_pool_bytes"] = guidance["pool_bytes"] if guidance else 0
+                r["guidance_pretrain_seconds"] = guidance["pretrain_seconds"] if guidance else 0.0
         if self.real_hard_acc is not None:
             attach_scores(self.rows, float(self.real_hard_acc), self.real_hard_source)
             for r in rows:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,8 +36,9 @@ class PTMCheckpoint(Callback):
 
     Files: ``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt`` (written atomically) holding ``state_dict`` and the
     metadata a :class:`~ptmdd_lightning.core.guidance.PTMPool` validates: ``arch``, ``channels``, ``num_classes``,
-    ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed``, the last ``val_acc`` and the
-    ``recipe`` it was trained with (:meth:`~ptmdd_lightning.core.guidance.PTMRecipe.record` of the Classifier's
+    ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed``, the last ``val_acc``,
+    ``pretrain_seconds`` (wall seconds of the run up to this epoch, since its start or resume) and the ``recipe`` it
+    was trained with (:meth:`~ptmdd_lightning.core.guidance.PTMRecipe.record` of the Classifier's
     ``recipe``; without one, its plain SGD settings under the name ``"custom"``).
     Epoch ``E`` means "after E completed training epochs"; ``0`` saves the initialisation.
 
@@ -113,6 +115,7 @@ class PTMCheckpoint(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = time.perf_counter()
         if 0 in self.epochs and trainer.current_epoch == 0:
             self._save(trainer, pl_module, 0)
 
@@ -166,6 +169,8 @@ class PTMCheckpoint(Callback):
                 "seed": self._member_seed(),
                 "val_acc": float(val_acc) if val_acc is not None else None,
                 "recipe": self._recipe_record(trainer, pl_module),
+                # wall seconds of this training run up to this epoch (since its start or its resume): the cost
+                "pretrain_seconds": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 3),
             }
             atomic_save(blob, path)
             rank_zero_info(f"[ptmdd] saved PTM {path}")

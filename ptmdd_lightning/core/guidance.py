@@ -13,6 +13,7 @@ import itertools
 import json
 import random
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -322,7 +323,8 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
 
     Returns:
         ``(net, meta)``: the net in eval mode with ``requires_grad=False`` on every parameter, and the metadata
-        (``arch``, ``channels``, ``num_classes``, ``image_size``, ``dataset``, ``mean``, ``std``, ``epoch``, ``seed``).
+        (``arch``, ``channels``, ``num_classes``, ``image_size``, ``dataset``, ``mean``, ``std``, ``epoch``, ``seed``;
+        ``pretrain_seconds`` where recorded), plus ``path`` (this file) and ``file_bytes`` (its size on disk).
 
     Raises:
         PtmddError: if the file is missing, truncated/corrupted, or its weights do not fit its declared architecture.
@@ -351,7 +353,33 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     for p in net.parameters():
         p.requires_grad_(False)
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    meta.update(path=str(path), file_bytes=path.stat().st_size)
     return net, meta
+
+
+def pool_cost(members: Sequence[PTMMember]) -> dict[str, float | int | None]:
+    """What a set of pool members cost: their files on disk and their pretraining time.
+
+    Args:
+        members: loaded members (:class:`PTMMember`, e.g. ``PTMPool.members`` or a teacher's).
+
+    Returns:
+        ``{"members": n, "pool_bytes": the files' bytes, "pretrain_seconds": s}``: ``s`` sums, over every distinct
+        pretraining run ``(dataset, classes, arch, seed)``, the largest ``pretrain_seconds`` its used files record
+        (one run writes all its epochs; a file records the wall seconds of its run up to that epoch); ``None`` when
+        a member records none (pretrained before ptmdd recorded it).
+    """
+    runs: dict[tuple, list[float | None]] = {}
+    for m in members:
+        meta = m.meta
+        key = (meta.get("dataset"), str(meta.get("classes")), meta.get("arch"), meta.get("seed"))
+        runs.setdefault(key, []).append(meta.get("pretrain_seconds"))
+    unknown = any(s is None for times in runs.values() for s in times)
+    return {
+        "members": len(members),
+        "pool_bytes": int(sum(int(m.meta.get("file_bytes", 0)) for m in members)),
+        "pretrain_seconds": None if unknown or not runs else round(sum(max(t) for t in runs.values()), 3),
+    }
 
 
 class PTMMember(nn.Module):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ptmdd_lightning.main import main
+from ptmdd_lightning.nets import build_net
 from tests.test_resume import ptm_pool, tiny_config  # noqa: F401  (ptm_pool is a fixture)
 
 
@@ -47,6 +48,13 @@ def test_the_callback_evaluates_with_hard_and_soft_labels_and_scores_the_synthet
     assert {"lrs", "ars"} <= set(rows[0]) and "lrs" in rows[2] and "lrs" not in rows[1]
     md = (Path(cli.trainer.log_dir) / "results.md").read_text()
     assert "soft (ConvNetW32 e1 s[0] T=3)" in md and "HLR (pts)" in md and "ARS (%)" in md
+    # what it cost: the distillation, the guidance pool (one member, no recorded pretraining time), the teacher
+    member = ptm_pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt"
+    assert rows[0]["distill_seconds"] > 0 and rows[0]["guidance_pool_bytes"] == member.stat().st_size
+    assert rows[0]["guidance_pretrain_seconds"] is None
+    weights = sum(p.numel() * 4 for p in build_net("ConvNetW32", 1, 10, (28, 28)).parameters())
+    assert rows[2]["teacher_bytes"] == weights and rows[2]["teacher_pool_bytes"] == member.stat().st_size
+    assert rows[2]["soft_label_bytes"] == 10 * 10 * 4  # IPC 1 x 10 classes, one fp32 K-vector each
 
 
 def test_pretrain_ptm_pool_also_pretrains_the_teachers_members(tmp_path, monkeypatch, fake_fashion_root):

@@ -160,3 +160,20 @@ def test_an_older_distiller_config_gives_the_same_synthetic_set_as_the_algorithm
     a = main(["fit", "--config", str(old), "--trainer.precision", "32-true"]).model.synthetic.images.detach()
     b = main(["fit", "--config", str(new), "--trainer.precision", "32-true"]).model.synthetic.images.detach()
     assert torch.equal(a, b)
+
+
+def test_pool_cost_counts_the_files_and_their_pretraining_time(pool_root):
+    """Issue "PTMs as teachers too" (cost): PTMCheckpoint records pretrain_seconds; pool_cost sums it per run."""
+    from ptmdd_lightning.core.guidance import PTMPool, load_ptm, pool_cost
+
+    files = sorted(pool_root.rglob("epoch1.pt"))
+    recorded = [load_ptm(f)[1]["pretrain_seconds"] for f in files]
+    assert len(files) == 2 and all(s > 0 for s in recorded)
+    pool = PTMPool(
+        [PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1)], pool_root, "fashion_mnist", 10, (0.2861,), (0.3530,)
+    )
+    cost = pool_cost(list(pool.members))
+    assert cost["members"] == 2 and cost["pool_bytes"] == sum(f.stat().st_size for f in files)
+    assert cost["pretrain_seconds"] == pytest.approx(sum(recorded), abs=1e-3)
+    pool.members[0].meta.pop("pretrain_seconds")  # a member pretrained before ptmdd recorded it
+    assert pool_cost(list(pool.members))["pretrain_seconds"] is None
