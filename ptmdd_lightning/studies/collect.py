@@ -10,7 +10,9 @@ Written with pandas into the study folder, each file atomically:
   population std over every model of every seed, the random-real baseline under the identical protocol, the gain
   over it, the gain over the first baseline, and the paired difference to that baseline over the seeds the two
   share (mean and 95 % CI half-width, :func:`ptmdd_lightning.compare.paired_difference`, with >= 2 seeds);
-- ``summary.png``: accuracy against the sweep's x axis (:func:`plot_summary`).
+- ``summary.png``: accuracy against the sweep's x axis (:func:`plot_summary`);
+- ``labels.{md,json}``, for a study evaluated under several label kinds (soft-label teachers, docs/soft_labels.md):
+  every pair of label kinds compared on the same distilled and random sets (:func:`label_contrasts`).
 
 A run counts only when it is done (:meth:`~ptmdd_lightning.studies.store.Study.is_done`), whoever ran it.
 """
@@ -31,7 +33,16 @@ from ptmdd_lightning.result_rows import evaluation_labels
 from ptmdd_lightning.studies.spec import SUMMARY_FIELDS, SweepSpec
 from ptmdd_lightning.studies.store import Study
 
-__all__ = ["SUMMARY_FIELDS", "collect", "format_summary", "long_table", "plot_summary", "write_summary"]
+__all__ = [
+    "SUMMARY_FIELDS",
+    "collect",
+    "format_label_contrasts",
+    "format_summary",
+    "label_contrasts",
+    "long_table",
+    "plot_summary",
+    "write_summary",
+]
 
 
 def long_table(study: Study) -> pd.DataFrame:
@@ -182,6 +193,79 @@ def collect(study: Study) -> list[dict[str, Any]]:
     return rows
 
 
+def label_contrasts(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every pair of label kinds ``(a, b)`` compared on the same sets: the paired difference ``b - a``.
+
+    A cell is one run's set (``synthetic`` of a point and seed) or the random real subset (``random_real``); its value
+    under a label kind is the mean accuracy of its models. ``b - a`` is paired over the cells evaluated under both
+    kinds, separately for the distilled sets (every point and seed of the study) and the random real subset, with
+    the 95 % CI half-width (:func:`ptmdd_lightning.compare.paired_difference`, from 2 cells). So "is the ensemble a
+    better teacher than one PTM" pools every distillation of the study, each compared with itself.
+
+    Args:
+        table: :func:`long_table`'s rows.
+
+    Returns:
+        Rows ``{"a", "b", "set", "arch", "cells", "mean", "ci95"}`` (accuracy differences as fractions; ``ci95``
+        ``None`` below 2 cells), label kinds in the order they appear, hard labels first.
+    """
+    if table.empty:
+        return []
+    kinds = list(dict.fromkeys(["hard", *table["labels"]]))
+    kinds = [k for k in kinds if k in set(table["labels"])]
+    cells = table.groupby(["arch", "set", "point", "seed", "labels"])["acc"].mean()
+    rows: list[dict[str, Any]] = []
+    for arch in dict.fromkeys(table["arch"]):
+        for which in ("synthetic", "random_real"):
+            for i, a in enumerate(kinds):
+                for b in kinds[i + 1 :]:
+                    pairs = []
+                    for (c_arch, c_set, point, seed, labels), value in cells.items():
+                        if (c_arch, c_set, labels) == (arch, which, a) and (arch, which, point, seed, b) in cells:
+                            pairs.append((float(value), float(cells[(arch, which, point, seed, b)])))
+                    if which == "random_real":  # the same subset in every run that evaluated it: count it once
+                        pairs = list(dict.fromkeys(pairs))
+                    if not pairs:
+                        continue
+                    diffs = [y - x for x, y in pairs]
+                    ci = None
+                    if len(pairs) >= 2:
+                        ci = paired_difference([x for x, _ in pairs], [y for _, y in pairs])["half_width"]
+                    rows.append(
+                        {
+                            "a": a,
+                            "b": b,
+                            "set": which,
+                            "arch": arch,
+                            "cells": len(pairs),
+                            "mean": sum(diffs) / len(diffs),
+                            "ci95": ci,
+                        }
+                    )
+    return rows
+
+
+def format_label_contrasts(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of :func:`label_contrasts` (differences in points)."""
+    cells = [
+        {
+            "arch": r["arch"],
+            "set": r["set"],
+            "labels b": r["b"],
+            "minus labels a": r["a"],
+            "b - a (points, 95 % CI)": _gain(r["mean"], r["ci95"]),
+            "sets compared": str(r["cells"]),
+        }
+        for r in rows
+    ]
+    frame = pd.DataFrame(cells)
+    if frame.empty:
+        return f"## {spec.title}: label kinds compared\n\n(one label kind only)"
+    align = ["left", "left", "left", "left", "right", "right"]
+    title = f"## {spec.title}: label kinds compared on the same sets\n\n"
+    return title + frame.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
 def _pct(mean: float | None, std: float | None = None) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"  # noqa: RUF001 - the typographic dash of an empty table cell
@@ -225,11 +309,12 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(study: Study, rows: list[dict[str, Any]]) -> list[Path]:
-    """Write ``results_long.csv`` and ``summary.{md,csv,json}`` into the study folder (atomically); return them."""
+    """Write ``results_long.csv``, ``summary.{md,csv,json}`` (and ``labels.{md,json}``) atomically; return them."""
     spec, out = study.spec, study.out
     out.mkdir(parents=True, exist_ok=True)
+    table = long_table(study)
     buffer = io.StringIO()
-    long_table(study).to_csv(buffer, index=False)
+    table.to_csv(buffer, index=False)
     files = [atomic_write_text(out / "results_long.csv", buffer.getvalue())]
     files.append(atomic_write_text(out / "summary.md", format_summary(spec, rows) + "\n"))
     fields = [*SUMMARY_FIELDS[:3], *[a.name for a in spec.axes], *SUMMARY_FIELDS[3:]]
@@ -239,6 +324,10 @@ def write_summary(study: Study, rows: list[dict[str, Any]]) -> list[Path]:
     x = spec.x or (spec.axes[0].name if spec.axes else None)
     text = json.dumps({"sweep": str(spec.path), "title": spec.title, "x": x, "rows": rows}, indent=1, default=str)
     files.append(atomic_write_text(out / "summary.json", text))
+    if not table.empty and table["labels"].nunique() > 1:
+        contrasts = label_contrasts(table)
+        files.append(atomic_write_text(out / "labels.md", format_label_contrasts(spec, contrasts) + "\n"))
+        files.append(atomic_write_text(out / "labels.json", json.dumps(contrasts, indent=1)))
     return files
 
 

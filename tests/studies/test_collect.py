@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from ptmdd_lightning.studies.collect import collect, long_table, plot_summary, write_summary
+from ptmdd_lightning.studies.collect import collect, label_contrasts, long_table, plot_summary, write_summary
 from tests.studies.fakes import SWEEP, finish, make_study
 
 NO_REAL = "{label: 4, value: 4, overrides: {trainer.callbacks.SyntheticSetEvaluation.init_args.baseline: false}}"
@@ -105,4 +105,24 @@ def test_runs_evaluated_with_teachers_are_summarised_per_labels_and_compared_wit
     assert soft_row["series"].endswith(soft)  # its own series in the plot
     write_summary(study, list(rows.values()))
     assert f"| {soft}" in (study.out / "summary.md").read_text()
+    contrasts = json.loads((study.out / "labels.json").read_text())  # soft - hard over the 4 distilled sets
+    assert contrasts[0]["cells"] == 4 and contrasts[0]["mean"] == pytest.approx((0.19 + 0.18 + 0.23 + 0.20) / 4)
     assert plot_summary(study.spec, list(rows.values()), study.out).is_file()
+
+
+def test_label_kinds_are_compared_on_the_same_sets():
+    """labels.md: b - a paired over every (point, seed) distilled set, the random real subset counted once."""
+    records = []
+    for point, seed, hard, soft in [("p", 0, 0.60, 0.80), ("p", 1, 0.62, 0.81), ("q", 0, 0.58, 0.79)]:
+        for labels, acc in (("hard", hard), ("soft (T)", soft)):
+            records.append({"point": point, "seed": seed, "arch": "ConvNet", "set": "synthetic", "labels": labels,
+                            "acc": acc})  # fmt: skip
+            records.append({"point": point, "seed": seed, "arch": "ConvNet", "set": "random_real", "labels": labels,
+                            "acc": 0.5 if labels == "hard" else 0.75})  # fmt: skip
+    (syn, real) = label_contrasts(pd.DataFrame.from_records(records))
+    assert (syn["a"], syn["b"], syn["set"], syn["cells"]) == ("hard", "soft (T)", "synthetic", 3)
+    assert syn["mean"] == pytest.approx((0.20 + 0.19 + 0.21) / 3)
+    sd = math.sqrt(((0.20 - 0.20) ** 2 + (0.19 - 0.20) ** 2 + (0.21 - 0.20) ** 2) / 2)
+    assert syn["ci95"] == pytest.approx(4.303 * sd / math.sqrt(3), rel=1e-3)  # t(0.975, 2) = 4.303
+    assert (real["set"], real["cells"], real["ci95"]) == ("random_real", 1, None)  # one subset, once
+    assert real["mean"] == pytest.approx(0.25)
