@@ -21,7 +21,7 @@ from typing_extensions import override
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import pool_cost
-from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher, check_real_hard_acc
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
@@ -97,11 +97,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 f"{type(protocol).__name__}."
             )
         specs = as_teacher_specs(teachers)
-        if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
-            raise PtmddError(
-                f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
-                "write 0.91, not 91."
-            )
+        check_real_hard_acc(real_hard_acc)
         self.teacher_specs = {spec.describe(): spec for spec in specs}
         self.real_hard_acc = real_hard_acc
         self.real_hard_source = real_hard_source
@@ -342,7 +338,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         guidance = pool_cost(list(pool.members)) if pool is not None else None
         for r in rows:
             if r["set"] == "synthetic" and (self.teacher_specs or self.no_aug):  # runs of the new kind only
-                r["distill_seconds"] = round(self._train_seconds, 1)
+                r["distill_seconds"] = round(self._train_seconds, 3)
                 r["guidance_pool_bytes"] = guidance["pool_bytes"] if guidance else 0
                 r["guidance_pretrain_seconds"] = guidance["pretrain_seconds"] if guidance else 0.0
         if self.real_hard_acc is not None:

@@ -43,7 +43,17 @@ from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, pool_key
 from ptmdd_lightning.data.datasets import DatasetInfo
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["Teacher", "TeacherSpec", "ars", "as_teacher_specs", "build_teacher", "kd_loss", "lrs", "robust_scores"]
+__all__ = [
+    "Teacher",
+    "TeacherSpec",
+    "ars",
+    "as_teacher_specs",
+    "build_teacher",
+    "check_real_hard_acc",
+    "kd_loss",
+    "lrs",
+    "robust_scores",
+]
 
 _NORM = math.e - math.exp(-1.0)
 
@@ -239,6 +249,19 @@ def build_teacher(
     )
     names = [f"{g.arch}/seed{s}/epoch{g.epoch}" for g in spec.ptms for s in g.member_seeds()]
     return Teacher(list(pool.members), spec.temperature, names)
+
+
+def check_real_hard_acc(value: float | None) -> float | None:
+    """``Acc(real, hard)`` as given in a config: ``None`` (no robust scores) or a fraction in ``[0, 1]``.
+
+    Raises:
+        PtmddError: a value outside ``[0, 1]`` (e.g. a percentage), naming the fix.
+    """
+    if value is not None and not 0 <= value <= 1:
+        raise PtmddError(
+            f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {value!r}; write 0.91, not 91."
+        )
+    return value
 
 
 def lrs(ior: float | Tensor, hlr: float | Tensor, weight: float = 0.5) -> float | Tensor:

@@ -28,7 +28,7 @@ from typing_extensions import override
 
 from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import PTMRecipe
-from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher
+from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher, check_real_hard_acc
 from ptmdd_lightning.core.synthetic import load_synthetic_set
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
@@ -225,11 +225,7 @@ class SyntheticSetEvaluator(LightningModule):
         specs = as_teacher_specs(teachers)
         if isinstance(ptm_recipe, dict):
             ptm_recipe = PTMRecipe(**ptm_recipe)
-        if real_hard_acc is not None and not 0 <= real_hard_acc <= 1:
-            raise PtmddError(
-                f"real_hard_acc is a fraction in [0, 1] (DD-Ranking's Acc(real, hard)), got {real_hard_acc!r}; "
-                "write 0.91, not 91."
-            )
+        check_real_hard_acc(real_hard_acc)
         self.teacher_specs = specs
         self.ptm_recipe = ptm_recipe
         self.save_hyperparameters(ignore=["protocol", "teachers", "ptm_recipe"])
