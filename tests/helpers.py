@@ -55,3 +55,17 @@ def config_layers(config_root: Path) -> list[tuple[Path, ...]]:
 def layers_id(layers: tuple[Path, ...], config_root: Path) -> str:
     """``paper/dm_clom.yaml+paper/cpu/dm_clom.yaml``: the test id of a layered config."""
     return "+".join(str(p.relative_to(config_root)) for p in layers)
+
+
+def resumable_checkpoint(every_n_train_steps: int = 1) -> dict:
+    """The ``ModelCheckpoint`` entry of a resumable test run: ``last.ckpt`` every N steps and on SIGTERM."""
+    return {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "save_last": True,
+            "save_top_k": 0,
+            "every_n_train_steps": every_n_train_steps,
+            "enable_version_counter": False,
+            "save_on_exception": True,
+        },
+    }

@@ -27,6 +27,7 @@ from lightning import Callback, Trainer
 from ptmdd_lightning.core.guidance import PTMGroup, member_path
 from ptmdd_lightning.data import DistillDataModule
 from ptmdd_lightning.modules import Distiller, DMDistiller
+from tests.helpers import resumable_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 5
@@ -118,16 +119,7 @@ def _config(path: Path, data_root: Path, pool_root: Path, dump_dir: Path) -> Pat
                     },
                 },
                 {"class_path": "ptmdd_lightning.callbacks.SyntheticSetExport"},
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "save_last": True,
-                        "save_top_k": 0,
-                        "every_n_train_steps": 1,
-                        "enable_version_counter": False,
-                        "save_on_exception": True,
-                    },
-                },
+                resumable_checkpoint(1),
                 {"class_path": "tests.test_ddp.RankDump", "init_args": {"out_dir": str(dump_dir)}},
             ],
         },

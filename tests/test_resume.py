@@ -24,6 +24,7 @@ from lightning import Callback
 
 from ptmdd_lightning.core.evaluate import EvalProtocol
 from ptmdd_lightning.main import main
+from tests.helpers import resumable_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 8
@@ -117,16 +118,7 @@ def tiny_config(
                 "init_args": {"save_dir": "logs", "name": "run"},
             },
             "callbacks": [
-                {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {
-                        "save_last": True,
-                        "save_top_k": 0,
-                        "every_n_train_steps": 2,
-                        "enable_version_counter": False,
-                        "save_on_exception": True,
-                    },
-                },
+                resumable_checkpoint(2),
                 *(extra_callbacks or []),
             ],
         },

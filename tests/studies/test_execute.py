@@ -21,6 +21,7 @@ from filelock import FileLock
 from ptmdd_lightning.core.guidance import member_path
 from ptmdd_lightning.studies.cli import main
 from ptmdd_lightning.studies.execute import SIGTERM_EXIT
+from tests.helpers import resumable_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,16 +30,7 @@ def _base(data_root: Path, pool: Path, stall: dict | None = None) -> dict:
     """DM + CLoM on tiny Fashion-MNIST: IPC 1, ConvNetW32, 2 steps, last.ckpt every step, 1 model x 1 epoch."""
     callbacks = [
         {"class_path": "ptmdd_lightning.callbacks.PretrainPTMPool"},
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {
-                "save_last": True,
-                "save_top_k": 0,
-                "every_n_train_steps": 1,
-                "enable_version_counter": False,
-                "save_on_exception": True,
-            },
-        },
+        resumable_checkpoint(1),
         *([stall] if stall else []),
         {
             "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
