@@ -254,6 +254,15 @@ def build_teacher(
 def check_real_hard_acc(value: float | None) -> float | None:
     """``Acc(real, hard)`` as given in a config: ``None`` (no robust scores) or a fraction in ``[0, 1]``.
 
+    Used by :class:`~ptmdd_lightning.callbacks.SyntheticSetEvaluation` and ``ptmdd test``. DD-Ranking's metrics take
+    accuracies as fractions (its ``book/metrics`` pages); HLR is ``Acc(real, hard) - Acc(syn, hard)``.
+
+    Args:
+        value: a Python float (fraction, not percent), or ``None``.
+
+    Returns:
+        ``value`` unchanged.
+
     Raises:
         PtmddError: a value outside ``[0, 1]`` (e.g. a percentage), naming the fix.
     """
