@@ -1,4 +1,4 @@
-"""The shell scripts parse (bash -n); the GPU check and the reproduction campaign refuse bad arguments."""
+"""The shell scripts parse (bash -n); the GPU check and the two campaigns refuse bad arguments."""
 
 from __future__ import annotations
 
@@ -34,3 +34,17 @@ def test_the_reproduction_campaign_refuses_runs_of_another_commit(tmp_path):
         ["bash", str(script), str(tmp_path / "new"), "no_such_row"], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 2 and "no row no_such_row" in proc.stderr
+
+
+def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings.sh")
+    proc = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "usage: bash scripts/findings.sh OUTDIR CORE SHARD" in proc.stderr
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path), "0", "0/2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "SWEEPS": "no_such_sweep"},
+    )
+    assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()

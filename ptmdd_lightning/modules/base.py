@@ -83,6 +83,11 @@ class DistillerBase(LightningModule):
             and ``main.py``) or ``"augmented"`` (the step's DSA view of the synthetic images; CCLoM's real images
             are then augmented too: the siamese view of the step's batch for ``cclom_real: batch``, their own DSA
             draw for ``uniform``, so that real and synthetic features always come from the same view).
+        base_weight: the weight of the base objective in ``L = base_weight * L_DD + alpha * L_CLoM/CCLoM``
+            (float >= 0, default 1.0: the paper's Eq. 2-3). ``0`` is guidance alone (the reviewers' "CLoM alone,
+            without the base objective", issue 14 section 3): the base objective is then not computed at all (no
+            random net; DC/DSA skip the inner loop too) and needs ``ptms``. Not in the paper or the authors' code,
+            where the weight is always 1.
         channels_last: run the nets in channels_last. Off by default: ConvNet-3's instance norm in channels_last +
             bf16 made a CPU DM step slower (docs/speed.md, lever 5).
         backend: how the distillation nets run (:mod:`ptmdd_lightning.nets.forward`): ``"auto"`` (default: on a
@@ -112,6 +117,7 @@ class DistillerBase(LightningModule):
         cclom_batch_size: int = 8196,
         cclom_batch_real: int = 32,
         guidance_view: Literal["augmented", "raw"] = "raw",
+        base_weight: float = 1.0,
         channels_last: bool = False,
         backend: BackendName = "auto",
     ) -> None:
@@ -133,6 +139,13 @@ class DistillerBase(LightningModule):
             raise PtmddError(f"unknown cclom_real {cclom_real!r}; choose 'uniform' (the authors') or 'batch'.")
         if guidance_view not in ("raw", "augmented"):
             raise PtmddError(f"unknown guidance_view {guidance_view!r}; choose 'raw' (the authors') or 'augmented'.")
+        if not base_weight >= 0:
+            raise PtmddError(f"base_weight must be >= 0 (0: the PTM guidance alone), got {base_weight}.")
+        if base_weight == 0 and not ptms:
+            raise PtmddError(
+                "base_weight 0 turns the base objective off, and no ptms are given: nothing would be optimised; "
+                "add ptms (CLoM/CCLoM alone) or set base_weight > 0."
+            )
         if lr_img is not None and lr_img <= 0:
             raise PtmddError(f"lr_img must be > 0, got {lr_img}.")
         ptms = [PTMGroup(**g) if isinstance(g, dict) else g for g in (ptms or [])]
@@ -164,6 +177,7 @@ class DistillerBase(LightningModule):
         self.dsa_strategy = None if dsa_strategy.lower() == "none" else dsa_strategy
         self.lr_img = DEFAULT_LR_IMG[self.method] if lr_img is None else lr_img
         self.ptm_groups = ptms
+        self.base_weight = float(base_weight)
         # Unregistered on purpose: the random net and the frozen pool are not part of the learnable state, must not be
         # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
         self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None}
@@ -274,7 +288,10 @@ class DistillerBase(LightningModule):
         return self.objective(batch)
 
     def objective(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """The step's loss: :meth:`base_loss` plus the PTM guidance, logged; refuses a non-finite loss."""
+        """The step's loss ``base_weight * base_loss + guidance``, each term logged; refuses a non-finite loss.
+
+        With ``base_weight == 0`` the base objective is not computed (nor logged): the loss is the guidance alone.
+        """
         real, real_labels = batch
         rng = self._step_rng()
         syn, syn_labels = self.synthetic.images, self.synthetic.labels
@@ -284,9 +301,12 @@ class DistillerBase(LightningModule):
             real_v, syn_v = real, syn
         real_v, syn_v = self._view(real_v), self._view(syn_v)
 
-        base = self.base_loss(real, real_v, real_labels, syn_v, syn_labels)
-        self.log(f"train/loss_{self.method}", base, prog_bar=True)
-        loss = base
+        if self.base_weight > 0:
+            base = self.base_loss(real, real_v, real_labels, syn_v, syn_labels)
+            self.log(f"train/loss_{self.method}", base, prog_bar=True)
+            loss = base if self.base_weight == 1.0 else self.base_weight * base
+        else:
+            loss = syn.new_zeros(())
         augmented = self.hparams.guidance_view == "augmented"
         for name, value in self._guidance(
             real_v if augmented else self._view(real),

@@ -92,6 +92,7 @@ class Distiller(LightningModule):
         cclom_batch_size: int = 8196,
         cclom_batch_real: int = 32,
         guidance_view: Literal["augmented", "raw"] = "raw",
+        base_weight: float = 1.0,
         channels_last: bool = False,
         backend: BackendName = "auto",
     ) -> None:

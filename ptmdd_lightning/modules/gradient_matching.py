@@ -90,7 +90,8 @@ class GradientMatchingDistiller(DistillerBase):
         self.manual_backward(loss)
         self.on_before_optimizer_step(opt)  # refuse a non-finite gradient before the update
         opt.step()
-        if self.global_step % self.outer_loop != 0:  # else the net is re-sampled at the next step
+        # else the net is re-sampled at the next step; guidance alone (base_weight 0) has no net to train
+        if self.base_weight > 0 and self.global_step % self.outer_loop != 0:
             self._train_net_on_synthetic()
         return loss.detach()
 

@@ -9,12 +9,14 @@ r"""``ptmdd-sweep``: run a study (a sweep file's grid of ``ptmdd`` runs) locally
     ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --shard 0/4           # every 4th run, from the first
     ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml --collect-only        # tables and plot of what is done
     ptmdd-sweep --sweep configs/paper/cpu/sweeps/nm.yaml -- --data.init_args.root /data   # extra ptmdd args
+    ptmdd-sweep --sweep configs/paper/cpu/sweeps/epoch.yaml --no-reuse        # rerun runs another study finished
 
 The sweep-file format is :mod:`ptmdd_lightning.studies.spec`'s; the study folder's layout, claims and "done" are
 :mod:`ptmdd_lightning.studies.store`'s; the engines :mod:`ptmdd_lightning.studies.execute`'s; the tables
 :mod:`ptmdd_lightning.studies.collect`'s. Any number of ``ptmdd-sweep`` processes (or SLURM tasks) may work on one
-study folder at once: each run is claimed before it runs. Nothing is deleted except by ``--clean``, which removes
-the version folders of settings that are no longer in the sweep.
+study folder at once: each run is claimed before it runs. A run whose identical settings a sibling study (another
+folder next to the study folder) finished is copied from there, not repeated (``--no-reuse`` reruns it). Nothing
+is deleted except by ``--clean``, which removes the version folders of settings that are no longer in the sweep.
 
 Exit status: 0 when every selected run is done (or was submitted), 1 when a run failed, 2 for a user error, 143
 after SIGTERM (the running points checkpointed; the same command resumes them).
@@ -92,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect-only", action="store_true", help="run nothing, only collect and plot")
     p.add_argument("--clean", action="store_true", help="delete version folders of settings no longer in the sweep")
     p.add_argument("--fail-fast", action="store_true", help="local: start no run after the first failure")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="run every run here, even one whose identical settings a sibling study (another folder next to the "
+        "study folder) already finished; by default such a run is copied, not repeated",
+    )
     p.add_argument("--subprocess", action="store_true", help=argparse.SUPPRESS)  # every run is a process now
     return p
 
@@ -150,6 +158,16 @@ def _print_status(study: Study, slots) -> None:
     print(f"{counts_line(study.counts(slots))} ({len(slots)} runs)")
 
 
+def _adopt(study: Study, slots) -> None:
+    """Copy the sibling studies' done runs identical to ``slots`` (:meth:`Study.adopt`), one line each."""
+    siblings = study.sibling_runs()
+    for slot in slots:
+        folder = study.adopt(slot, siblings)
+        if folder is not None:
+            source = json.loads((folder / "sweep_point.json").read_text())["adopted_from"]
+            print(f"[ptmdd-sweep] {slot.key}: identical to the done run {source}: copied, not rerun")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ptmdd-sweep``; returns the exit status (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -200,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seeds": study_args.seeds,
                 }
             )
+            if not args.no_reuse:
+                _adopt(study, slots)
             if args.executor == "slurm":
                 params = check_slurm({**study.spec.slurm, **_pairs(args.slurm, "--slurm")}, "--slurm")
                 cluster = None if args.slurm_cluster == "auto" else args.slurm_cluster

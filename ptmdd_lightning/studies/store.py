@@ -10,6 +10,11 @@ Layout (``out`` is the study folder)::
         attempt_<n>/                                files of an earlier attempt that left no checkpoint
         config.yaml, checkpoints/, results.*, ...   what ptmdd itself writes
 
+Identical runs are not repeated across studies: before a study runs, :meth:`Study.adopt` copies into it every done
+run of a *sibling* study (another folder next to ``out``, e.g. ``lightning_logs/sweeps/<other>``) whose signature
+equals one of its own never-started runs; the copy's ``sweep_point.json`` names its source (``adopted_from``).
+``ptmdd-sweep --no-reuse`` turns this off (e.g. to check that a rerun gives the same numbers).
+
 A run whose settings changed gets the next ``version_<k>``; earlier versions are never touched (``--clean``
 deletes them, explicitly). A run is *done* when its own files say so, whoever ran it (this study process, another
 one, a SLURM job, or a user with ``--point``): a distillation run with a
@@ -47,7 +52,7 @@ from ptmdd_lightning.fileio import atomic_write_text
 from ptmdd_lightning.studies.configs import point_config, signature, with_logger
 from ptmdd_lightning.studies.spec import Point, SweepSpec, expand, substitute
 
-__all__ = ["LEASE_S", "Claim", "Slot", "Study", "run_complete"]
+__all__ = ["ADOPTED_FROM", "LEASE_S", "Claim", "Slot", "Study", "run_complete"]
 
 #: seconds after its last heartbeat that a claim made on another host counts as abandoned
 LEASE_S = 600.0
@@ -56,6 +61,8 @@ _POINT_JSON = "sweep_point.json"
 _CLAIM = "claim.json"
 _FAILED = "sweep_failed.json"
 _DONE = "sweep_done.json"
+#: the key of ``sweep_point.json`` that names the sibling study's run a version folder was copied from
+ADOPTED_FROM = "adopted_from"
 #: what ptmdd writes into a run folder (an attempt that left these but no checkpoint is moved aside)
 _RUN_FILES = ("config.yaml", "hparams.yaml", "checkpoints", "synthetic_set.pt", "synthetic_set.png", "results.json")
 
@@ -330,6 +337,64 @@ class Study:
         }
         atomic_write_text(folder / _POINT_JSON, json.dumps(record, indent=1))
         return folder
+
+    def sibling_runs(self) -> dict[str, list[Path]]:
+        """The version folders of the sibling studies (the other folders of ``out.parent``), by signature.
+
+        Returns:
+            ``{signature: [version folder, ...]}`` (sorted paths); empty when ``out`` has no sibling study.
+        """
+        found: dict[str, list[Path]] = {}
+        if not self.out.parent.is_dir():
+            return found
+        for record in sorted(self.out.parent.glob(f"*/runs/*/seed*/version_*/{_POINT_JSON}")):
+            folder = record.parent
+            if folder.parents[3] == self.out:
+                continue
+            sig = _read_json(record).get("signature")
+            if isinstance(sig, str):
+                found.setdefault(sig, []).append(folder)
+        return found
+
+    def adopt(self, slot: Slot, siblings: dict[str, list[Path]] | None = None) -> Path | None:
+        """Copy a sibling study's done run with ``slot``'s signature into a new version folder of ``slot``.
+
+        Only a run this study never started is adopted (``slot`` has no version folder of its signature), only a
+        point (never a ``prepare`` run), and only a source that is done by :meth:`is_done`'s test and unclaimed.
+        The copy is made next to the version folders and renamed into place under :meth:`lock`; its
+        ``sweep_point.yaml`` gets this study's logger folder, and its ``sweep_point.json`` this study's point and
+        ``adopted_from`` (the source folder). A run whose signature is equal ran the same merged config, seed,
+        subcommand and extra arguments; the code version is not part of the signature (as for resuming).
+
+        Args:
+            slot: one of this study's runs.
+            siblings: :meth:`sibling_runs` (computed when ``None``).
+
+        Returns:
+            The new version folder, or ``None`` when nothing was adopted.
+        """
+        if slot.is_prepare or slot.creates or self.folder(slot) is not None:
+            return None
+        siblings = self.sibling_runs() if siblings is None else siblings
+        for source in siblings.get(slot.signature, []):
+            if self.owner(source) is not None or not self.is_done(slot, source):
+                continue
+            with self.lock():
+                if self.folder(slot) is not None:
+                    return None
+                versions = self.versions(slot)
+                folder = slot.root / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+                staging = slot.root / f".adopting_{uuid.uuid4().hex}"
+                shutil.copytree(source, staging, ignore=shutil.ignore_patterns(_CLAIM, _FAILED))
+                atomic_write_text(
+                    staging / _POINT_YAML, yaml.safe_dump(with_logger(slot.config, folder), sort_keys=False)
+                )
+                record = {**_read_json(source / _POINT_JSON), "point": slot.point.id, "kind": slot.point.kind}
+                record[ADOPTED_FROM] = str(source)
+                atomic_write_text(staging / _POINT_JSON, json.dumps(record, indent=1))
+                staging.rename(folder)
+            return folder
+        return None
 
     def stale_versions(self) -> list[Path]:
         """Version folders whose signature no current run has (kept until ``--clean``)."""

@@ -87,6 +87,55 @@ def test_fast_dev_run_each_method(fake_fashion_root, method):
     assert torch.isfinite(model.synthetic.images).all()
 
 
+class _StepProbe(Callback):
+    """The synthetic images before the first step, and the metrics logged by it."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.images = pl_module.synthetic.images.detach().clone()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@pytest.mark.parametrize("base_weight", [0.0, 0.5])
+def test_base_weight_scales_the_base_objective_and_zero_is_the_guidance_alone(
+    fake_fashion_root, pool_root, base_weight
+):
+    dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
+    group = PTMGroup(arch="ConvNetW32", num_seeds=1, epoch=1, alpha=3.0)
+    model = Distiller(
+        ipc=2, method="dm", net_arch="ConvNetW32", ptms=[group], pool_root=str(pool_root), base_weight=base_weight
+    )
+    probe = _StepProbe()
+    _trainer(max_steps=1, callbacks=[probe]).fit(model, datamodule=dm)
+    # by hand: alpha * the PTM's mean cross-entropy on the raw synthetic images (labels 0,0,1,1,...)
+    ptm = model.pool.members[0].net
+    labels = torch.arange(10).repeat_interleave(2)
+    with torch.no_grad():
+        logp = torch.log_softmax(ptm(probe.images), dim=1)
+    clom_by_hand = 3.0 * float(-logp[torch.arange(20), labels].mean())
+    assert probe.logged["train/loss_clom"] == pytest.approx(clom_by_hand, rel=1e-5)
+    if base_weight == 0:
+        assert "train/loss_dm" not in probe.logged  # not computed at all
+        assert probe.logged["train/loss"] == pytest.approx(clom_by_hand, rel=1e-5)
+    else:
+        assert probe.logged["train/loss"] == pytest.approx(0.5 * probe.logged["train/loss_dm"] + clom_by_hand, rel=1e-5)
+
+
+def test_guidance_alone_runs_dsa_without_its_inner_loop_and_refuses_no_ptms(fake_fashion_root, pool_root):
+    dm = DistillDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_real=4)
+    group = PTMGroup(arch="ConvNetW32", num_seeds=1, epoch=1, alpha=1.0)
+    model = Distiller(ipc=1, method="dsa", net_arch="ConvNetW32", ptms=[group], pool_root=str(pool_root), base_weight=0)
+    probe = _StepProbe()
+    _trainer(max_steps=2, callbacks=[probe]).fit(model, datamodule=dm)
+    assert model._aux["net"] is None  # no matching net was ever built, so no inner loop ran
+    assert not torch.equal(model.synthetic.images.detach(), probe.images)  # the guidance moved the images
+    with pytest.raises(PtmddError, match="add ptms"):
+        Distiller(ipc=1, method="dm", base_weight=0.0)
+    with pytest.raises(PtmddError, match="base_weight must be >= 0"):
+        Distiller(ipc=1, method="dm", base_weight=-1.0)
+
+
 def test_fast_dev_run_classifier(fake_fashion_root):
     dm = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=32)
     model = Classifier(arch="ConvNetW32")

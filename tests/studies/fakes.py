@@ -42,11 +42,12 @@ baselines:
 """
 
 
-def make_study(folder: Path, text: str = SWEEP, base: dict | None = None, **kwargs) -> Study:
-    """A Study of ``text`` (base config ``base``) with its output in ``folder/out``."""
+def make_study(folder: Path, text: str = SWEEP, base: dict | None = None, out: Path | None = None, **kwargs) -> Study:
+    """A Study of ``text`` (base config ``base``; both files in ``folder``), its output in ``out`` or ``folder/out``."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "base.yaml").write_text(yaml.safe_dump(base or BASE))
     (folder / "sweep.yaml").write_text(text)
-    return Study(load_sweep(folder / "sweep.yaml"), folder / "out", **kwargs)
+    return Study(load_sweep(folder / "sweep.yaml"), out or folder / "out", **kwargs)
 
 
 def finish(study: Study, slot: Slot, synthetic: list[float], real: list[float] | None, arch: str = "ConvNet") -> Path:

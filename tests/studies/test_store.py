@@ -7,12 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.studies.store import Study, run_complete
-from tests.studies.fakes import BASE, finish, make_study, save_checkpoint
+from tests.studies.fakes import BASE, SWEEP, finish, make_study, save_checkpoint
 
 WITH_CHECKPOINT_AND_EXPORT = {
     **BASE,
@@ -130,3 +132,30 @@ def test_select_by_point_and_shard(tmp_path):
         study.select(["N_m=2"])
     with pytest.raises(PtmddError, match="0 <= k < N"):
         study.select(shard=(4, 4))
+
+
+def test_a_sibling_studys_identical_done_run_is_adopted_and_nothing_else(tmp_path):
+    first = make_study(tmp_path / "a", out=tmp_path / "sweeps" / "first")
+    other_sweep = SWEEP.replace("name: tiny", "name: other").replace("N_m: [1, 4]", "N_m: [1, 2]")
+    second = make_study(tmp_path / "b", text=other_sweep, out=tmp_path / "sweeps" / "second")
+    by_key = {s.key: s for s in first.slots()}
+    done = finish(first, by_key["N_m=1@seed0"], [0.5, 0.7], [0.4])
+    finish(first, by_key["N_m=4@seed0"], [0.6], [0.4])  # no identical run in the second study
+    claim, _, _ = first.claim(by_key["baseline=DM@seed0"])  # running, not done: never adopted
+    claim.release(first)
+    siblings = second.sibling_runs()
+    assert set(siblings) == {by_key[k].signature for k in ("N_m=1@seed0", "N_m=4@seed0", "baseline=DM@seed0")}
+    adopted = {s.key: second.adopt(s, siblings) for s in second.slots()}
+    assert [k for k, f in adopted.items() if f is not None] == ["N_m=1@seed0"]
+    copy = adopted["N_m=1@seed0"]
+    assert copy.parents[3] == second.out and json.loads((copy / "results.json").read_text()) == json.loads(
+        (done / "results.json").read_text()
+    )
+    record = json.loads((copy / "sweep_point.json").read_text())
+    assert record["adopted_from"] == str(done) and record["signature"] == by_key["N_m=1@seed0"].signature
+    logger = yaml.safe_load((copy / "sweep_point.yaml").read_text())["trainer"]["logger"]["init_args"]
+    assert Path(logger["save_dir"], logger["name"], logger["version"]) == copy  # its logger writes into the copy
+    states = {s.key: second.state(s) for s in second.slots()}
+    assert states["N_m=1@seed0"] == "done" and states["baseline=DM@seed0"] == "pending"
+    assert second.adopt(second.slots()[0]) is None  # adopted once: the run has its folder now
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["version_0"]  # no staging folder left

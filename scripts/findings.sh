@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The findings campaign of issue 14 section 3 (docs/paper.md, docs/reproduce.md "Findings campaign"): the sweeps of
+# configs/paper/findings/sweeps/ in the order nm, domain, epoch, na, reviewers, each through `ptmdd-sweep`, pinned
+# to one core with one thread. Run one driver per core, each with its shard, so the two never wait for each other:
+#   bash scripts/findings.sh OUTDIR 0 0/2 &   bash scripts/findings.sh OUTDIR 1 1/2 &
+# Resumable: the same commands continue every run from its last.ckpt; finished runs are skipped, and runs that an
+# earlier study finished with identical settings are copied (docs/studies.md). Each study records the commits that
+# worked on it (OUTDIR/lightning_logs/sweeps/<name>/commits.txt). Environment: SWEEPS (the sweeps, default all five,
+# in order), PYTHON (default .venv/bin/python of this checkout), WAIT_PID (a process to wait for first, e.g. a
+# driver of an earlier commit that is finishing its run).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
+core=${2:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
+shard=${3:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
+python=${PYTHON:-$repo/.venv/bin/python}
+commit=$(git -C "$repo" rev-parse HEAD)
+mkdir -p "$out" && cd "$out" || exit 2
+if [ -n "${WAIT_PID:-}" ]; then
+  while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 30; done
+fi
+for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+  file="$repo/configs/paper/findings/sweeps/$sweep.yaml"
+  [ -f "$file" ] || { echo "findings.sh: no sweep $file" >&2; exit 2; }
+  study="lightning_logs/sweeps/findings_$sweep"
+  mkdir -p "$study"
+  echo "$commit $(date -u +%FT%TZ) shard $shard core $core" >> "$study/commits.txt"
+  echo "[findings] $sweep shard $shard on core $core at $commit: start $(date -u +%FT%TZ)"
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" taskset -c "$core" "$python" -m ptmdd_lightning.studies.cli \
+    --sweep "$file" --shard "$shard"
+  echo "[findings] $sweep shard $shard: exit $? at $(date -u +%FT%TZ)"
+done
