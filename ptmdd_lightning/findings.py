@@ -1,0 +1,299 @@
+"""The findings table (issue 14 section 3): each finding of Lu et al. 2023 as paired contrasts fixed in advance.
+
+``python -m ptmdd_lightning.findings OUTDIR`` reads the studies that ``scripts/findings.sh OUTDIR`` ran
+(``OUTDIR/lightning_logs/sweeps/findings_<study>/results_long.csv``, written by ``ptmdd-sweep`` from the finished
+runs only) and prints a Markdown table: for every contrast of :data:`CONTRASTS`, the two settings' accuracies (the
+mean over seeds of each seed's mean over its evaluation models, ConvNet-3, hard labels), the paired difference
+``b - a`` over the seeds both finished, its 95 % t-interval (:func:`ptmdd_lightning.compare.paired_difference`)
+and a verdict, then the cost of the PTM pools (pretraining time and files, read from the member files) next to
+what they gained. Accuracies in percent; the runs store fractions.
+
+Verdicts, decided by the interval alone and only with >= 3 seeds (:data:`MIN_SEEDS`):
+
+- a contrast with the paper's direction (``expect = +1``: ``b`` should beat ``a``): **holds** when the whole
+  interval is above 0, **does not hold** when it is below 0 (the opposite effect), else **cannot tell**;
+- a question without a stated direction (``expect = 0``): **b better**, **a better**, or **no difference
+  detected** when the interval contains 0.
+
+No correction for the number of contrasts is made: read a single "holds" among many contrasts of one finding
+with that in mind (docs/paper.md says which contrast decides each finding).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ptmdd_lightning.compare import paired_difference
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.fileio import safe_load
+
+__all__ = ["CONTRASTS", "MIN_SEEDS", "Contrast", "contrast_row", "main", "pool_costs", "seed_means", "table"]
+
+#: seeds a verdict needs (issue 14: ">= 3 seeds and paired statistics")
+MIN_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``b - a`` within one study, paired by distillation seed.
+
+    Attributes:
+        finding: the finding or question it belongs to (the table's first column).
+        study: the study's short name: ``OUTDIR/lightning_logs/sweeps/findings_<study>``.
+        a, b: point ids of that study (``ptmdd-sweep --status`` lists them), e.g. ``"N_m=1"``, ``"baseline=DM_alone"``.
+        label: how the table names the contrast.
+        expect: ``+1`` when the paper says ``b`` beats ``a``, ``0`` for an open question.
+    """
+
+    finding: str
+    study: str
+    a: str
+    b: str
+    label: str
+    expect: int = 1
+
+
+_DM = "baseline=DM_alone"
+_F1M, _F1A, _F2, _F3, _REV = (
+    "1. diversity: N_m",
+    "1. diversity: N_a",
+    "2. sub-optimal PTMs",
+    "3. domain",
+    "4. reviewers",
+)
+#: every contrast of the campaign, fixed before its runs finished (configs/paper/findings/sweeps/)
+CONTRASTS: tuple[Contrast, ...] = (
+    Contrast(_F1M, "nm", _DM, "N_m=1", "DM + CLoM (N_m 1) vs DM alone", 0),
+    Contrast(_F1M, "nm", "N_m=1", "N_m=2", "N_m 2 vs 1"),
+    Contrast(_F1M, "nm", "N_m=1", "N_m=5", "N_m 5 vs 1 (decides)"),
+    Contrast(_F1A, "na", "N_a=1_ConvNetW32", "N_a=2_+LeNet", "N_a 2 vs 1"),
+    Contrast(_F1A, "na", "N_a=1_ConvNetW32", "N_a=4_+MLP_+ConvNetD1", "N_a 4 vs 1 (decides)"),
+    *(Contrast(_F2, "epoch", "epoch=150", f"epoch={e}", f"epoch {e} vs 150") for e in (1, 5, 10, 20, 50)),
+    Contrast(_F2, "epoch", _DM, "epoch=150", "epoch 150 vs DM alone", 0),
+    Contrast(
+        _F3,
+        "domain",
+        "alpha=100__real_batch=uniform",
+        "baseline=CCLoM_in-domain_alpha_100",
+        "in- vs other-domain, alpha 100",
+    ),
+    Contrast(
+        _F3,
+        "domain",
+        "alpha=1000__real_batch=uniform",
+        "baseline=CCLoM_in-domain_alpha_1000",
+        "in- vs other-domain, alpha 1000",
+    ),
+    *(
+        Contrast(
+            _F3, "domain", _DM, f"alpha={a}__real_batch={r}", f"other-domain CCLoM alpha {a}, {r} real batch vs DM", 0
+        )
+        for a in (100, 1000)
+        for r in ("uniform", "batch")
+    ),
+    *(
+        Contrast(_F3, "domain", _DM, f"baseline=CCLoM_in-domain_alpha_{a}", f"in-domain CCLoM alpha {a} vs DM", 0)
+        for a in (100, 1000)
+    ),
+    Contrast(
+        _REV, "reviewers", "guidance=DM_+_CLoM_alpha_100", "guidance=DM_+_CCLoM_alpha_100", "CCLoM alpha 100 vs CLoM", 0
+    ),
+    Contrast(
+        _REV,
+        "reviewers",
+        "guidance=DM_+_CLoM_alpha_100",
+        "guidance=DM_+_CCLoM_alpha_1000",
+        "CCLoM alpha 1000 vs CLoM",
+        0,
+    ),
+    Contrast(_REV, "reviewers", _DM, "guidance=CLoM_alone_alpha_100", "CLoM alone vs DM alone", 0),
+    Contrast(
+        _REV, "reviewers", "guidance=DM_+_CLoM_alpha_100", "guidance=CLoM_alone_alpha_100", "CLoM alone vs DM + CLoM", 0
+    ),
+)
+
+
+def _study(outdir: Path, study: str) -> Path:
+    return outdir / "lightning_logs" / "sweeps" / f"findings_{study}"
+
+
+def seed_means(long_csv: str | Path) -> dict[str, dict[int, float]]:
+    """``{point: {seed: accuracy %}}``: each seed's mean over its ConvNet-3 models (synthetic set, hard labels).
+
+    Args:
+        long_csv: a study's ``results_long.csv`` (:mod:`ptmdd_lightning.studies.collect`; ``acc`` in [0, 1]).
+
+    Returns:
+        Percentages; empty when the file has no such rows.
+
+    Raises:
+        PtmddError: the file is missing or lacks the columns ``point, seed, arch, set, labels, acc``.
+    """
+    path = Path(long_csv)
+    if not path.is_file():
+        raise PtmddError(f"{path} does not exist; run ptmdd-sweep (or --collect-only) on that study first.")
+    frame = pd.read_csv(path)
+    missing = {"point", "seed", "arch", "set", "labels", "acc"} - set(frame.columns)
+    if missing:
+        raise PtmddError(f"{path} lacks the columns {sorted(missing)}; rewrite it with ptmdd-sweep --collect-only.")
+    keep = frame[(frame["arch"] == "ConvNet") & (frame["set"] == "synthetic") & (frame["labels"] == "hard")]
+    means = keep.groupby(["point", "seed"])["acc"].mean() * 100.0
+    out: dict[str, dict[int, float]] = {}
+    for (point, seed), value in means.items():
+        out.setdefault(str(point), {})[int(seed)] = float(value)
+    return out
+
+
+def _verdict(lo: float, hi: float, expect: int) -> str:
+    if expect:
+        return "holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell"
+    return "b better" if lo > 0 else "a better" if hi < 0 else "no difference detected"
+
+
+def contrast_row(contrast: Contrast, points: dict[str, dict[int, float]] | None) -> dict[str, object]:
+    """One line of the table: the two settings, the paired difference over shared seeds, its CI and the verdict.
+
+    Args:
+        contrast: the contrast.
+        points: :func:`seed_means` of its study, ``None`` when the study has no results yet.
+
+    Returns:
+        ``{"finding", "contrast", "a", "b", "seeds", "diff", "ci", "verdict"}`` as display strings; accuracies
+        in percent (``a``/``b`` the mean over the shared seeds), ``ci`` the 95 % interval ``[lo, hi]``.
+    """
+    row: dict[str, object] = {"finding": contrast.finding, "contrast": contrast.label}
+    a = (points or {}).get(contrast.a, {})
+    b = (points or {}).get(contrast.b, {})
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return {**row, "a": "-", "b": "-", "seeds": 0, "diff": "-", "ci": "-", "verdict": "not run yet"}
+    xa, xb = [a[s] for s in seeds], [b[s] for s in seeds]
+    row.update(a=f"{statistics.fmean(xa):.2f}", b=f"{statistics.fmean(xb):.2f}", seeds=len(seeds))
+    if len(seeds) < 2:
+        return {
+            **row,
+            "diff": f"{xb[0] - xa[0]:+.2f}",
+            "ci": "-",
+            "verdict": f"cannot tell (1 seed; {MIN_SEEDS} needed)",
+        }
+    d = paired_difference(xa, xb)
+    lo, hi = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
+    verdict = _verdict(lo, hi, contrast.expect)
+    if len(seeds) < MIN_SEEDS:
+        verdict = f"cannot tell ({len(seeds)} seeds; {MIN_SEEDS} needed)"
+    return {
+        **row,
+        "diff": f"{d['mean']:+.2f} ± {d['half_width']:.2f}",
+        "ci": f"[{lo:+.2f}, {hi:+.2f}]",
+        "verdict": verdict,
+    }
+
+
+def pool_costs(pool_root: str | Path, arch: str = "ConvNetW32", epoch: int = 150) -> dict[int, dict[str, float]]:
+    """What the ``N_m``-member pools of the campaign cost: ``{N_m: {"hours", "megabytes"}}`` for N_m 1, 2 and 5.
+
+    A pool of N_m members uses member seeds ``0 .. N_m - 1`` (ptmdd's pool order); its pretraining time is the sum
+    of each member run's recorded ``pretrain_seconds`` (the wall seconds of that run up to ``epoch``, written by
+    :class:`~ptmdd_lightning.callbacks.PTMCheckpoint`), its storage the bytes of the ``epoch`` files it loads.
+
+    Args:
+        pool_root: the campaign's ``ptm_pool/findings`` folder.
+        arch, epoch: the members' architecture and checkpoint epoch.
+
+    Returns:
+        Only the pools whose every member file exists and records its pretraining time.
+
+    Raises:
+        PtmddError: a member file that is truncated or corrupted.
+    """
+    root = Path(pool_root) / "fashion_mnist" / arch
+    seconds, sizes = [], []
+    for seed in range(5):
+        path = root / f"seed{seed}" / f"epoch{epoch}.pt"
+        if not path.is_file():
+            break
+        meta = safe_load(path, "PTM checkpoint", "delete it and pretrain the member again (scripts/findings.sh)")
+        if not isinstance(meta, dict) or meta.get("pretrain_seconds") is None:
+            break
+        seconds.append(float(meta["pretrain_seconds"]))
+        sizes.append(path.stat().st_size)
+    return {
+        n: {"hours": sum(seconds[:n]) / 3600.0, "megabytes": sum(sizes[:n]) / 1e6}
+        for n in (1, 2, 5)
+        if len(seconds) >= n
+    }
+
+
+def _commits(outdir: Path, study: str) -> str:
+    path = _study(outdir, study) / "commits.txt"
+    if not path.is_file():
+        return "-"
+    shas = dict.fromkeys(line.split()[0][:7] for line in path.read_text().splitlines() if line.strip())
+    return ", ".join(shas)
+
+
+def table(outdir: str | Path) -> str:
+    """The findings table of ``OUTDIR`` (Markdown): contrasts, verdicts, then the pools' cost against their gain.
+
+    Raises:
+        PtmddError: ``outdir`` is not a folder, or a ``results_long.csv`` lacks its columns.
+    """
+    out = Path(outdir)
+    if not out.is_dir():
+        raise PtmddError(f"{out} is not a folder; give the OUTDIR of scripts/findings.sh.")
+    points: dict[str, dict[str, dict[int, float]] | None] = {}
+    for study in dict.fromkeys(c.study for c in CONTRASTS):
+        csv = _study(out, study) / "results_long.csv"
+        points[study] = seed_means(csv) if csv.is_file() else None
+    lines = [
+        "| finding | contrast (b vs a) | a (%) | b (%) | seeds | b - a (95 % CI half-width) | 95 % CI | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [contrast_row(c, points[c.study]) for c in CONTRASTS]
+    for r in rows:
+        lines.append(
+            f"| {r['finding']} | {r['contrast']} | {r['a']} | {r['b']} | {r['seeds']} | {r['diff']} | {r['ci']} | "
+            f"{r['verdict']} |"
+        )
+    studies = ", ".join(f"{s} at {_commits(out, s)}" for s in points)
+    lines += [
+        "",
+        "DM IPC 10 on Fashion-MNIST, 2,000 iterations, batch_real 256; each seed's accuracy is the mean of 10 "
+        "ConvNet-3 x 500 epochs (fp32, DSA); a and b are means over the seeds both settings finished. Studies: "
+        f"{studies}.",
+    ]
+    costs = pool_costs(out / "ptm_pool" / "findings")
+    nm = points.get("nm") or {}
+    if costs:
+        lines += [
+            "",
+            "| pool (ConvNetW32, epoch 150) | pretraining (h, one CPU thread) | files (MB) | gain vs DM alone |",
+        ]
+        lines.append("|---|---|---|---|")
+        for n, cost in costs.items():
+            gain = contrast_row(Contrast("", "nm", _DM, f"N_m={n}", "", 0), nm)["diff"]
+            lines.append(f"| N_m = {n} | {cost['hours']:.2f} | {cost['megabytes']:.2f} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ptmdd_lightning.findings OUTDIR``; a user error exits 2 with one line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m ptmdd_lightning.findings OUTDIR   (the OUTDIR of scripts/findings.sh)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(table(args[0]), end="")
+    except PtmddError as err:
+        print(f"ptmdd findings: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The findings table: per-seed means, paired differences with their t-interval, verdicts, the pools' cost."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.findings import Contrast, contrast_row, main, pool_costs, seed_means, table
+
+T_975_DF2 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom (any table)
+
+
+def _write_long(path, per_seed: dict[str, dict[int, list[float]]]) -> None:
+    """A results_long.csv as ptmdd-sweep writes it, plus rows the table must ignore."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["kind", "point", "name", "seed", "arch", "labels", "set", "model", "acc", "step"])
+        for point, seeds in per_seed.items():
+            for seed, accs in seeds.items():
+                for m, acc in enumerate(accs):
+                    w.writerow(["point", point, point, seed, "ConvNet", "hard", "synthetic", m, acc, 2000])
+                    w.writerow(["point", point, point, seed, "ConvNet", "hard", "random_real", m, 0.10, 2000])
+                    w.writerow(["point", point, point, seed, "AlexNet", "hard", "synthetic", m, 0.20, 2000])
+                    w.writerow(["point", point, point, seed, "ConvNet", "soft (t)", "synthetic", m, 0.30, 2000])
+
+
+def test_seed_means_average_the_convnet_models_of_the_synthetic_set_with_hard_labels(tmp_path):
+    path = tmp_path / "results_long.csv"
+    _write_long(path, {"N_m=1": {0: [0.80, 0.82], 1: [0.70, 0.71]}})
+    means = seed_means(path)
+    assert means.keys() == {"N_m=1"}
+    assert means["N_m=1"][0] == pytest.approx(81.0) and means["N_m=1"][1] == pytest.approx(70.5)
+    with pytest.raises(PtmddError, match="does not exist"):
+        seed_means(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("point,seed\nx,0\n")
+    with pytest.raises(PtmddError, match="lacks the columns"):
+        seed_means(tmp_path / "bad.csv")
+
+
+def test_a_paired_interval_above_zero_holds_below_zero_does_not_and_across_zero_cannot_tell():
+    a = {0: 80.0, 1: 81.0, 2: 82.0}
+    contrast = Contrast("f", "nm", "A", "B", "B vs A")
+    # differences 1.0, 1.2, 0.8: mean 1.0, sd 0.2, half-width t * 0.2 / sqrt(3)
+    half = T_975_DF2 * 0.2 / math.sqrt(3)
+    row = contrast_row(contrast, {"A": a, "B": {0: 81.0, 1: 82.2, 2: 82.8}})
+    assert row["diff"] == f"+1.00 ± {half:.2f}" and row["ci"] == f"[{1 - half:+.2f}, {1 + half:+.2f}]"
+    assert row["a"] == "81.00" and row["b"] == "82.00" and row["seeds"] == 3 and row["verdict"] == "holds"
+    row = contrast_row(contrast, {"A": a, "B": {0: 79.0, 1: 79.8, 2: 81.2}})
+    assert row["verdict"] == "does not hold"  # -1.0, -1.2, -0.8: the opposite effect
+    row = contrast_row(contrast, {"A": a, "B": {0: 81.0, 1: 80.0, 2: 82.5}})
+    assert row["verdict"] == "cannot tell"  # +1.0, -1.0, +0.5
+    question = Contrast("f", "nm", "A", "B", "B vs A", expect=0)
+    assert contrast_row(question, {"A": a, "B": {0: 79.0, 1: 79.8, 2: 81.2}})["verdict"] == "a better"
+    assert contrast_row(question, {"A": a, "B": {0: 81.0, 1: 80.0, 2: 82.5}})["verdict"] == "no difference detected"
+
+
+def test_fewer_than_three_shared_seeds_give_no_verdict_and_missing_studies_are_not_run():
+    contrast = Contrast("f", "nm", "A", "B", "B vs A")
+    two = contrast_row(contrast, {"A": {0: 80.0, 1: 81.0, 2: 82.0}, "B": {0: 85.0, 1: 86.0}})
+    assert two["seeds"] == 2 and two["verdict"] == "cannot tell (2 seeds; 3 needed)"
+    one = contrast_row(contrast, {"A": {0: 80.0}, "B": {0: 85.0}})
+    assert one["diff"] == "+5.00" and one["verdict"].startswith("cannot tell (1 seed")
+    assert contrast_row(contrast, None)["verdict"] == "not run yet"
+
+
+def test_pool_costs_sum_the_members_pretraining_time_and_files(tmp_path):
+    root = tmp_path / "pool"
+    sizes = []
+    for seed, seconds in ((0, 1800.0), (1, 3600.0)):
+        path = root / "fashion_mnist" / "ConvNetW32" / f"seed{seed}" / "epoch150.pt"
+        path.parent.mkdir(parents=True)
+        torch.save({"state_dict": {"w": torch.zeros(3)}, "pretrain_seconds": seconds}, path)
+        sizes.append(path.stat().st_size)
+    costs = pool_costs(root)
+    assert set(costs) == {1, 2}  # N_m = 5 needs seeds 0-4
+    assert costs[1]["hours"] == pytest.approx(0.5) and costs[2]["hours"] == pytest.approx(1.5)
+    assert costs[2]["megabytes"] == pytest.approx(sum(sizes) / 1e6)
+
+
+def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
+    study = tmp_path / "lightning_logs" / "sweeps" / "findings_nm"
+    _write_long(
+        study / "results_long.csv",
+        {
+            "baseline=DM_alone": {0: [0.80], 1: [0.81], 2: [0.82]},
+            "N_m=1": {0: [0.81], 1: [0.822], 2: [0.828]},
+            "N_m=5": {0: [0.82], 1: [0.834], 2: [0.836]},
+        },
+    )
+    (study / "commits.txt").write_text("7b0ad54aaaa 2026-12-03T12:36Z shard 0/2\nfbea4c6bbbb 2026-12-03T13:00Z\n")
+    text = table(tmp_path)
+    lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| 1. diversity: N_m")}
+    assert "| holds |" in lines["N_m 5 vs 1 (decides)"]  # differences 1.0, 1.2, 0.8
+    assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone"]
+    assert "| not run yet |" in lines["N_m 2 vs 1"]
+    assert "nm at 7b0ad54, fbea4c6" in text and "na at -" in text
+    main([str(tmp_path)])
+    assert capsys.readouterr().out == text
+    with pytest.raises(SystemExit) as err:
+        main([str(tmp_path / "missing")])
+    assert err.value.code == 2 and "is not a folder" in capsys.readouterr().err
