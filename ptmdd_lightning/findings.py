@@ -123,11 +123,13 @@ def _study(outdir: Path, study: str) -> Path:
     return outdir / "lightning_logs" / "sweeps" / f"findings_{study}"
 
 
-def seed_means(long_csv: str | Path) -> dict[str, dict[int, float]]:
-    """``{point: {seed: accuracy %}}``: each seed's mean over its ConvNet-3 models (synthetic set, hard labels).
+def seed_means(long_csv: str | Path, which: str = "synthetic") -> dict[str, dict[int, float]]:
+    """``{point: {seed: accuracy %}}``: each seed's mean over its ConvNet-3 models (hard labels).
 
     Args:
         long_csv: a study's ``results_long.csv`` (:mod:`ptmdd_lightning.studies.collect`; ``acc`` in [0, 1]).
+        which: the evaluated set: ``"synthetic"`` or ``"random_real"`` (the random real subset of the same
+            size, under the identical protocol).
 
     Returns:
         Percentages; empty when the file has no such rows.
@@ -142,7 +144,7 @@ def seed_means(long_csv: str | Path) -> dict[str, dict[int, float]]:
     missing = {"point", "seed", "arch", "set", "labels", "acc"} - set(frame.columns)
     if missing:
         raise PtmddError(f"{path} lacks the columns {sorted(missing)}; rewrite it with ptmdd-sweep --collect-only.")
-    keep = frame[(frame["arch"] == "ConvNet") & (frame["set"] == "synthetic") & (frame["labels"] == "hard")]
+    keep = frame[(frame["arch"] == "ConvNet") & (frame["set"] == which) & (frame["labels"] == "hard")]
     means = keep.groupby(["point", "seed"])["acc"].mean() * 100.0
     out: dict[str, dict[int, float]] = {}
     for (point, seed), value in means.items():
@@ -239,7 +241,10 @@ def _commits(outdir: Path, study: str) -> str:
 
 
 def table(outdir: str | Path) -> str:
-    """The findings table of ``OUTDIR`` (Markdown): contrasts, verdicts, then the pools' cost against their gain.
+    """The findings table of ``OUTDIR`` (Markdown): contrasts and verdicts, references, the pools' cost.
+
+    After the contrasts: DM alone and the random real subset (identical protocol) per study, then each pool's
+    pretraining time and files against its gain over DM alone.
 
     Raises:
         PtmddError: ``outdir`` is not a folder, or a ``results_long.csv`` lacks its columns.
@@ -268,6 +273,18 @@ def table(outdir: str | Path) -> str:
         "ConvNet-3 x 500 epochs (fp32, DSA); a and b are means over the seeds both settings finished. Studies: "
         f"{studies}.",
     ]
+    lines += [
+        "",
+        "| study | DM alone (%) | random real, same protocol (%) | seeds |",
+        "|---|---|---|---|",
+    ]
+    for study in points:
+        csv = _study(out, study) / "results_long.csv"
+        dm = (points[study] or {}).get(_DM, {})
+        real = (seed_means(csv, "random_real") if csv.is_file() else {}).get(_DM, {})
+        if dm:
+            shown = f"{statistics.fmean(real.values()):.2f}" if real else "-"
+            lines.append(f"| {study} | {statistics.fmean(dm.values()):.2f} | {shown} | {len(dm)} |")
     costs = pool_costs(out / "ptm_pool" / "findings")
     nm = points.get("nm") or {}
     if costs:

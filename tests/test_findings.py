@@ -35,6 +35,7 @@ def test_seed_means_average_the_convnet_models_of_the_synthetic_set_with_hard_la
     means = seed_means(path)
     assert means.keys() == {"N_m=1"}
     assert means["N_m=1"][0] == pytest.approx(81.0) and means["N_m=1"][1] == pytest.approx(70.5)
+    assert seed_means(path, "random_real") == {"N_m=1": {0: pytest.approx(10.0), 1: pytest.approx(10.0)}}
     with pytest.raises(PtmddError, match="does not exist"):
         seed_means(tmp_path / "missing.csv")
     (tmp_path / "bad.csv").write_text("point,seed\nx,0\n")
@@ -99,6 +100,7 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone"]
     assert "| not run yet |" in lines["N_m 2 vs 1"]
     assert "nm at 7b0ad54, fbea4c6" in text and "na at -" in text
+    assert "| nm | 81.00 | 10.00 | 3 |" in text  # DM alone and the random real subset (acc 0.10) of the same runs
     main([str(tmp_path)])
     assert capsys.readouterr().out == text
     with pytest.raises(SystemExit) as err:
