@@ -19,12 +19,12 @@ import json
 import math
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["compare_runs", "final_rows", "main", "paired_difference", "t_quantile_975"]
+__all__ = ["compare_runs", "final_rows", "main", "outdir_table_main", "paired_difference", "t_quantile_975"]
 
 #: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
 _T975 = (
@@ -155,6 +155,29 @@ def compare_runs(run_a: str | Path, run_b: str | Path, labels: tuple[str, str] =
                 f"(paired over {d['n']} evaluation models; one distillation each)"
             )
     return "\n".join([*lines, "", *notes]) + "\n"
+
+
+def outdir_table_main(argv: Sequence[str] | None, table: Callable[[str], str], name: str, script: str) -> None:
+    """The body of ``python -m ptmdd_lightning.<name> OUTDIR``: print ``table(OUTDIR)``.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``).
+        table: builds the Markdown table of a campaign folder (``reproduce.table``, ``findings.table``).
+        name: the module's name, for the usage and error lines.
+        script: the script whose OUTDIR it reads, for the usage line.
+
+    Raises:
+        SystemExit: 2 with one line on stderr for a wrong argument list or a :class:`PtmddError` of ``table``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or args[0].startswith("-"):
+        print(f"usage: python -m ptmdd_lightning.{name} OUTDIR   (the OUTDIR of scripts/{script})", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(table(args[0]), end="")
+    except PtmddError as err:
+        print(f"ptmdd {name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

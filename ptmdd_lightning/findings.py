@@ -22,14 +22,13 @@ with that in mind (docs/paper.md says which contrast decides each finding).
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ptmdd_lightning.compare import paired_difference
+from ptmdd_lightning.compare import outdir_table_main, paired_difference
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
 
@@ -301,15 +300,7 @@ def table(outdir: str | Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ptmdd_lightning.findings OUTDIR``; a user error exits 2 with one line."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m ptmdd_lightning.findings OUTDIR   (the OUTDIR of scripts/findings.sh)", file=sys.stderr)
-        sys.exit(2)
-    try:
-        print(table(args[0]), end="")
-    except PtmddError as err:
-        print(f"ptmdd findings: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    outdir_table_main(argv, table, "findings", "findings.sh")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ listed as such. Accuracies in percent; the runs store fractions.
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptmdd_lightning.compare import final_rows, paired_difference
+from ptmdd_lightning.compare import final_rows, outdir_table_main, paired_difference
 from ptmdd_lightning.errors import PtmddError
 
 __all__ = ["ROWS", "Row", "main", "table"]
@@ -149,17 +148,7 @@ def table(outdir: str | Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m ptmdd_lightning.reproduce OUTDIR``; a user error exits 2 with one line."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0].startswith("-"):
-        print(
-            "usage: python -m ptmdd_lightning.reproduce OUTDIR   (the OUTDIR of scripts/reproduce.sh)", file=sys.stderr
-        )
-        sys.exit(2)
-    try:
-        print(table(args[0]), end="")
-    except PtmddError as err:
-        print(f"ptmdd reproduce: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    outdir_table_main(argv, table, "reproduce", "reproduce.sh")
 
 
 if __name__ == "__main__":
