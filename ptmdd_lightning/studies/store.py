@@ -320,10 +320,14 @@ class Study:
                 return path
         return None
 
+    def _next_version(self, slot: Slot) -> Path:
+        """The path of ``slot``'s next version folder (``version_0`` first; caller holds :meth:`lock`)."""
+        versions = self.versions(slot)
+        return slot.root / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+
     def _make_folder(self, slot: Slot) -> Path:
         """Create the next version folder for ``slot`` with its config (caller holds :meth:`lock`)."""
-        versions = self.versions(slot)
-        folder = slot.root / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+        folder = self._next_version(slot)
         folder.mkdir(parents=True)
         atomic_write_text(folder / _POINT_YAML, yaml.safe_dump(with_logger(slot.config, folder), sort_keys=False))
         record = {
@@ -382,8 +386,7 @@ class Study:
             with self.lock():
                 if self.folder(slot) is not None:
                     return None
-                versions = self.versions(slot)
-                folder = slot.root / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
+                folder = self._next_version(slot)
                 staging = slot.root / f".adopting_{uuid.uuid4().hex}"
                 shutil.copytree(source, staging, ignore=shutil.ignore_patterns(_CLAIM, _FAILED))
                 atomic_write_text(
