@@ -96,8 +96,8 @@ class DistillerBase(LightningModule):
             ``PTMDD_BACKEND`` overrides it; ``results.json`` records what ran (``machine.backend``).
 
     Raises:
-        PtmddError: bad settings (ipc < 1, alpha < 0, cclom_batch_real < 1, unknown arch, ...), at construction
-            time, i.e. when the CLI instantiates the config.
+        PtmddError: bad settings (ipc < 1, alpha < 0, cclom_batch_real < 1, base_weight < 0 or 0 without ptms,
+            unknown arch, ...), at construction time, i.e. when the CLI instantiates the config.
     """
 
     def __init__(
