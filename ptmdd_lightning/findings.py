@@ -122,6 +122,27 @@ def _study(outdir: Path, study: str) -> Path:
     return outdir / "lightning_logs" / "sweeps" / f"findings_{study}"
 
 
+def _read_long(long_csv: str | Path) -> pd.DataFrame:
+    """A study's ``results_long.csv``, checked (the errors of :func:`seed_means`)."""
+    path = Path(long_csv)
+    if not path.is_file():
+        raise PtmddError(f"{path} does not exist; run ptmdd-sweep (or --collect-only) on that study first.")
+    frame = pd.read_csv(path)
+    missing = {"point", "seed", "arch", "set", "labels", "acc"} - set(frame.columns)
+    if missing:
+        raise PtmddError(f"{path} lacks the columns {sorted(missing)}; rewrite it with ptmdd-sweep --collect-only.")
+    return frame
+
+
+def _means(frame: pd.DataFrame, which: str) -> dict[str, dict[int, float]]:
+    keep = frame[(frame["arch"] == "ConvNet") & (frame["set"] == which) & (frame["labels"] == "hard")]
+    means = keep.groupby(["point", "seed"])["acc"].mean() * 100.0
+    out: dict[str, dict[int, float]] = {}
+    for (point, seed), value in means.items():
+        out.setdefault(str(point), {})[int(seed)] = float(value)
+    return out
+
+
 def seed_means(long_csv: str | Path, which: str = "synthetic") -> dict[str, dict[int, float]]:
     """``{point: {seed: accuracy %}}``: each seed's mean over its ConvNet-3 models (hard labels).
 
@@ -136,19 +157,7 @@ def seed_means(long_csv: str | Path, which: str = "synthetic") -> dict[str, dict
     Raises:
         PtmddError: the file is missing or lacks the columns ``point, seed, arch, set, labels, acc``.
     """
-    path = Path(long_csv)
-    if not path.is_file():
-        raise PtmddError(f"{path} does not exist; run ptmdd-sweep (or --collect-only) on that study first.")
-    frame = pd.read_csv(path)
-    missing = {"point", "seed", "arch", "set", "labels", "acc"} - set(frame.columns)
-    if missing:
-        raise PtmddError(f"{path} lacks the columns {sorted(missing)}; rewrite it with ptmdd-sweep --collect-only.")
-    keep = frame[(frame["arch"] == "ConvNet") & (frame["set"] == which) & (frame["labels"] == "hard")]
-    means = keep.groupby(["point", "seed"])["acc"].mean() * 100.0
-    out: dict[str, dict[int, float]] = {}
-    for (point, seed), value in means.items():
-        out.setdefault(str(point), {})[int(seed)] = float(value)
-    return out
+    return _means(_read_long(long_csv), which)
 
 
 def _verdict(lo: float, hi: float, expect: int) -> str:
@@ -252,9 +261,12 @@ def table(outdir: str | Path) -> str:
     if not out.is_dir():
         raise PtmddError(f"{out} is not a folder; give the OUTDIR of scripts/findings.sh.")
     points: dict[str, dict[str, dict[int, float]] | None] = {}
+    reals: dict[str, dict[str, dict[int, float]]] = {}
     for study in dict.fromkeys(c.study for c in CONTRASTS):
         csv = _study(out, study) / "results_long.csv"
-        points[study] = seed_means(csv) if csv.is_file() else None
+        frame = _read_long(csv) if csv.is_file() else None  # read once: the synthetic and the random real rows
+        points[study] = _means(frame, "synthetic") if frame is not None else None
+        reals[study] = _means(frame, "random_real") if frame is not None else {}
     lines = [
         "| finding | contrast (b vs a) | a (%) | b (%) | seeds | b - a (95 % CI half-width) | 95 % CI | verdict |",
         "|---|---|---|---|---|---|---|---|",
@@ -278,9 +290,8 @@ def table(outdir: str | Path) -> str:
         "|---|---|---|---|",
     ]
     for study in points:
-        csv = _study(out, study) / "results_long.csv"
         dm = (points[study] or {}).get(_DM, {})
-        real = (seed_means(csv, "random_real") if csv.is_file() else {}).get(_DM, {})
+        real = reals[study].get(_DM, {})
         if dm:
             shown = f"{statistics.fmean(real.values()):.2f}" if real else "-"
             lines.append(f"| {study} | {statistics.fmean(dm.values()):.2f} | {shown} | {len(dm)} |")

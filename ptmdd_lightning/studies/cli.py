@@ -46,7 +46,7 @@ from ptmdd_lightning.studies.execute import (
     submit_slurm,
 )
 from ptmdd_lightning.studies.spec import check_slurm, load_sweep
-from ptmdd_lightning.studies.store import Study
+from ptmdd_lightning.studies.store import ADOPTED_FROM, Study
 
 __all__ = ["build_parser", "main"]
 
@@ -164,7 +164,7 @@ def _adopt(study: Study, slots) -> None:
     for slot in slots:
         folder = study.adopt(slot, siblings)
         if folder is not None:
-            source = json.loads((folder / "sweep_point.json").read_text())["adopted_from"]
+            source = json.loads((folder / "sweep_point.json").read_text())[ADOPTED_FROM]
             print(f"[ptmdd-sweep] {slot.key}: identical to the done run {source}: copied, not rerun")
 
 

@@ -325,11 +325,9 @@ class Study:
         versions = self.versions(slot)
         return slot.root / f"version_{int(versions[-1].name[8:]) + 1 if versions else 0}"
 
-    def _make_folder(self, slot: Slot) -> Path:
-        """Create the next version folder for ``slot`` with its config (caller holds :meth:`lock`)."""
-        folder = self._next_version(slot)
-        folder.mkdir(parents=True)
-        atomic_write_text(folder / _POINT_YAML, yaml.safe_dump(with_logger(slot.config, folder), sort_keys=False))
+    def _write_point(self, slot: Slot, where: Path, folder: Path, **more: str) -> None:
+        """Write ``slot``'s ``sweep_point.yaml`` (its logger writing into ``folder``) and ``.json`` into ``where``."""
+        atomic_write_text(where / _POINT_YAML, yaml.safe_dump(with_logger(slot.config, folder), sort_keys=False))
         record = {
             "signature": slot.signature,
             "point": slot.point.id,
@@ -338,8 +336,15 @@ class Study:
             "subcommand": slot.subcommand,
             "extra": self.extra,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **more,
         }
-        atomic_write_text(folder / _POINT_JSON, json.dumps(record, indent=1))
+        atomic_write_text(where / _POINT_JSON, json.dumps(record, indent=1))
+
+    def _make_folder(self, slot: Slot) -> Path:
+        """Create the next version folder for ``slot`` with its config (caller holds :meth:`lock`)."""
+        folder = self._next_version(slot)
+        folder.mkdir(parents=True)
+        self._write_point(slot, folder, folder)
         return folder
 
     def sibling_runs(self) -> dict[str, list[Path]]:
@@ -366,8 +371,8 @@ class Study:
         Only a run this study never started is adopted (``slot`` has no version folder of its signature), only a
         point (never a ``prepare`` run), and only a source that is done by :meth:`is_done`'s test and unclaimed.
         The copy is made next to the version folders and renamed into place under :meth:`lock`; its
-        ``sweep_point.yaml`` gets this study's logger folder, and its ``sweep_point.json`` this study's point and
-        ``adopted_from`` (the source folder). A run whose signature is equal ran the same merged config, seed,
+        ``sweep_point.{yaml,json}`` are this study's (its logger folder, point, creation time) plus ``adopted_from``
+        (the source folder). A run whose signature is equal ran the same merged config, seed,
         subcommand and extra arguments; the code version is not part of the signature (as for resuming).
 
         Args:
@@ -389,12 +394,7 @@ class Study:
                 folder = self._next_version(slot)
                 staging = slot.root / f".adopting_{uuid.uuid4().hex}"
                 shutil.copytree(source, staging, ignore=shutil.ignore_patterns(_CLAIM, _FAILED))
-                atomic_write_text(
-                    staging / _POINT_YAML, yaml.safe_dump(with_logger(slot.config, folder), sort_keys=False)
-                )
-                record = {**_read_json(source / _POINT_JSON), "point": slot.point.id, "kind": slot.point.kind}
-                record[ADOPTED_FROM] = str(source)
-                atomic_write_text(staging / _POINT_JSON, json.dumps(record, indent=1))
+                self._write_point(slot, staging, folder, **{ADOPTED_FROM: str(source)})
                 staging.rename(folder)
             return folder
         return None
