@@ -348,6 +348,75 @@ def test_sigterm_stops_the_final_evaluation_promptly_and_the_resume_finishes_it(
     assert (folder / "synthetic_set.pt").is_file()
 
 
+class StallAfterFirstModel(Callback):
+    """Test helper: once the evaluation has tested its first model, write ``marker`` and wait (up to ``timeout``
+    s) for SIGTERM, which then stops the evaluation inside the second model.
+
+    Wraps the evaluation's ``train_and_test`` to see its ``on_model`` calls; numerically inert.
+    """
+
+    def __init__(self, marker: str, timeout: float = 120.0) -> None:
+        import ptmdd_lightning.callbacks.evaluate as evaluate
+
+        self.marker, self.timeout, self.trainer = marker, timeout, None
+        original = evaluate.train_and_test
+
+        def wrapped(*args, on_model=None, **kwargs):
+            def stall(i: int, acc: float) -> None:
+                on_model(i, acc)
+                if not Path(self.marker).exists():
+                    Path(self.marker).write_text(str(i))
+                    deadline = time.monotonic() + self.timeout
+                    while not self.trainer.received_sigterm and time.monotonic() < deadline:
+                        time.sleep(0.02)
+
+            return original(*args, on_model=stall, **kwargs)
+
+        evaluate.train_and_test = wrapped
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.trainer = trainer
+
+
+def test_models_tested_before_a_sigterm_are_kept_and_the_resume_trains_only_the_others(
+    tmp_path, monkeypatch, fake_fashion_root
+):
+    """SIGTERM inside the second of 3 evaluation models: ``last.ckpt`` keeps model 0's accuracy, the resumed run
+    trains models 1 and 2 only, and the row equals an uninterrupted run's, model by model."""
+    import ptmdd_lightning.callbacks.evaluate as evaluate
+
+    evaluation = _evaluation(3)
+    evaluation["init_args"]["num_models"] = 3
+    stall = {"class_path": "tests.test_resume.StallAfterFirstModel", "init_args": {"marker": str(tmp_path / "stalled")}}
+    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[stall, evaluation])
+    code, output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGTERM)
+    assert code == 143, output
+    folder = tmp_path / "logs" / "run" / "version_0"
+    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
+    (partial,) = next(v for k, v in state.items() if "SyntheticSetEvaluation" in k)["partial"].values()
+    assert list(partial["accs"]) == [0] and not (folder / "results.json").exists()
+
+    given: list[dict] = []
+    original = evaluate.train_and_test
+
+    def spy(*args, done=None, **kwargs):
+        given.append(dict(done or {}))
+        return original(*args, done=done, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train_and_test", spy)
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[evaluation])
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert given == [{0: partial["accs"][0]}]  # model 0 is not trained again
+    (row,) = json.loads((folder / "results.json").read_text())
+
+    (tmp_path / "reference").mkdir()
+    monkeypatch.chdir(tmp_path / "reference")
+    main(["fit", "--config", str(config)])
+    (expected,) = json.loads((tmp_path / "reference" / "logs" / "run" / "version_0" / "results.json").read_text())
+    assert row["accs"] == expected["accs"] and row["accs"][0] == partial["accs"][0]
+
+
 def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_path):
     from types import SimpleNamespace
 

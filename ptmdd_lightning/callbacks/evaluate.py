@@ -39,9 +39,12 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
     ``eval/<arch>/baseline_acc`` and the gain ``eval/<arch>/gain``, adds the image grid to TensorBoard, writes
     ``results.{md,csv,json}`` to the run folder and prints a summary.
 
-    Interruptions: SIGTERM stops an evaluation after the epoch in progress; the rows finished so far go into
-    ``last.ckpt`` (:meth:`on_exception`), and a resumed run evaluates only what is missing, also when training
-    was already complete (:class:`~ptmdd_lightning.callbacks.export.EndOfTrainingWork`).
+    Interruptions: SIGTERM stops an evaluation after the epoch in progress; the rows finished so far, and the
+    models of the row in progress that were already tested, go into ``last.ckpt`` (:meth:`on_exception`), and a
+    resumed run evaluates only what is missing (rows, and within a row the untested models: model ``i`` depends
+    on the evaluation seed and ``i`` alone, :func:`~ptmdd_lightning.core.evaluate.train_and_test`), also when
+    training was already complete (:class:`~ptmdd_lightning.callbacks.export.EndOfTrainingWork`). A SIGKILL
+    loses the evaluation since the last checkpoint.
 
     Args:
         archs: evaluation architectures (cross-architecture generalisation), e.g. ``["ConvNet", "AlexNet"]``.
@@ -112,7 +115,9 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.seed = seed
         self.rows: list[dict[str, Any]] = []
         self._baseline_rows: dict[str, dict[str, Any]] = {}
-        self._unsaved = False  # rows evaluated since the last checkpoint
+        self._unsaved = False  # rows (or models of a row) evaluated since the last checkpoint
+        # the row in progress: {row key: {"accs": {model index: accuracy}, "seconds": wall seconds so far}}
+        self._partial: dict[str, dict[str, Any]] = {}
         self._train_seconds = 0.0  # wall seconds of the distillation steps so far (kept across a resume)
         self._mark: float | None = None
         self._soft_label_bytes = 0
@@ -121,11 +126,18 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         """The rows evaluated so far, for the Lightning checkpoint.
 
         The rows evaluated so far (and the random-real rows), saved in the Lightning checkpoint so that a resumed
-        run's ``results.*`` still list the evaluations made before the interruption.
+        run's ``results.*`` still list the evaluations made before the interruption; ``partial``: the models of
+        an unfinished row already tested (``{row key: {"accs": {index: accuracy}, "seconds": s}}``).
         """
         self._unsaved = False
         baseline = {k: dict(v) for k, v in self._baseline_rows.items()}
-        return {"rows": [dict(r) for r in self.rows], "baseline_rows": baseline, "train_seconds": self._train_seconds}
+        partial = {k: {"accs": dict(v["accs"]), "seconds": v["seconds"]} for k, v in self._partial.items()}
+        return {
+            "rows": [dict(r) for r in self.rows],
+            "baseline_rows": baseline,
+            "train_seconds": self._train_seconds,
+            "partial": partial,
+        }
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """After a SIGTERM during an evaluation, rewrite ``last.ckpt`` with the rows finished so far.
@@ -150,6 +162,10 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.rows = [dict(r) for r in state_dict.get("rows", [])]
         self._baseline_rows = {k: dict(v) for k, v in state_dict.get("baseline_rows", {}).items()}
         self._train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self._partial = {
+            k: {"accs": {int(i): float(a) for i, a in v["accs"].items()}, "seconds": float(v["seconds"])}
+            for k, v in state_dict.get("partial", {}).items()
+        }
 
     def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
@@ -222,8 +238,21 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             protocol = dataclasses.replace(protocol, dsa_strategy=None)
         teacher = self._get_teacher(trainer, pl_module, name) if name is not None else None
         what = f"{which} set on {arch}" + ("" if variant == HARD else f", {kind} labels ({name}), augment {augment}")
-        rank_zero_info(f"[ptmdd] evaluating the {what}: {num_models} models x {protocol.epochs} epochs")
+        # models of this row tested before an interruption (same step, set, seed and protocol) are not retrained
+        key = f"{trainer.global_step}|{arch}|{which}|{kind}|{augment}|{name}|{seed}|{num_models}|{protocol.epochs}"
+        partial = self._partial.get(key, {"accs": {}, "seconds": 0.0})
+        done = partial["accs"]
+        resumed = f", {len(done)} tested before the interruption" if done else ""
+        rank_zero_info(f"[ptmdd] evaluating the {what}: {num_models} models x {protocol.epochs} epochs{resumed}")
         start = time.perf_counter()
+
+        def keep(i: int, acc: float) -> None:
+            self._partial[key] = {
+                "accs": {**self._partial.get(key, partial)["accs"], i: acc},
+                "seconds": partial["seconds"] + time.perf_counter() - start,
+            }
+            self._unsaved = True
+
         with EvaluationProgress(f"eval {arch} {which}", num_models, trainer) as progress:
             accs = train_and_test(
                 arch,
@@ -239,8 +268,11 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 mode=self.mode,
                 progress=progress,
                 teacher=teacher,
+                done=done,
+                on_model=keep,
             )
-        return accs, time.perf_counter() - start
+        self._partial.pop(key, None)  # the row is complete: the caller keeps it
+        return accs, partial["seconds"] + time.perf_counter() - start
 
     def _row_at(self, step: int, arch: str, which: str, variant: Variant = HARD) -> dict[str, Any] | None:
         """The row of ``(step, arch, set, variant)`` evaluated already (kept in the state across a resume), if any."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -506,8 +506,10 @@ def train_models(
 
     Every model gets its own init, its own shuffling and its own DSA draws, all derived from
     ``torch.Generator().manual_seed(seed)``; the result is deterministic given ``seed`` and the same in
-    both modes (up to floating-point rounding). The global RNG state is left untouched (module inits and
-    any global-RNG op such as dropout run under a forked, seeded global RNG).
+    both modes (up to floating-point rounding). Model ``i``'s streams depend on ``seed`` and ``i`` alone, so a
+    model trained by itself (:func:`train_and_test` with ``done``) is the same model. The global RNG state is
+    left untouched (module inits and any global-RNG op such as dropout run under a forked global RNG, seeded
+    per model in the sequential mode and once in the vmapped one).
 
     Args:
         arch: a ``ptmdd_lightning.nets.build_net`` name (built as ``build_net(arch, C, num_classes, (H, W))``)
@@ -536,6 +538,40 @@ def train_models(
         PtmddError: bad shapes/labels/``num_models``/``mode``; ``mode="vmap"`` for a net vmap cannot train; a
             teacher whose input shape or class count does not match the student's.
     """
+    models: list[nn.Module] = []
+    for _, group in _train_groups(
+        arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress, teacher, skip=()
+    ):
+        models.extend(group)
+    return models
+
+
+def _model_seed(global_seed: int, index: int) -> int:
+    """The global-RNG seed of model ``index`` in the sequential mode (dropout and other global-RNG ops)."""
+    return (global_seed + index) % (2**63 - 1)
+
+
+def _train_groups(
+    arch: Arch,
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    num_models: int,
+    protocol: EvalProtocol | None,
+    seed: int,
+    device: torch.device | str | None,
+    mode: str,
+    progress: Progress | None,
+    teacher: Teacher | None,
+    skip: Sequence[int],
+) -> Iterator[tuple[list[int], list[nn.Module]]]:
+    """Train the models of :func:`train_models` except those in ``skip``; yield ``(indices, models)`` as they finish.
+
+    The sequential mode yields every model as soon as it is trained (``([i], [model_i])``), the vmapped mode all
+    of them at the end. Model ``i`` draws only from its own streams (:class:`_ModelRNG` ``i`` of ``seed``, and
+    :func:`_model_seed` for the global RNG in the sequential mode), so skipping models changes no other model.
+    ``progress`` counts the skipped models as done.
+    """
     protocol = protocol if protocol is not None else EvalProtocol()
     _check_data(images, labels, num_classes, "training")
     if not isinstance(num_models, int) or num_models < 1:
@@ -551,15 +587,37 @@ def train_models(
     if teacher is not None:
         teacher = teacher.to(device).eval()
         teacher.check(num_classes, (c, h, w), device)
-    models = _build_models(build, rngs, device)
+    todo = [i for i in range(num_models) if i not in set(skip)]
+    if not todo:
+        return
+    models = _build_models(build, [rngs[i] for i in todo], device)
     chosen = _resolve_mode(mode, models, images, labels, protocol.precision)
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        torch.manual_seed(global_seed)
-        if chosen == "vmap":
-            _train_vmap(models, images, labels, protocol, rngs, progress, teacher)
-        else:
-            _train_loop(models, images, labels, protocol, rngs, progress, teacher)
-    return models
+    epochs, total = protocol.epochs, num_models * protocol.epochs
+    if chosen == "vmap":
+        before = (num_models - len(todo)) * epochs
+
+        def shifted(done: int, _total: int) -> None:
+            progress(before + done, total)
+
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            torch.manual_seed(global_seed)
+            _train_vmap(
+                models, images, labels, protocol, [rngs[i] for i in todo], shifted if progress else None, teacher
+            )
+        yield todo, models
+        return
+    for j, i in enumerate(todo):
+        before = (num_models - len(todo) + j) * epochs
+
+        def shifted(done: int, _total: int, before: int = before) -> None:
+            progress(before + done, total)
+
+        one = [models[j]]
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            torch.manual_seed(_model_seed(global_seed, i))
+            _train_loop(one, images, labels, protocol, [rngs[i]], shifted if progress else None, teacher)
+        models[j] = None  # type: ignore[call-overload]  # the caller holds it now
+        yield [i], one
 
 
 # --------------------------------------------------------------------------------------------- testing
@@ -664,11 +722,16 @@ def train_and_test(
     mode: str = "auto",
     progress: Progress | None = None,
     teacher: Teacher | None = None,
+    done: Mapping[int, float] | None = None,
+    on_model: Callable[[int, float], None] | None = None,
 ) -> Tensor:
     """Evaluate a synthetic set: train ``num_models`` fresh nets on it, return their real test accuracies.
 
     The DC/DSA/DM ``evaluate_synset`` protocol (see :class:`EvalProtocol`), every model trained from its own
-    random init and tested after the last epoch; :func:`train_models` then :func:`evaluate_models`.
+    random init and tested after the last epoch; :func:`train_models` then :func:`evaluate_models`. In the
+    sequential mode every model is tested as soon as it is trained, so an interrupted evaluation keeps the models
+    finished so far (``on_model``) and a resumed one trains only the others (``done``): model ``i`` depends on
+    ``seed`` and ``i`` alone, so the accuracies equal an uninterrupted evaluation's.
 
     Args:
         arch: a ``build_net`` name (e.g. ``"ConvNet"``) or a zero-argument factory of fresh nets.
@@ -684,13 +747,19 @@ def train_and_test(
         mode: ``"auto"`` | ``"vmap"`` | ``"loop"`` (see :func:`train_models`).
         progress: ``progress(done, total)`` after every training epoch (see :func:`train_models`).
         teacher: soft labels from a PTM or an ensemble (see :func:`train_models`); ``None``: hard labels.
+        done: ``{model index: test accuracy in [0, 1]}`` of models of this same evaluation (same data, seed,
+            protocol) finished before an interruption; they are not trained again and their accuracies are
+            returned as given.
+        on_model: called as ``on_model(i, accuracy)`` once model ``i`` is tested (sequential mode: after every
+            model; vmapped: after all), e.g. to save progress.
 
     Returns:
         ``(num_models,)`` float64 CPU tensor of test accuracies in ``[0, 1]``.
 
     Raises:
         PtmddError: bad shapes/labels, test images of another shape than the training images, bad
-            ``num_models``/``mode``, ``mode="vmap"`` for a net vmap cannot train, or a teacher that does not fit.
+            ``num_models``/``mode``, ``mode="vmap"`` for a net vmap cannot train, a teacher that does not fit, or
+            a ``done`` index outside ``[0, num_models)`` or accuracy outside ``[0, 1]``.
     """
     protocol = protocol if protocol is not None else EvalProtocol()
     _check_data(test_images, test_labels, num_classes, "test")
@@ -699,18 +768,36 @@ def train_and_test(
             f"test images are {tuple(test_images.shape[1:])} but the synthetic images are "
             f"{tuple(images.shape[1:])}; evaluate on the test split of the dataset that was distilled."
         )
-    models = train_models(
-        arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress, teacher
+    if not isinstance(num_models, int) or num_models < 1:
+        raise PtmddError(f"num_models must be an int >= 1, got {num_models!r}; the reference uses 5 to 20.")
+    done = dict(done or {})
+    for i, acc in done.items():
+        if not (isinstance(i, int) and 0 <= i < num_models and 0.0 <= float(acc) <= 1.0):
+            raise PtmddError(
+                f"done must map model indices in [0, {num_models}) to accuracies in [0, 1], got {i!r}: {acc!r}; "
+                "pass the on_model results of an interrupted evaluation with the same num_models."
+            )
+    accs = torch.full((num_models,), float("nan"), dtype=torch.float64)
+    for i, acc in done.items():
+        accs[i] = float(acc)
+    groups = _train_groups(
+        arch, images, labels, num_classes, num_models, protocol, seed, device, mode, progress, teacher, skip=done
     )
-    return evaluate_models(
-        models,
-        test_images,
-        test_labels,
-        precision=protocol.precision,
-        batch_size=protocol.test_batch_size,
-        mode=mode,
-        channels_last=protocol.channels_last,
-    )
+    for indices, models in groups:
+        tested = evaluate_models(
+            models,
+            test_images,
+            test_labels,
+            precision=protocol.precision,
+            batch_size=protocol.test_batch_size,
+            mode=mode,
+            channels_last=protocol.channels_last,
+        )
+        for i, acc in zip(indices, tested.tolist(), strict=True):
+            accs[i] = acc
+            if on_model is not None:
+                on_model(i, acc)
+    return accs
 
 
 # -------------------------------------------------------------------------------------- baseline, stats

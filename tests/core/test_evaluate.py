@@ -341,3 +341,74 @@ def test_progress_counts_model_epochs_and_can_stop_the_training(mode):
 
     with pytest.raises(Stop):
         train_and_test(tiny_net, x, y, x, y, 2, 2, p, seed=0, mode=mode, progress=stop)
+
+
+# ------------------------------------------------------------------------------ interrupted and resumed
+
+
+def _augmented_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, EvalProtocol]:
+    x, y = bright_dark(12, seed=0)
+    tx, ty = bright_dark(64, seed=1)
+    # DSA on, lr large enough that the models' accuracies differ from each other
+    return x, y, tx, ty, EvalProtocol(epochs=4, batch_size=8, lr=0.3, precision="32")
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_an_evaluation_stopped_after_a_model_resumes_to_the_uninterrupted_accuracies(mode):
+    """Models tested before an interruption (``on_model``) are passed back as ``done``: only the rest train, and the
+    accuracies equal one uninterrupted evaluation's, model by model."""
+    x, y, tx, ty, p = _augmented_problem()
+    seen: list[tuple[int, float]] = []
+    full = train_and_test(tiny_net, x, y, tx, ty, 2, 4, p, seed=3, mode=mode, on_model=lambda i, a: seen.append((i, a)))
+    assert [i for i, _ in seen] == [0, 1, 2, 3] if mode == "loop" else sorted(i for i, _ in seen) == [0, 1, 2, 3]
+    assert [a for _, a in sorted(seen)] == full.tolist()
+    assert len(set(full.tolist())) > 1  # the models differ, so a model shifted to another index would be noticed
+
+    class Stop(Exception):
+        pass
+
+    kept: dict[int, float] = {}
+
+    def stop_in_model_3(done: int, total: int) -> None:
+        if done > 2 * p.epochs:  # inside the third model's (index 2) training
+            raise Stop
+
+    if mode == "loop":  # the loop tests every model as it finishes: models 0 and 1 survive the stop
+        with pytest.raises(Stop):
+            train_and_test(
+                tiny_net, x, y, tx, ty, 2, 4, p, seed=3, mode=mode, progress=stop_in_model_3, on_model=kept.__setitem__
+            )
+        assert kept == {0: full[0].item(), 1: full[1].item()}
+    else:  # vmap trains all at once: nothing is tested before the end
+        kept = {0: full[0].item(), 3: full[3].item()}
+    trained: list[int] = []
+    resumed = train_and_test(
+        tiny_net,
+        x,
+        y,
+        tx,
+        ty,
+        2,
+        4,
+        p,
+        seed=3,
+        mode=mode,
+        done=kept,
+        progress=lambda done, total: trained.append(done),
+        on_model=lambda i, a: trained.append(-1 - i),
+    )
+    assert torch.equal(resumed, full)
+    missing = [i for i in range(4) if i not in kept]
+    assert sorted(-1 - t for t in trained if t < 0) == missing  # only the missing models were trained and tested
+    # progress (in model-epochs) counts the models done before as done: the first call is one epoch past them
+    first_epoch = 1 if mode == "loop" else len(missing)  # vmap: an epoch of every missing model at once
+    assert min(t for t in trained if t > 0) == len(kept) * p.epochs + first_epoch
+
+
+def test_done_models_are_returned_as_given_and_bad_ones_are_refused():
+    x, y, tx, ty, p = _augmented_problem()
+    accs = train_and_test(tiny_net, x, y, tx, ty, 2, 2, p, seed=0, done={0: 0.125, 1: 0.5})  # nothing to train
+    assert accs.tolist() == [0.125, 0.5]
+    for bad in ({2: 0.5}, {-1: 0.5}, {0: 1.5}, {"0": 0.5}):
+        with pytest.raises(PtmddError, match="done must map model indices"):
+            train_and_test(tiny_net, x, y, tx, ty, 2, 2, p, seed=0, done=bad)
