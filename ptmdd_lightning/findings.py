@@ -160,6 +160,14 @@ def seed_means(long_csv: str | Path, which: str = "synthetic") -> dict[str, dict
     return _means(_read_long(long_csv), which)
 
 
+def _mean_sd(values) -> str:
+    """``"mean ± std"`` (sample std, n - 1) of percentages; the mean alone for one value."""
+    values = list(values)
+    if len(values) < 2:
+        return f"{statistics.fmean(values):.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def _verdict(lo: float, hi: float, expect: int) -> str:
     if expect:
         return "holds" if lo > 0 else "does not hold" if hi < 0 else "cannot tell"
@@ -286,6 +294,9 @@ def table(outdir: str | Path) -> str:
     ]
     lines += [
         "",
+        "Mean ± std (n - 1) over the seeds' means. The random real subset is drawn once per seed "
+        "(`baseline_draw: run`) in the DM-alone runs of the sweeps, so its std is that of the draws.",
+        "",
         "| study | DM alone (%) | random real, same protocol (%) | seeds |",
         "|---|---|---|---|",
     ]
@@ -293,8 +304,8 @@ def table(outdir: str | Path) -> str:
         dm = (points[study] or {}).get(_DM, {})
         real = reals[study].get(_DM, {})
         if dm:
-            shown = f"{statistics.fmean(real.values()):.2f}" if real else "-"
-            lines.append(f"| {study} | {statistics.fmean(dm.values()):.2f} | {shown} | {len(dm)} |")
+            shown = _mean_sd(real.values()) if real else "-"
+            lines.append(f"| {study} | {_mean_sd(dm.values())} | {shown} | {len(dm)} |")
     costs = pool_costs(out / "ptm_pool" / "findings")
     nm = points.get("nm") or {}
     if costs:

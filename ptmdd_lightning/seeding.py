@@ -7,6 +7,8 @@ depends only on ``(seed, rank, step)`` and a resumed run continues exactly (test
   (:class:`ptmdd_lightning.data.DistillDataModule`);
 - :func:`mix_seed`: the distillers' per-step streams (the global RNG of a step, DM's fresh embedding net, DC/DSA's
   networks and their inner loops, the PTM draws), each tagged with a constant so that no two coincide;
+- :func:`random_real_seed`: the random real subset of a run's evaluation when it is drawn per run
+  (:class:`ptmdd_lightning.callbacks.SyntheticSetEvaluation` ``baseline_draw="run"``);
 - the evaluation engine (:mod:`ptmdd_lightning.core.evaluate`) draws one seed per model from a generator seeded with
   the evaluation seed, in model order, so that model ``i`` is the same however many models run.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["batch_seed", "mix_seed"]
+__all__ = ["batch_seed", "mix_seed", "random_real_seed"]
 
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -55,4 +57,17 @@ def batch_seed(seed: int, rank: int, step: int) -> int:
         an ``int`` in ``[0, 2**63)``.
     """
     digest = hashlib.sha256(f"ptmdd-data:{int(seed)}:{int(rank)}:{int(step)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def random_real_seed(seed: int, eval_seed: int) -> int:
+    """The 63-bit seed of the random real subset drawn for a run seeded with ``seed``, evaluated with ``eval_seed``.
+
+    The first 8 bytes (little-endian) of the SHA-256 of ``"ptmdd-random-real:{seed}:{eval_seed}"``: like
+    :func:`batch_seed`, a stream of its own that no data or :func:`mix_seed` stream can coincide with.
+
+    Returns:
+        an ``int`` in ``[0, 2**63)``.
+    """
+    digest = hashlib.sha256(f"ptmdd-random-real:{int(seed)}:{int(eval_seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -100,7 +100,8 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone"]
     assert "| not run yet |" in lines["N_m 2 vs 1"]
     assert "nm at 7b0ad54, fbea4c6" in text and "na at -" in text
-    assert "| nm | 81.00 | 10.00 | 3 |" in text  # DM alone and the random real subset (acc 0.10) of the same runs
+    # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
+    assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
     main([str(tmp_path)])
     assert capsys.readouterr().out == text
     with pytest.raises(SystemExit) as err:

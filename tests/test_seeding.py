@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ptmdd_lightning.seeding import batch_seed, mix_seed
+from ptmdd_lightning.seeding import batch_seed, mix_seed, random_real_seed
 
 GOLDEN, MULT, M64 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, (1 << 64) - 1
 
@@ -29,3 +29,9 @@ def test_batch_seed_is_the_sha256_of_the_tagged_triple():
     digest = hashlib.sha256(b"ptmdd-data:7:1:4").digest()
     assert batch_seed(7, 1, 4) == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1) == 5461736375655456704
     assert batch_seed(7, 1, 4) != mix_seed(7, 1, 4)  # the data stream is not a distiller stream
+
+
+def test_random_real_seed_is_the_sha256_of_the_tagged_pair():
+    digest = hashlib.sha256(b"ptmdd-random-real:3:0").digest()
+    assert random_real_seed(3, 0) == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    assert random_real_seed(3, 0) != random_real_seed(0, 3) and random_real_seed(3, 0) != batch_seed(3, 0, 0)

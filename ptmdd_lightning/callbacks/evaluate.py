@@ -9,6 +9,7 @@ with the same IPC is evaluated under the identical protocol as the baseline.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Literal
 
@@ -26,10 +27,14 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import attach_scores, evaluation_labels, format_table, result_row, run_dir, write_results
+from ptmdd_lightning.seeding import random_real_seed
 
 #: one evaluation of a set: ``(labels, augment, teacher)``, teacher the :meth:`TeacherSpec.describe` of a soft one
 Variant = tuple[str, bool, str | None]
 HARD: Variant = ("hard", True, None)
+
+#: the random real subset's draws (``SyntheticSetEvaluation(baseline_draw=...)``)
+BASELINE_DRAWS = ("evaluation", "run")
 
 
 class SyntheticSetEvaluation(EndOfTrainingWork):
@@ -58,6 +63,12 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         mode: ``"auto"`` (models one after the other on CPU, where vmap measured slower; vmapped on CUDA), ``"vmap"``,
             ``"loop"``.
         baseline: also evaluate a random real subset with the same IPC (once per run; it does not change).
+        baseline_draw: which random real subset (``ipc`` images of every class, the DC code's ``get_images``):
+            ``"evaluation"`` (default) draws it with the evaluation ``seed`` (``+ 1``), so every run evaluated with
+            that seed gets the same subset (every earlier result of ptmdd); ``"run"`` draws it from the run's
+            ``seed_everything`` too (:func:`~ptmdd_lightning.seeding.random_real_seed`), a new subset per
+            distillation seed, as the DC/DSA/DM code draws new real images in every experiment: over a study's
+            seeds the random real row then averages over draws, not over one draw repeated.
         every_n_steps: evaluate every N optimisation steps too (``None``: only at the end).
         seed: evaluation seed (model inits, shuffles, augmentation).
         teachers: soft-label evaluation, a list of :class:`~ptmdd_lightning.core.soft_labels.TeacherSpec` (``ptms``,
@@ -72,7 +83,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
     Raises:
         PtmddError: num_models < 1, no archs, a ``protocol`` that is not an ``EvalProtocol`` (a flat key of
             older configs, e.g. ``epochs``, is refused by the CLI naming ``protocol.epochs``), a bad teacher
-            or a ``real_hard_acc`` outside ``[0, 1]``.
+            or a ``real_hard_acc`` outside ``[0, 1]``, or an unknown ``baseline_draw``.
     """
 
     def __init__(
@@ -88,8 +99,15 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         real_hard_acc: float | None = None,
         real_hard_source: str | None = None,
         no_aug: bool = False,
+        baseline_draw: Literal["evaluation", "run"] = "evaluation",
     ) -> None:
         archs = list(archs) if archs else ["ConvNet"]
+        if baseline_draw not in BASELINE_DRAWS:
+            raise PtmddError(
+                f"baseline_draw must be one of {', '.join(BASELINE_DRAWS)}, got {baseline_draw!r}: 'evaluation' "
+                "draws the random real subset from the evaluation seed, 'run' from the run's seed_everything too."
+            )
+        self.baseline_draw = baseline_draw
         if num_models < 1:
             raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
         if isinstance(protocol, dict):
@@ -166,6 +184,16 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             k: {"accs": {int(i): float(a) for i, a in v["accs"].items()}, "seconds": float(v["seconds"])}
             for k, v in state_dict.get("partial", {}).items()
         }
+
+    def baseline_draw_seed(self) -> int:
+        """The seed of the random real subset's draw (``torch.Generator().manual_seed``), see ``baseline_draw``.
+
+        ``"evaluation"``: the evaluation seed + 1; ``"run"``: :func:`~ptmdd_lightning.seeding.random_real_seed` of the
+        run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``; 0 when unset) and the evaluation seed.
+        """
+        if self.baseline_draw == "evaluation":
+            return self.seed + 1
+        return random_real_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.seed)
 
     def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough
@@ -342,7 +370,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 # the random real subset is evaluated once per run and variant (it does not change)
                 key = arch if plain_hard else f"{arch}|{variant[0]}|{variant[1]}|{variant[2]}"
                 if key not in self._baseline_rows:
-                    gen = torch.Generator().manual_seed(self.seed + 1)
+                    gen = torch.Generator().manual_seed(self.baseline_draw_seed())
                     real_x, real_y = random_real_subset(
                         dm.train_images, dm.train_labels, pl_module.hparams.ipc, pl_module.dataset_info.num_classes, gen
                     )

@@ -81,3 +81,59 @@ def test_pretrain_ptm_pool_also_pretrains_the_teachers_members(tmp_path, monkeyp
         ("synthetic", "soft"),
         ("random_real", "soft"),
     ]
+
+
+def test_runs_of_two_seeds_evaluate_different_random_real_subsets_with_baseline_draw_run(
+    tmp_path, monkeypatch, fake_fashion_root
+):
+    """``baseline_draw="run"``: runs of seeds 3 and 4 evaluate different random real subsets, each the draw of
+    ``random_real_seed(run seed, evaluation seed)``."""
+    import torch
+
+    import ptmdd_lightning.callbacks.evaluate as evaluate
+    from ptmdd_lightning.core.evaluate import random_real_subset
+    from ptmdd_lightning.seeding import random_real_seed
+
+    drawn: list[tuple] = []
+
+    def spy(images, labels, ipc, num_classes, generator):
+        state = generator.get_state()
+        subset = random_real_subset(images, labels, ipc, num_classes, generator)
+        drawn.append((images, labels, ipc, num_classes, state, subset))
+        return subset
+
+    monkeypatch.setattr(evaluate, "random_real_subset", spy)
+    monkeypatch.chdir(tmp_path)
+    evaluation = {
+        "class_path": "ptmdd_lightning.callbacks.SyntheticSetEvaluation",
+        "init_args": {"archs": ["ConvNetW32"], "num_models": 1, "protocol": {"epochs": 1}, "baseline_draw": "run"},
+    }
+    config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, max_steps=1, extra_callbacks=[evaluation])
+    for seed in (3, 4):
+        main(["fit", "--config", str(config), "--seed_everything", str(seed)])
+    (images, labels, ipc, k, _, subset_3), (*_, subset_4) = drawn
+    for (*_, state, subset), seed in zip(drawn, (3, 4), strict=True):
+        expected = torch.Generator().manual_seed(random_real_seed(seed, 0))
+        assert torch.equal(state, expected.get_state())
+        by_hand = random_real_subset(images, labels, ipc, k, expected)
+        assert all(torch.equal(a, b) for a, b in zip(subset, by_hand, strict=True))
+    assert not torch.equal(subset_3[0], subset_4[0])
+
+
+def test_the_default_draw_depends_on_the_evaluation_seed_alone(monkeypatch):
+    from ptmdd_lightning.callbacks import SyntheticSetEvaluation
+    from ptmdd_lightning.seeding import random_real_seed
+
+    for run_seed in ("3", "4"):
+        monkeypatch.setenv("PL_GLOBAL_SEED", run_seed)
+        assert SyntheticSetEvaluation(seed=5).baseline_draw_seed() == 6  # every earlier result's draw
+        per_run = SyntheticSetEvaluation(seed=5, baseline_draw="run").baseline_draw_seed()
+        assert per_run == random_real_seed(int(run_seed), 5)
+
+
+def test_an_unknown_baseline_draw_is_refused_with_the_choices():
+    from ptmdd_lightning.callbacks import SyntheticSetEvaluation
+    from ptmdd_lightning.errors import PtmddError
+
+    with pytest.raises(PtmddError, match="baseline_draw must be one of evaluation, run"):
+        SyntheticSetEvaluation(baseline_draw="seed")
