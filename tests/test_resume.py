@@ -391,6 +391,7 @@ def test_models_tested_before_a_sigterm_are_kept_and_the_resume_trains_only_the_
     killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[stall, evaluation])
     code, output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGTERM)
     assert code == 143, output
+    assert "saved the 0 rows evaluated so far and 1 tested models of the row in progress" in output
     folder = tmp_path / "logs" / "run" / "version_0"
     state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
     (partial,) = next(v for k, v in state.items() if "SyntheticSetEvaluation" in k)["partial"].values()

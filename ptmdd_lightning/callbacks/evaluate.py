@@ -170,9 +170,11 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             path = getattr(callback, "last_model_path", "")
             if path:
                 trainer.save_checkpoint(path)
+                models = sum(len(p["accs"]) for p in self._partial.values())
                 rank_zero_info(
                     f"[ptmdd] SIGTERM during the evaluation: saved the {len(self.rows)} rows evaluated "
-                    f"so far with the step-{trainer.global_step} state in {path}"
+                    f"so far and {models} tested models of the row in progress with the step-{trainer.global_step} "
+                    f"state in {path}"
                 )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
