@@ -37,7 +37,9 @@ class PTMCheckpoint(Callback):
     Files: ``<pool_root>/<source>/<arch>/seed<S>/epoch<E>.pt`` (written atomically) holding ``state_dict`` and the
     metadata a :class:`~ptmdd_lightning.core.guidance.PTMPool` validates: ``arch``, ``channels``, ``num_classes``,
     ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed``, the last ``val_acc``,
-    ``pretrain_seconds`` (wall seconds of the run up to this epoch, since its start or resume) and the ``recipe`` it
+    ``pretrain_seconds`` (wall seconds of training up to this epoch, summed over the run's resumes: the seconds so
+    far are kept in the Lightning checkpoint; work lost to a kill since the last checkpoint is not counted, its redoing
+    is) and the ``recipe`` it
     was trained with (:meth:`~ptmdd_lightning.core.guidance.PTMRecipe.record` of the Classifier's
     ``recipe``; without one, its plain SGD settings under the name ``"custom"``).
     Epoch ``E`` means "after E completed training epochs"; ``0`` saves the initialisation.
@@ -71,6 +73,21 @@ class PTMCheckpoint(Callback):
         self.saved: list[Path] = []
         #: stands in for the DataModule's metadata when a run has none (the nested runs of PretrainPTMPool)
         self.data_info = None
+        self._seconds_before = 0.0  # training seconds of the run before its last resume (from the checkpoint)
+        self._started: float | None = None
+
+    def _elapsed(self) -> float:
+        """Wall seconds of training so far: before the last resume plus since this process started training."""
+        since = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._seconds_before + since
+
+    def state_dict(self) -> dict[str, float]:
+        """``{"pretrain_seconds": s}``: the training seconds so far, for the Lightning checkpoint."""
+        return {"pretrain_seconds": self._elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        """Restore :meth:`state_dict` (checkpoints written before it existed restore 0)."""
+        self._seconds_before = float(state_dict.get("pretrain_seconds", 0.0))
 
     def _member_seed(self) -> int:
         return int(self.seed if self.seed is not None else os.environ.get("PL_GLOBAL_SEED", 0))
@@ -169,8 +186,8 @@ class PTMCheckpoint(Callback):
                 "seed": self._member_seed(),
                 "val_acc": float(val_acc) if val_acc is not None else None,
                 "recipe": self._recipe_record(trainer, pl_module),
-                # wall seconds of this training run up to this epoch (since its start or its resume): the cost
-                "pretrain_seconds": round(time.perf_counter() - getattr(self, "_started", time.perf_counter()), 3),
+                # wall seconds of training up to this epoch, summed over resumes: the member's cost
+                "pretrain_seconds": round(self._elapsed(), 3),
             }
             atomic_save(blob, path)
             rank_zero_info(f"[ptmdd] saved PTM {path}")
