@@ -587,7 +587,8 @@ def _train_groups(
     if teacher is not None:
         teacher = teacher.to(device).eval()
         teacher.check(num_classes, (c, h, w), device)
-    todo = [i for i in range(num_models) if i not in set(skip)]
+    skipped = set(skip)
+    todo = [i for i in range(num_models) if i not in skipped]
     if not todo:
         return
     models = _build_models(build, [rngs[i] for i in todo], device)
