@@ -101,6 +101,14 @@ CONTRASTS: tuple[Contrast, ...] = (
         for a in (100, 1000)
     ),
     Contrast(
+        _F3,
+        "domain",
+        "alpha=1000__real_batch=uniform",
+        "baseline=CCLoM_other-domain_alpha_1000_augmented_view",
+        "other-domain CCLoM alpha 1000: augmented vs raw view",
+        0,
+    ),
+    Contrast(
         _REV, "reviewers", "guidance=DM_+_CLoM_alpha_100", "guidance=DM_+_CCLoM_alpha_100", "CCLoM alpha 100 vs CLoM", 0
     ),
     Contrast(
