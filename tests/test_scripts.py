@@ -48,3 +48,13 @@ def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_
         env={"PATH": "/usr/bin:/bin", "SWEEPS": "no_such_sweep"},
     )
     assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()
+
+
+def test_the_findings_session_script_names_its_commands_and_needs_the_venv(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings_session.sh")
+    for args in ([], ["resume"]):
+        proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and "usage: bash scripts/findings_session.sh start [COMMIT] | stop" in proc.stderr
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "none"), "OUTDIR": str(tmp_path / "out")}
+    proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 2 and "scripts/env.sh" in proc.stderr and not (tmp_path / "out").exists()

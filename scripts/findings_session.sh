@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The findings campaign across machines that come and go (docs/reproduce.md, "Findings campaign"): its state lives
+# in benchmarks/findings/findings_runs of this repository between sessions.
+#   bash scripts/findings_session.sh start [COMMIT]   # restore the state, start one driver per core at COMMIT
+#   bash scripts/findings_session.sh stop             # SIGTERM the drivers (runs checkpoint), save the state here
+# start: installs Debian's Fashion-MNIST if missing, copies the saved state to OUTDIR unless it is there, clones this
+# repository into CLONE at COMMIT (default HEAD) so that later edits do not change the code under the runs, and
+# starts scripts/findings.sh there, shards 0/2 and 1/2 on cores 0 and 1. stop: the drivers' loops first (so no
+# next study starts), then every ptmdd-sweep (each stops its run, which writes last.ckpt at its step and keeps the
+# models its evaluation tested), waits for them, and copies OUTDIR into the repository without the checkpoints
+# Lightning writes beside last.ckpt on SIGTERM. Environment: OUTDIR (/work/findings_runs), CLONE
+# (/work/findings_clone), PYTHON (this checkout's .venv/bin/python).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUTDIR:-/work/findings_runs}
+clone=${CLONE:-/work/findings_clone}
+python=${PYTHON:-$repo/.venv/bin/python}
+saved=$repo/benchmarks/findings/findings_runs
+
+case "${1:-}" in
+  start)
+    commit=$(git -C "$repo" rev-parse "${2:-HEAD}")
+    [ -x "$python" ] || { echo "findings_session: no $python; run: bash -c 'source scripts/env.sh'" >&2; exit 2; }
+    if pgrep -f "scripts/findings.sh" >/dev/null; then
+      echo "findings_session: drivers already run (pgrep -af scripts/findings.sh)" >&2; exit 2
+    fi
+    if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+      apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }
+    fi
+    [ -d "$out" ] || cp -a "$saved" "$out"
+    [ -d "$clone/.git" ] || git clone -q "$repo" "$clone"
+    git -C "$clone" fetch -q "$repo" && git -C "$clone" checkout -q "$commit"
+    cd "$clone"
+    PYTHON=$python nohup bash scripts/findings.sh "$out" 0 0/2 >> "$out/driver0.log" 2>&1 &
+    SWEEPS="nm domain epoch reviewers na" PYTHON=$python nohup bash scripts/findings.sh "$out" 1 1/2 \
+      >> "$out/driver1.log" 2>&1 &
+    echo "findings_session: drivers started at $commit; logs $out/driver{0,1}.log"
+    ;;
+  stop)
+    pkill -TERM -f "scripts/findings.sh" || true
+    sleep 1
+    pkill -TERM -f "ptmdd_lightning.studies.cli" || true
+    while pgrep -f "ptmdd_lightning" >/dev/null; do sleep 2; done
+    rm -rf "$saved" && cp -a "$out" "$saved"
+    find "$saved" -name 'epoch=*-step=*.ckpt' -delete
+    echo "findings_session: stopped; state saved in $saved (commit it)"
+    ;;
+  *)
+    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop" >&2
+    exit 2
+    ;;
+esac
