@@ -378,23 +378,28 @@ class StallAfterFirstModel(Callback):
         self.trainer = trainer
 
 
+@pytest.mark.parametrize("every", [None, 4], ids=["final", "periodic"])
 def test_models_tested_before_a_sigterm_are_kept_and_the_resume_trains_only_the_others(
-    tmp_path, monkeypatch, fake_fashion_root
+    tmp_path, monkeypatch, fake_fashion_root, every
 ):
-    """SIGTERM inside the second of 3 evaluation models: ``last.ckpt`` keeps model 0's accuracy, the resumed run
-    trains models 1 and 2 only, and the row equals an uninterrupted run's, model by model."""
+    """SIGTERM inside the second of 3 evaluation models (of the final evaluation, or of the periodic one at step 4):
+    ``last.ckpt`` keeps model 0's accuracy, the resumed run trains models 1 and 2 only (the periodic one as soon as
+    it resumes at step 4, on that step's synthetic set), and every row equals an uninterrupted run's, model by
+    model."""
     import ptmdd_lightning.callbacks.evaluate as evaluate
 
     evaluation = _evaluation(3)
-    evaluation["init_args"]["num_models"] = 3
+    evaluation["init_args"].update(num_models=3, every_n_steps=every)
     stall = {"class_path": "tests.test_resume.StallAfterFirstModel", "init_args": {"marker": str(tmp_path / "stalled")}}
     killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, extra_callbacks=[stall, evaluation])
     code, output = _kill_when_stalled(_start(tmp_path, killed), tmp_path, signal.SIGTERM)
     assert code == 143, output
     assert "saved the 0 rows evaluated so far and 1 tested models of the row in progress" in output
     folder = tmp_path / "logs" / "run" / "version_0"
-    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]
-    (partial,) = next(v for k, v in state.items() if "SyntheticSetEvaluation" in k)["partial"].values()
+    saved = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == (every or MAX_STEPS)
+    state = next(v for k, v in saved["callbacks"].items() if "SyntheticSetEvaluation" in k)
+    (partial,) = state["partial"].values()
     assert list(partial["accs"]) == [0] and not (folder / "results.json").exists()
 
     given: list[dict] = []
@@ -408,14 +413,16 @@ def test_models_tested_before_a_sigterm_are_kept_and_the_resume_trains_only_the_
     monkeypatch.chdir(tmp_path)
     config = tiny_config(tmp_path / "c.yaml", fake_fashion_root, extra_callbacks=[evaluation])
     main(["fit", "--config", str(config), "--ckpt_path", "last"])
-    assert given == [{0: partial["accs"][0]}]  # model 0 is not trained again
-    (row,) = json.loads((folder / "results.json").read_text())
+    assert given[0] == {0: partial["accs"][0]} and all(d == {} for d in given[1:])  # model 0 is not trained again
+    rows = json.loads((folder / "results.json").read_text())
 
     (tmp_path / "reference").mkdir()
     monkeypatch.chdir(tmp_path / "reference")
     main(["fit", "--config", str(config)])
-    (expected,) = json.loads((tmp_path / "reference" / "logs" / "run" / "version_0" / "results.json").read_text())
-    assert row["accs"] == expected["accs"] and row["accs"][0] == partial["accs"][0]
+    expected = json.loads((tmp_path / "reference" / "logs" / "run" / "version_0" / "results.json").read_text())
+    assert [(r["step"], r["accs"]) for r in rows] == [(r["step"], r["accs"]) for r in expected]
+    assert [r["step"] for r in rows] == ([MAX_STEPS] if every is None else [every, MAX_STEPS])
+    assert rows[0]["accs"][0] == partial["accs"][0]
 
 
 def test_rows_finished_before_a_sigterm_are_saved_and_not_evaluated_again(tmp_path):

@@ -204,6 +204,21 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Finish a periodic evaluation that a resumed run's checkpoint step lacks.
+
+        A run resumed at a step of the periodic evaluation whose rows are missing (stopped inside that evaluation,
+        or checkpointed before it) evaluates them now: the synthetic set is that step's.
+        """
+        step = trainer.global_step
+        if self.every_n_steps and 0 < step != trainer.max_steps and step % self.every_n_steps == 0:
+            missing = any(
+                self._row_at(step, arch, "synthetic", variant) is None
+                for arch in self.archs
+                for variant in self._variants()
+            )
+            if missing:
+                rank_zero_info(f"[ptmdd] the evaluation of step {step} was interrupted: finishing it")
+                self.evaluate(trainer, pl_module)
         self._mark = time.perf_counter()
 
     @override
