@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
+from ptmdd_lightning.errors import PtmddError
+
 __all__ = [
+    "PRECISIONS",
     "auto_precision",
     "backend_record",
     "busy_cpus",
@@ -153,13 +156,31 @@ def auto_precision(device: torch.device | str | None = None) -> str:
     return "32"
 
 
+#: the values ``PTMDD_PRECISION`` may take (Lightning ``trainer.precision`` names)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
+
 def trainer_precision(accelerator: str | None) -> str:
     """The Lightning ``trainer.precision`` a run gets when its config leaves it unset.
 
     ``"bf16-mixed"`` where :func:`auto_precision` gives bf16 (a bf16 GPU, an AMX CPU) on the device the
     ``accelerator`` selects (``"auto"``/``None``: CUDA when available, else the CPU; ``"gpu"``/``"cuda"``:
     CUDA; ``"cpu"``), else ``"32-true"``; other accelerators (``"mps"``, ``"tpu"``, an object) get ``"32-true"``.
+    ``PTMDD_PRECISION`` (one of :data:`PRECISIONS`) replaces this machine default for a whole process, e.g. so
+    that a campaign that spans machines of several CPU kinds (and resumes its runs on them) distils every run in
+    one precision (``scripts/findings.sh``); an explicit ``trainer.precision`` still wins.
+
+    Raises:
+        PtmddError: ``PTMDD_PRECISION`` is set to something else than one of :data:`PRECISIONS`.
     """
+    forced = os.environ.get("PTMDD_PRECISION")
+    if forced:
+        if forced not in PRECISIONS:
+            raise PtmddError(
+                f"PTMDD_PRECISION={forced!r} is not a Lightning precision ptmdd runs; use one of "
+                f"{', '.join(PRECISIONS)} or unset it for this machine's default."
+            )
+        return forced
     name = str(accelerator or "auto").lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

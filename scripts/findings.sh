@@ -7,8 +7,11 @@
 # earlier study finished with identical settings are copied (docs/studies.md). Each study records the commits that
 # worked on it (OUTDIR/lightning_logs/sweeps/<name>/commits.txt). Environment: SWEEPS (the sweeps, default all five,
 # in order), PYTHON (default .venv/bin/python of this checkout), WAIT_PID (a process to wait for first, e.g. a
-# driver of an earlier commit that is finishing its run).
+# driver of an earlier commit that is finishing its run), PTMDD_PRECISION (default bf16-mixed: the distillation and
+# pretraining precision of every run, whatever CPU kind a session gets; the campaign began on AMX machines, where
+# bf16-mixed is the default, and on AMD Zen 4, whose default is fp32, bf16 is native too and no slower).
 set -uo pipefail
+export PTMDD_PRECISION=${PTMDD_PRECISION:-bf16-mixed}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
 core=${2:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}

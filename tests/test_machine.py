@@ -109,6 +109,29 @@ def test_auto_precision_is_bf16_only_on_an_amx_cpu(monkeypatch):
     assert auto_precision("meta") == "32"
 
 
+def test_ptmdd_precision_replaces_the_machine_default_and_a_bad_one_is_refused(monkeypatch, tmp_path):
+    from ptmdd_lightning.errors import PtmddError
+    from ptmdd_lightning.main import PtmddCLI
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"model": "x", "vendor": "", "isa": [], "kind": "avx512-bf16"})
+    assert trainer_precision("cpu") == "32-true"  # an AMD Zen 4 machine's default
+    monkeypatch.setenv("PTMDD_PRECISION", "bf16-mixed")  # a campaign distilled in bf16 on AMX machines
+    assert trainer_precision("cpu") == "bf16-mixed" and trainer_precision("gpu") == "bf16-mixed"
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    args = ["--config", config]
+    cli = PtmddCLI(subclass_mode_model=True, subclass_mode_data=True, run=False, args=args)
+    assert cli.trainer.precision == "bf16-mixed" and cli.config["trainer"]["precision"] == "bf16-mixed"
+    cli = PtmddCLI(
+        subclass_mode_model=True, subclass_mode_data=True, run=False, args=[*args, "--trainer.precision", "32"]
+    )
+    assert cli.trainer.precision == "32-true"  # an explicit precision wins
+    monkeypatch.setenv("PTMDD_PRECISION", "bf16")
+    with pytest.raises(PtmddError, match=r"PTMDD_PRECISION='bf16' is not a Lightning precision.*bf16-mixed"):
+        trainer_precision("cpu")
+
+
 def test_auto_precision_on_a_gpu_follows_its_bf16_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for supported in (True, False):
