@@ -21,6 +21,7 @@ with that in mind (docs/paper.md says which contrast decides each finding).
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,6 +265,21 @@ def _commits(outdir: Path, study: str) -> str:
     return ", ".join(shas)
 
 
+def _machines(outdir: Path, study: str) -> str:
+    """Where a study's distillation runs ran: ``"<n> on <CPU kind> (<precision>)"`` per kind, from each results.json.
+
+    A contrast is only as clean as its runs are alike: runs of several CPU kinds or precisions show up here.
+    """
+    found: dict[str, int] = {}
+    for path in sorted(_study(outdir, study).glob("runs/*/seed*/version_*/results.json")):
+        rows = json.loads(path.read_text())
+        record = (rows[0].get("machine") or {}) if rows else {}
+        kind = (record.get("cpu") or {}).get("kind") or record.get("device") or "?"
+        key = f"{kind} ({record.get('precision') or '?'})"
+        found[key] = found.get(key, 0) + 1
+    return "; ".join(f"{n} on {key}" for key, n in found.items()) or "-"
+
+
 def table(outdir: str | Path) -> str:
     """The findings table of ``OUTDIR`` (Markdown): contrasts and verdicts, references, the pools' cost.
 
@@ -294,11 +310,12 @@ def table(outdir: str | Path) -> str:
             f"{r['verdict']} |"
         )
     studies = ", ".join(f"{s} at {_commits(out, s)}" for s in points)
+    machines = ", ".join(f"{s}: {_machines(out, s)}" for s in points)
     lines += [
         "",
         "DM IPC 10 on Fashion-MNIST, 2,000 iterations, batch_real 256; each seed's accuracy is the mean of 10 "
         "ConvNet-3 x 500 epochs (fp32, DSA); a and b are means over the seeds both settings finished. Studies: "
-        f"{studies}.",
+        f"{studies}. Runs: {machines}.",
     ]
     lines += [
         "",

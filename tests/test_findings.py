@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -94,12 +95,20 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
         },
     )
     (study / "commits.txt").write_text("7b0ad54aaaa 2026-12-03T12:36Z shard 0/2\nfbea4c6bbbb 2026-12-03T13:00Z\n")
+    for point, kind in (("N_m=1", "amx-bf16"), ("N_m=5", "amx-bf16"), ("baseline=DM_alone", "avx512-bf16")):
+        run = study / "runs" / point / "seed0" / "version_0"
+        run.mkdir(parents=True)
+        machine = {"cpu": {"kind": kind}, "precision": "distillation bf16-mixed, evaluation 32"}
+        (run / "results.json").write_text(json.dumps([{"step": 2000, "machine": machine}]))
     text = table(tmp_path)
     lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| 1. diversity: N_m")}
     assert "| holds |" in lines["N_m 5 vs 1 (decides)"]  # differences 1.0, 1.2, 0.8
     assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone"]
     assert "| not run yet |" in lines["N_m 2 vs 1"]
     assert "nm at 7b0ad54, fbea4c6" in text and "na at -" in text
+    # where the runs ran: a study of mixed CPU kinds shows it
+    assert "nm: 2 on amx-bf16 (distillation bf16-mixed, evaluation 32); 1 on avx512-bf16 (distillation" in text
+    assert "na: -" in text
     # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
     assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
     main([str(tmp_path)])
