@@ -349,7 +349,9 @@ def test_progress_counts_model_epochs_and_can_stop_the_training(mode):
 def _augmented_problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, EvalProtocol]:
     x, y = bright_dark(12, seed=0)
     tx, ty = bright_dark(64, seed=1)
-    # DSA on, lr large enough that the models' accuracies differ from each other
+    # extra noise (N(0, 1.5^2)), DSA on: the models reach different accuracies (0.70-0.83), none at 1.0
+    g = torch.Generator().manual_seed(5)
+    x, tx = x + 1.5 * torch.randn(x.shape, generator=g), tx + 1.5 * torch.randn(tx.shape, generator=g)
     return x, y, tx, ty, EvalProtocol(epochs=4, batch_size=8, lr=0.3, precision="32")
 
 
@@ -362,7 +364,7 @@ def test_an_evaluation_stopped_after_a_model_resumes_to_the_uninterrupted_accura
     full = train_and_test(tiny_net, x, y, tx, ty, 2, 4, p, seed=3, mode=mode, on_model=lambda i, a: seen.append((i, a)))
     assert [i for i, _ in seen] == [0, 1, 2, 3] if mode == "loop" else sorted(i for i, _ in seen) == [0, 1, 2, 3]
     assert [a for _, a in sorted(seen)] == full.tolist()
-    assert len(set(full.tolist())) > 1  # the models differ, so a model shifted to another index would be noticed
+    assert len(set(full.tolist())) > 2  # the models differ, so a model shifted to another index would be noticed
 
     class Stop(Exception):
         pass
