@@ -33,6 +33,8 @@ __all__ = ["StudyArgs", "counts_line", "load_study", "run_local", "run_slot", "r
 
 #: the exit status of a study or run stopped by SIGTERM (128 + 15), as ``ptmdd`` itself uses
 SIGTERM_EXIT = 143
+#: the exit status of ``ptmdd`` for bad input (a config, missing data, ...): every run of a study would fail alike
+USER_ERROR_EXIT = 2
 
 
 @dataclass
@@ -155,7 +157,9 @@ def run_local(
 
     ``prepare`` runs go first; points start when every ``prepare`` run is done. A run held by another live
     process is waited for (and taken over if that process dies). Runs that failed in an earlier invocation are
-    tried again; a run that fails now is not.
+    tried again; a run that fails now is not. A run that fails with a user error (``ptmdd``'s exit status 2: a bad
+    config, missing data) stops the study as ``fail_fast`` does: the other runs would fail alike, so the error is
+    shown once, not once per run.
 
     Args:
         study: the study.
@@ -196,6 +200,7 @@ def run_local(
     try:
         todo = list(slots)
         reported = None
+        invalid: str | None = None  # the run that stopped at a user error
         while todo or running:
             for key in [k for k, t in running.items() if not t.is_alive()]:
                 running.pop(key).join()
@@ -203,11 +208,20 @@ def run_local(
                 if status == "running":  # another process claimed it first: wait for it
                     results.pop(key)
                     todo.append(next(s for s in slots if s.key == key))
+                if status == "failed" and invalid is None:
+                    slot = next(s for s in slots if s.key == key)
+                    if study.failed_exit(slot) == USER_ERROR_EXIT:
+                        invalid = key
+                        log(
+                            f"[ptmdd-sweep] {key} stopped at a user error (exit {USER_ERROR_EXIT}, above), which the "
+                            "other runs would meet too: no further run is started. Fix it and run the same command "
+                            "again; done runs are kept."
+                        )
                 line = f"[ptmdd-sweep] {counts_line(study.counts(slots))}"
                 if line != reported:
                     log(line)
                     reported = line
-            if children.stop.is_set() or (fail_fast and "failed" in results.values()):
+            if children.stop.is_set() or invalid is not None or (fail_fast and "failed" in results.values()):
                 if not running:
                     break
                 time.sleep(0.2)

@@ -461,6 +461,13 @@ class Study:
             return "running"
         return "failed" if (folder / _FAILED).is_file() else "pending"
 
+    def failed_exit(self, slot: Slot) -> int | None:
+        """The exit status of ``slot``'s last attempt when it failed (its ``sweep_failed.json``), else ``None``."""
+        folder = self.folder(slot)
+        if folder is None or not (folder / _FAILED).is_file() or self.is_done(slot, folder):
+            return None
+        return int(json.loads((folder / _FAILED).read_text())["exit"])
+
     def counts(self, slots: list[Slot] | None = None) -> dict[str, int]:
         """``{"done", "running", "failed", "pending"}`` counts over ``slots`` (default: every run)."""
         counts = dict.fromkeys(("done", "running", "failed", "pending"), 0)

@@ -278,3 +278,20 @@ slurm: {{partition: gpu, gpus_per_task: 0, time_min: 10, array_parallelism: 2}}
     assert "[ptmdd] pretraining PTM" not in (run / "ptmdd.log").read_text()  # the pool job made the member
     assert [(r["point"], r["n"]) for r in _summary(out)] == [("N_m=1", 1)]
     assert main([*args, "--status"]) == 0
+
+
+def test_a_user_error_stops_the_study_after_its_first_run(tmp_path, fake_fashion_root, child_env, capsys):
+    """Missing data (ptmdd's exit 2) fails every run alike: the study stops after the first and says so once; with
+    the data there, the same command runs both points."""
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    sweep = _sweep(tmp_path, empty)  # a point and a baseline
+    out = tmp_path / "study"
+    assert main(["--sweep", str(sweep), "--out", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert text.count("FAILED (exit 2)") == 1 and "not found under data.root" in text
+    assert "stopped at a user error (exit 2, above)" in text and "0 done, 0 running, 1 failed, 1 pending" in text
+    config = tmp_path / "base.yaml"
+    config.write_text(config.read_text().replace(str(empty), str(fake_fashion_root)))
+    assert main(["--sweep", str(sweep), "--out", str(out)]) == 0
+    assert "2 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
