@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["batch_seed", "mix_seed", "random_real_seed"]
+__all__ = ["BASELINE_DRAWS", "baseline_draw_seed", "batch_seed", "mix_seed", "random_real_seed"]
 
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -71,3 +71,31 @@ def random_real_seed(seed: int, eval_seed: int) -> int:
     """
     digest = hashlib.sha256(f"ptmdd-random-real:{int(seed)}:{int(eval_seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+#: how the random real subset of an evaluation is drawn: from the evaluation seed alone, or from the run's seed too
+BASELINE_DRAWS = ("evaluation", "run")
+
+
+def baseline_draw_seed(draw: str, eval_seed: int, run_seed: int) -> int:
+    """The seed of the random real subset's draw (``torch.Generator().manual_seed``).
+
+    Args:
+        draw: ``"evaluation"``: ``eval_seed + 1``, the same subset for every run evaluated with ``eval_seed`` (every
+            earlier result of ptmdd); ``"run"``: :func:`random_real_seed` ``(run_seed, eval_seed)``, a new subset
+            per distillation seed, as the DC/DSA/DM code draws new real images in every experiment.
+        eval_seed: the evaluation seed.
+        run_seed: the run's ``seed_everything`` (used by ``"run"`` only).
+
+    Returns:
+        an ``int`` in ``[0, 2**63)``.
+
+    Raises:
+        ValueError: ``draw`` is not one of :data:`BASELINE_DRAWS` (the callers check it first, with a message
+            that names the config key).
+    """
+    if draw == "evaluation":
+        return int(eval_seed) + 1
+    if draw == "run":
+        return random_real_seed(run_seed, eval_seed)
+    raise ValueError(f"draw must be one of {BASELINE_DRAWS}, got {draw!r}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from ptmdd_lightning.seeding import batch_seed, mix_seed, random_real_seed
+import pytest
+
+from ptmdd_lightning.seeding import baseline_draw_seed, batch_seed, mix_seed, random_real_seed
 
 GOLDEN, MULT, M64 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, (1 << 64) - 1
 
@@ -35,3 +37,10 @@ def test_random_real_seed_is_the_sha256_of_the_tagged_pair():
     digest = hashlib.sha256(b"ptmdd-random-real:3:0").digest()
     assert random_real_seed(3, 0) == int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
     assert random_real_seed(3, 0) != random_real_seed(0, 3) and random_real_seed(3, 0) != batch_seed(3, 0, 0)
+
+
+def test_baseline_draw_seed_per_evaluation_or_per_run():
+    assert baseline_draw_seed("evaluation", 3, 7) == baseline_draw_seed("evaluation", 3, 8) == 4
+    assert baseline_draw_seed("run", 3, 7) == random_real_seed(7, 3) != baseline_draw_seed("run", 3, 8)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        baseline_draw_seed("seed", 3, 7)

@@ -27,14 +27,11 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import attach_scores, evaluation_labels, format_table, result_row, run_dir, write_results
-from ptmdd_lightning.seeding import random_real_seed
+from ptmdd_lightning.seeding import BASELINE_DRAWS, baseline_draw_seed
 
 #: one evaluation of a set: ``(labels, augment, teacher)``, teacher the :meth:`TeacherSpec.describe` of a soft one
 Variant = tuple[str, bool, str | None]
 HARD: Variant = ("hard", True, None)
-
-#: the random real subset's draws (``SyntheticSetEvaluation(baseline_draw=...)``)
-BASELINE_DRAWS = ("evaluation", "run")
 
 
 class SyntheticSetEvaluation(EndOfTrainingWork):
@@ -193,9 +190,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         ``"evaluation"``: the evaluation seed + 1; ``"run"``: :func:`~ptmdd_lightning.seeding.random_real_seed` of the
         run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``; 0 when unset) and the evaluation seed.
         """
-        if self.baseline_draw == "evaluation":
-            return self.seed + 1
-        return random_real_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)), self.seed)
+        return baseline_draw_seed(self.baseline_draw, self.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
 
     def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ from ptmdd_lightning.reporting import (
     set_plain_hparam,
     write_results,
 )
+from ptmdd_lightning.seeding import BASELINE_DRAWS, baseline_draw_seed
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -158,10 +160,13 @@ class SyntheticSetEvaluator(LightningModule):
             precision and backend that ran are recorded in ``results.json`` (``machine``).
         mode: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :func:`ptmdd_lightning.core.evaluate.train_models`).
         baseline: also evaluate a random real subset with the same IPC.
-        eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn with
-            ``eval_seed + 1``, as the callback does with its ``seed``, so both give the same numbers). Named
-            apart from the DataModule's ``seed`` and ``batch_size``, which Lightning's logger merges with
-            these hparams.
+        eval_seed: evaluation seed (model inits, shuffles, augmentation; the baseline subset is drawn as the
+            callback draws it with its ``seed``, so both give the same numbers). Named apart from the DataModule's
+            ``seed`` and ``batch_size``, which Lightning's logger merges with these hparams.
+        baseline_draw: the random real subset's draw, as the callback's (``"evaluation"``: from ``eval_seed``
+            alone; ``"run"``: from this run's ``seed_everything`` too,
+            :func:`ptmdd_lightning.seeding.baseline_draw_seed`; give ``--seed_everything`` the distillation run's
+            seed to evaluate the subset that its own evaluation drew).
         output_dir: where to write the table; ``None`` = the run's log folder
             (``lightning_logs/evaluate/version_N``).
         stem: base name of the table files.
@@ -180,9 +185,9 @@ class SyntheticSetEvaluator(LightningModule):
         no_aug: also evaluate both sets with hard labels and without augmentation, for DD-Ranking's ARS.
 
     Raises:
-        PtmddError: ``num_models < 1``, no archs, or a bad ``protocol`` or teacher (construction); no ``path``, a
-            missing or corrupted file, an export that does not fit the DataModule, or a teacher that does not fit
-            the data (:meth:`setup`).
+        PtmddError: ``num_models < 1``, no archs, a bad ``protocol``, teacher or ``baseline_draw`` (construction);
+            no ``path``, a missing or corrupted file, an export that does not fit the DataModule, or a teacher that
+            does not fit the data (:meth:`setup`).
     """
 
     def __init__(
@@ -203,9 +208,15 @@ class SyntheticSetEvaluator(LightningModule):
         real_hard_acc: float | None = None,
         real_hard_source: str | None = None,
         no_aug: bool = False,
+        baseline_draw: Literal["evaluation", "run"] = "evaluation",
     ) -> None:
         super().__init__()
         info = self.dataset_info = as_dataset_info(dataset_info)
+        if baseline_draw not in BASELINE_DRAWS:
+            raise PtmddError(
+                f"baseline_draw must be one of {', '.join(BASELINE_DRAWS)}, got {baseline_draw!r}: 'evaluation' "
+                "draws the random real subset from eval_seed, 'run' from the run's seed_everything too."
+            )
 
         archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
         if not archs:
@@ -328,7 +339,8 @@ class SyntheticSetEvaluator(LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             real = None
             if hp.baseline:
-                gen = torch.Generator().manual_seed(int(hp.eval_seed) + 1)
+                seed = baseline_draw_seed(hp.baseline_draw, int(hp.eval_seed), int(os.environ.get("PL_GLOBAL_SEED", 0)))
+                gen = torch.Generator().manual_seed(seed)
                 real = random_real_subset(dm.train_images, dm.train_labels, self.ipc, k, gen)
             sets = [("synthetic", images, labels)]
             if real is not None:

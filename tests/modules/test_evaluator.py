@@ -93,18 +93,32 @@ def test_constructor_validates_settings():
         SyntheticSetEvaluator(path="x.pt", num_models=0)
     with pytest.raises(PtmddError):
         SyntheticSetEvaluator(path="x.pt", archs=["NoSuchNet"])
+    with pytest.raises(PtmddError, match="baseline_draw must be one of evaluation, run"):
+        SyntheticSetEvaluator(path="x.pt", baseline_draw="seed")
 
 
-def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch, fake_fashion_root):
-    """An export that IS the baseline's random real subset must score exactly what the baseline scores."""
+@pytest.mark.parametrize("draw", ["evaluation", "run"])
+def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch, fake_fashion_root, draw):
+    """An export that IS the baseline's random real subset must score exactly what the baseline scores; the subset
+    is drawn from the evaluation seed (``eval_seed + 1``), or with ``baseline_draw: run`` from the run's seed too."""
+    from ptmdd_lightning.seeding import baseline_draw_seed
+
     monkeypatch.chdir(tmp_path)
     dm = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root))
     dm.setup("test")
-    ipc, seed = 2, 3
+    ipc, seed, run_seed = 2, 3, 5
+    draw_seed = seed + 1 if draw == "evaluation" else baseline_draw_seed("run", seed, run_seed)
     real_x, real_y = random_real_subset(
-        dm.train_images, dm.train_labels, ipc, 10, torch.Generator().manual_seed(seed + 1)
+        dm.train_images, dm.train_labels, ipc, 10, torch.Generator().manual_seed(draw_seed)
     )
     path = atomic_save(_export(real_x, ipc), tmp_path / "subset.pt")
+    states: list[torch.Tensor] = []
+
+    def spy(images, labels, ipc, num_classes, generator):
+        states.append(generator.get_state())
+        return random_real_subset(images, labels, ipc, num_classes, generator)
+
+    monkeypatch.setattr(evaluator_module, "random_real_subset", spy)
     cli = main(
         [
             "test",
@@ -124,6 +138,10 @@ def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch,
             str(seed),
             "--model.init_args.output_dir",
             str(tmp_path / "out"),
+            "--model.init_args.baseline_draw",
+            draw,
+            "--seed_everything",
+            str(run_seed),
         ]
     )
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -131,6 +149,7 @@ def test_test_command_reproduces_the_random_real_baseline(tmp_path, monkeypatch,
         ("ConvNetW32", "synthetic", 2, 7),
         ("ConvNetW32", "random_real", 2, 7),
     ]
+    assert len(states) == 1 and torch.equal(states[0], torch.Generator().manual_seed(draw_seed).get_state())
     assert rows[0]["accs"] == rows[1]["accs"]  # same images, same seed -> the same models
     expected = train_and_test(
         "ConvNetW32",
