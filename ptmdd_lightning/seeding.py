@@ -20,11 +20,36 @@ every number in docs/ (issue "The house": the same seed must give the same synth
 from __future__ import annotations
 
 import hashlib
+import os
 
-__all__ = ["BASELINE_DRAWS", "baseline_draw_seed", "batch_seed", "mix_seed", "random_real_seed"]
+from ptmdd_lightning.errors import PtmddError
+
+__all__ = [
+    "BASELINE_DRAWS",
+    "baseline_draw_seed",
+    "batch_seed",
+    "check_baseline_draw",
+    "mix_seed",
+    "random_real_seed",
+    "run_seed",
+]
 
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 _GOLDEN = 0x9E3779B97F4A7C15
+
+
+def run_seed() -> int:
+    """The run's seed: what ``seed_everything`` (``--seed_everything``, LightningCLI) set, 0 when nothing set it.
+
+    Read from ``PL_GLOBAL_SEED``, the environment variable Lightning's ``seed_everything`` writes, so that it is the
+    same in every DDP rank and in every process a run spawns. The one place that reads it: the distillers' set-up,
+    :class:`ptmdd_lightning.callbacks.PTMCheckpoint`'s member seed, the evaluation callback's and ``ptmdd test``'s
+    random real draw.
+
+    Returns:
+        a Python ``int`` (Lightning keeps it in ``[0, 2**32)``).
+    """
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def mix_seed(*parts: int) -> int:
@@ -77,6 +102,23 @@ def random_real_seed(seed: int, eval_seed: int) -> int:
 BASELINE_DRAWS = ("evaluation", "run")
 
 
+def check_baseline_draw(draw: str) -> str:
+    """``draw`` if it is one of :data:`BASELINE_DRAWS`; the one check of the ``baseline_draw`` config key.
+
+    Used by :class:`ptmdd_lightning.callbacks.SyntheticSetEvaluation` and
+    :class:`ptmdd_lightning.modules.SyntheticSetEvaluator` at construction.
+
+    Raises:
+        PtmddError: any other value, with what each value means.
+    """
+    if draw not in BASELINE_DRAWS:
+        raise PtmddError(
+            f"baseline_draw must be one of {', '.join(BASELINE_DRAWS)}, got {draw!r}: 'evaluation' draws the random "
+            "real subset from the evaluation seed (eval_seed), 'run' from the run's seed_everything too."
+        )
+    return draw
+
+
 def baseline_draw_seed(draw: str, eval_seed: int, run_seed: int) -> int:
     """The seed of the random real subset's draw (``torch.Generator().manual_seed``).
 
@@ -91,11 +133,8 @@ def baseline_draw_seed(draw: str, eval_seed: int, run_seed: int) -> int:
         an ``int`` in ``[0, 2**63)``.
 
     Raises:
-        ValueError: ``draw`` is not one of :data:`BASELINE_DRAWS` (the callers check it first, with a message
-            that names the config key).
+        PtmddError: ``draw`` is not one of :data:`BASELINE_DRAWS` (:func:`check_baseline_draw`).
     """
-    if draw == "evaluation":
+    if check_baseline_draw(draw) == "evaluation":
         return int(eval_seed) + 1
-    if draw == "run":
-        return random_real_seed(run_seed, eval_seed)
-    raise ValueError(f"draw must be one of {BASELINE_DRAWS}, got {draw!r}")
+    return random_real_seed(run_seed, eval_seed)

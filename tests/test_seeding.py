@@ -6,7 +6,15 @@ import hashlib
 
 import pytest
 
-from ptmdd_lightning.seeding import baseline_draw_seed, batch_seed, mix_seed, random_real_seed
+from ptmdd_lightning.errors import PtmddError
+from ptmdd_lightning.seeding import (
+    baseline_draw_seed,
+    batch_seed,
+    check_baseline_draw,
+    mix_seed,
+    random_real_seed,
+    run_seed,
+)
 
 GOLDEN, MULT, M64 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, (1 << 64) - 1
 
@@ -42,5 +50,30 @@ def test_random_real_seed_is_the_sha256_of_the_tagged_pair():
 def test_baseline_draw_seed_per_evaluation_or_per_run():
     assert baseline_draw_seed("evaluation", 3, 7) == baseline_draw_seed("evaluation", 3, 8) == 4
     assert baseline_draw_seed("run", 3, 7) == random_real_seed(7, 3) != baseline_draw_seed("run", 3, 8)
-    with pytest.raises(ValueError, match="draw must be one of"):
+    with pytest.raises(PtmddError, match="baseline_draw must be one of evaluation, run, got 'seed'"):
         baseline_draw_seed("seed", 3, 7)
+
+
+def test_check_baseline_draw_passes_the_two_draws_and_names_the_key_otherwise():
+    assert check_baseline_draw("evaluation") == "evaluation" and check_baseline_draw("run") == "run"
+    with pytest.raises(PtmddError, match=r"baseline_draw must be one of evaluation, run, got 'Run'.*eval_seed"):
+        check_baseline_draw("Run")
+
+
+def test_run_seed_is_what_seed_everything_set_and_zero_without(monkeypatch):
+    import random
+
+    import numpy as np
+    import torch
+    from lightning.pytorch import seed_everything
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # recorded first, so the environment is restored after the test
+    assert run_seed() == 7
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert run_seed() == 0
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # leave the other tests' global RNGs as they were
+        seed_everything(1234, verbose=False)
+        assert run_seed() == 1234
+    random.setstate(py_state)
+    np.random.set_state(np_state)

@@ -9,7 +9,6 @@ with the same IPC is evaluated under the identical protocol as the baseline.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Literal
 
@@ -27,7 +26,7 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.machine import auto_precision, machine_record
 from ptmdd_lightning.progress import EvaluationProgress
 from ptmdd_lightning.reporting import attach_scores, evaluation_labels, format_table, result_row, run_dir, write_results
-from ptmdd_lightning.seeding import BASELINE_DRAWS, baseline_draw_seed
+from ptmdd_lightning.seeding import baseline_draw_seed, check_baseline_draw, run_seed
 
 #: one evaluation of a set: ``(labels, augment, teacher)``, teacher the :meth:`TeacherSpec.describe` of a soft one
 Variant = tuple[str, bool, str | None]
@@ -99,12 +98,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         baseline_draw: Literal["evaluation", "run"] = "evaluation",
     ) -> None:
         archs = list(archs) if archs else ["ConvNet"]
-        if baseline_draw not in BASELINE_DRAWS:
-            raise PtmddError(
-                f"baseline_draw must be one of {', '.join(BASELINE_DRAWS)}, got {baseline_draw!r}: 'evaluation' "
-                "draws the random real subset from the evaluation seed, 'run' from the run's seed_everything too."
-            )
-        self.baseline_draw = baseline_draw
+        self.baseline_draw = check_baseline_draw(baseline_draw)
         if num_models < 1:
             raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
         if isinstance(protocol, dict):
@@ -190,7 +184,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         ``"evaluation"``: the evaluation seed + 1; ``"run"``: :func:`~ptmdd_lightning.seeding.random_real_seed` of the
         run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``; 0 when unset) and the evaluation seed.
         """
-        return baseline_draw_seed(self.baseline_draw, self.seed, int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return baseline_draw_seed(self.baseline_draw, self.seed, run_seed())
 
     def _protocol(self, trainer: Trainer) -> EvalProtocol:
         if trainer.fast_dev_run:  # a smoke test of the whole pipeline: one epoch is enough

@@ -7,7 +7,6 @@ converged ones; the pool therefore stores each member at a list of epochs.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.progress import PoolProgressBar, shows_progress
+from ptmdd_lightning.seeding import run_seed
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class PTMCheckpoint(Callback):
         self._seconds_before = float(state_dict.get("pretrain_seconds", 0.0))
 
     def _member_seed(self) -> int:
-        return int(self.seed if self.seed is not None else os.environ.get("PL_GLOBAL_SEED", 0))
+        return int(self.seed) if self.seed is not None else run_seed()
 
     def _source(self, trainer: Trainer) -> str:
         if self.source is not None:

@@ -14,7 +14,6 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from typing import Any, Literal
 
@@ -32,7 +31,7 @@ from ptmdd_lightning.machine import machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 from ptmdd_lightning.reporting import record_machine, set_plain_hparam
-from ptmdd_lightning.seeding import mix_seed
+from ptmdd_lightning.seeding import mix_seed, run_seed
 
 #: Learning rates of the synthetic images in the reference code: DC/DSA 0.1, DM 1.0 (both SGD, momentum 0.5).
 DEFAULT_LR_IMG = {"dc": 0.1, "dsa": 0.1, "dm": 1.0}
@@ -186,7 +185,7 @@ class DistillerBase(LightningModule):
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
         """Initialise the synthetic images (real or noise, seeded) and load the PTM pool on every rank."""
-        self._seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self._seed = run_seed()
         if stage == "fit":
             gen = torch.Generator().manual_seed(mix_seed(self._seed, 0xD1))
             if self.hparams.init == "real":

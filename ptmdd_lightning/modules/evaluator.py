@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +44,7 @@ from ptmdd_lightning.reporting import (
     set_plain_hparam,
     write_results,
 )
-from ptmdd_lightning.seeding import BASELINE_DRAWS, baseline_draw_seed
+from ptmdd_lightning.seeding import baseline_draw_seed, check_baseline_draw, run_seed
 
 #: The architectures of the DD cross-architecture tables (DC/DSA/DM papers, Lu et al. 2023 Table 6).
 DEFAULT_ARCHS = ("ConvNet", "AlexNet", "VGG11", "ResNet18")
@@ -212,11 +211,7 @@ class SyntheticSetEvaluator(LightningModule):
     ) -> None:
         super().__init__()
         info = self.dataset_info = as_dataset_info(dataset_info)
-        if baseline_draw not in BASELINE_DRAWS:
-            raise PtmddError(
-                f"baseline_draw must be one of {', '.join(BASELINE_DRAWS)}, got {baseline_draw!r}: 'evaluation' "
-                "draws the random real subset from eval_seed, 'run' from the run's seed_everything too."
-            )
+        check_baseline_draw(baseline_draw)
 
         archs = list(archs) if archs is not None else list(DEFAULT_ARCHS)
         if not archs:
@@ -339,7 +334,7 @@ class SyntheticSetEvaluator(LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             real = None
             if hp.baseline:
-                seed = baseline_draw_seed(hp.baseline_draw, int(hp.eval_seed), int(os.environ.get("PL_GLOBAL_SEED", 0)))
+                seed = baseline_draw_seed(hp.baseline_draw, int(hp.eval_seed), run_seed())
                 gen = torch.Generator().manual_seed(seed)
                 real = random_real_subset(dm.train_images, dm.train_labels, self.ipc, k, gen)
             sets = [("synthetic", images, labels)]
