@@ -94,17 +94,21 @@ def tiny_config(
     max_steps: int = MAX_STEPS,
     extra_callbacks: list | None = None,
     ptm_pool: Path | None = None,
+    loss: str = "clom",
     **model,
 ) -> Path:
-    """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic/on-exception last.ckpt)."""
+    """Write a tiny distillation config (ConvNetW32, IPC 1, batch_real 4, periodic/on-exception last.ckpt); with
+    ``ptm_pool``, guided by its member through ``loss`` (CCLoM: 16 uniform real images a step, feature table)."""
     init_args = {"ipc": 1, "method": method, "net_arch": "ConvNetW32", **model}
     if method != "dm":
         init_args.update(outer_loop=3, inner_loop=2, batch_train=4)
     if ptm_pool is not None:
         init_args.update(
             pool_root=str(ptm_pool),
-            ptms=[{"arch": "ConvNetW32", "alpha": 0.1, "num_seeds": 1, "epoch": 1, "loss": "clom"}],
+            ptms=[{"arch": "ConvNetW32", "alpha": 0.1, "num_seeds": 1, "epoch": 1, "loss": loss}],
         )
+        if loss == "cclom":
+            init_args.update(cclom_batch_size=16)
     config = {
         "seed_everything": 3,
         "trainer": {
@@ -192,7 +196,8 @@ def _images(cli) -> torch.Tensor:
 @pytest.mark.parametrize(
     ("method", "sig", "guided"),
     [
-        ("dm", signal.SIGTERM, True),
+        ("dm", signal.SIGTERM, "clom"),
+        ("dm", signal.SIGKILL, "cclom"),  # the feature table is made again after the resume
         ("dc", signal.SIGKILL, False),
         pytest.param("dsa", signal.SIGKILL, False, marks=pytest.mark.slow),
         pytest.param("dc", signal.SIGTERM, False, marks=pytest.mark.slow),
@@ -202,16 +207,18 @@ def _images(cli) -> torch.Tensor:
 def test_killed_run_resumes_to_the_uninterrupted_result(
     tmp_path, monkeypatch, fake_fashion_root, ptm_pool, method, sig, guided
 ):
-    pool = ptm_pool if guided else None
+    pool, loss = (ptm_pool, guided) if guided else (None, "clom")
     ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     ref_dir.mkdir()
     run_dir.mkdir()
-    base = tiny_config(tmp_path / "base.yaml", fake_fashion_root, method, ptm_pool=pool)
+    base = tiny_config(tmp_path / "base.yaml", fake_fashion_root, method, ptm_pool=pool, loss=loss)
     stall = {
         "class_path": "tests.test_resume.Stall",
         "init_args": {"at_step": STALL_AT, "marker": str(run_dir / "stalled")},
     }
-    killed = tiny_config(tmp_path / "killed.yaml", fake_fashion_root, method, ptm_pool=pool, extra_callbacks=[stall])
+    killed = tiny_config(
+        tmp_path / "killed.yaml", fake_fashion_root, method, ptm_pool=pool, loss=loss, extra_callbacks=[stall]
+    )
 
     proc = _start(run_dir, killed)  # its start-up (imports) overlaps the in-process reference run
     try:

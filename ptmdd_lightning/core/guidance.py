@@ -13,7 +13,7 @@ import itertools
 import json
 import random
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -86,6 +86,51 @@ def cclom(feat_real: Tensor, real_labels: Tensor, feat_syn: Tensor, syn_labels: 
     dist = 1.0 - fr @ fs.T
     mask = (real_labels[:, None] == syn_labels[None, :]).to(dist.dtype)
     return (dist * mask).sum() / (dist.sum() + eps)
+
+
+@torch.no_grad()
+def ptm_feature_table(
+    member: PTMMember, images: Tensor, chunk: int = 8196, prepare: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """The PTM features of every image of a training set, for CCLoM's real side: ``(N, D)``.
+
+    CCLoM's real features ``F(real_i)`` come from a frozen PTM in eval mode on raw (un-augmented) images, so an
+    image's features never change during a run: embedding the whole training set once and gathering rows by the
+    drawn indices gives the same ``feat_real`` as embedding the ``B`` drawn images at every step (the authors'
+    ``CCLoM.__get_images_randomly`` + forward, DDInterpreter 19a4767 ``utils_clom/CLoM.py``), up to floating-point
+    rounding: the rows are computed in chunks in training-set order rather than in the step's draw, and convolution
+    kernels may round a row differently in another batch. A speed path of ptmdd, not the authors'.
+
+    Args:
+        member: the frozen PTM (:class:`PTMMember`; its device is where the table is made and kept).
+        images: ``(N, C, H, W)`` float32 normalised target-domain training images (any device).
+        chunk: images embedded at once (>= 1); the distiller passes ``cclom_batch_size``, the size the per-step
+            path embeds at once.
+        prepare: applied to a chunk before and after :meth:`PTMMember.adapt` (the distiller's memory format);
+            ``None``: nothing.
+
+    Returns:
+        ``(N, D)`` features in the dtype the PTM's ``embed`` returns under the caller's autocast (bf16 under
+        ``bf16-mixed``, else float32), on the member's device, no gradient. Memory ``N * D`` elements
+        (60,000 x 512 in bf16, ConvNetW32 on Fashion-MNIST: 61 MB).
+
+    Raises:
+        PtmddError: ``chunk < 1`` or no images.
+    """
+    if chunk < 1 or images.shape[0] == 0:
+        raise PtmddError(
+            f"a PTM feature table needs images and chunk >= 1, got {images.shape[0]} images, chunk {chunk}."
+        )
+    prepare = prepare or (lambda x: x)
+    device = member.t_mean.device
+    table: Tensor | None = None
+    for start in range(0, images.shape[0], chunk):
+        x = prepare(images[start : start + chunk].to(device, non_blocking=True))
+        feats = member.net.embed(prepare(member.adapt(x)))
+        if table is None:
+            table = feats.new_empty((images.shape[0], *feats.shape[1:]))
+        table[start : start + feats.shape[0]] = feats
+    return table
 
 
 @dataclass

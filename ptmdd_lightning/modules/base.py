@@ -23,7 +23,16 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from ptmdd_lightning.core.augment import dsa_augment, dsa_strategy_for, siamese_augment
-from ptmdd_lightning.core.guidance import PTMGroup, PTMPool, PTMRecipe, cclom, clom, pool_key
+from ptmdd_lightning.core.guidance import (
+    PTMGroup,
+    PTMMember,
+    PTMPool,
+    PTMRecipe,
+    cclom,
+    clom,
+    pool_key,
+    ptm_feature_table,
+)
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
@@ -77,6 +86,15 @@ class DistillerBase(LightningModule):
             ``cclom_batch_real`` images per class of the step's class-balanced real batch.
         cclom_batch_size: B of ``cclom_real: uniform`` (>= 1); the authors' README command uses 8196.
         cclom_batch_real: real images per class of ``cclom_real: batch`` (>= 1, <= data.batch_real).
+        cclom_feature_table: CCLoM's real features of ``cclom_real: uniform`` with ``guidance_view: raw`` from a
+            table of each member's features of the whole training set (:func:`ptmdd_lightning.core.guidance.
+            ptm_feature_table`, made at the member's first CCLoM step, in that step's precision, and gathered by
+            the step's drawn indices after that) instead of embedding the ``cclom_batch_size`` drawn images at
+            every step as the authors' code does. The same draws and the same loss up to floating-point rounding
+            (a frozen PTM's features of a raw image never change); ``false``: the authors' per-step embedding.
+            Other ``cclom_real``/``guidance_view`` settings always embed per step (augmented images change every
+            step, ``batch`` images are the step's). Memory: N_train x D per member used (61 MB for ConvNetW32 on
+            Fashion-MNIST in bf16); time: docs/speed.md ("CCLoM's real features").
         guidance_view: what the PTMs see. ``"raw"`` (default, the authors': ``our_loss.calculate_loss(image_syn,
             label_syn)`` on the un-augmented images, DDInterpreter 19a4767 ``methods/DC_DSA_DM/main_DM.py`` line 248
             and ``main.py``) or ``"augmented"`` (the step's DSA view of the synthetic images; CCLoM's real images
@@ -115,6 +133,7 @@ class DistillerBase(LightningModule):
         cclom_real: Literal["uniform", "batch"] = "uniform",
         cclom_batch_size: int = 8196,
         cclom_batch_real: int = 32,
+        cclom_feature_table: bool = True,
         guidance_view: Literal["augmented", "raw"] = "raw",
         base_weight: float = 1.0,
         channels_last: bool = False,
@@ -201,6 +220,7 @@ class DistillerBase(LightningModule):
         if self.ptm_groups and self._aux["pool"] is None:
             dm = self.trainer.datamodule if self._trainer is not None else None
             info = self.dataset_info
+            self._aux["cclom_tables"] = {}  # a new pool: no member has a feature table yet
             self._aux["pool"] = PTMPool(
                 self.ptm_groups,
                 self.hparams.pool_root,
@@ -354,12 +374,44 @@ class DistillerBase(LightningModule):
             if member.loss == "clom":
                 value = clom(member.net(member.adapt(syn)), syn_labels)
             else:
-                real_c, labels_c = self._cclom_real(real, real_labels, rng)
-                with torch.no_grad():
-                    feat_real = member.net.embed(self._view(member.adapt(real_c)))
+                feat_real, labels_c = self._cclom_real_features(member, real, real_labels, rng)
                 value = cclom(feat_real, labels_c, member.net.embed(member.adapt(syn)), syn_labels)
             terms[member.loss] = terms.get(member.loss, 0.0) + weight * value
         return terms
+
+    def _cclom_real_features(
+        self, member: PTMMember, real: Tensor, real_labels: Tensor, rng: random.Random
+    ) -> tuple[Tensor, Tensor]:
+        """CCLoM's real side for ``member``: features ``(B, D)`` (no gradient) and labels ``(B,)``.
+
+        From the member's feature table where it is exact (``cclom_feature_table`` with ``cclom_real: uniform`` and
+        ``guidance_view: raw``), else by embedding :meth:`_cclom_real`'s images; both consume ``rng`` alike, so the
+        draws of a run do not depend on the choice.
+        """
+        hp = self.hparams
+        if hp.cclom_feature_table and hp.cclom_real == "uniform" and hp.guidance_view == "raw":
+            dm = self._uniform_source()
+            gen = torch.Generator().manual_seed(rng.getrandbits(63))
+            idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
+            tables = self._aux.setdefault("cclom_tables", {})
+            table = tables.get(id(member))
+            if table is None or table.device != self.device:
+                table = tables[id(member)] = ptm_feature_table(member, dm.train_images, hp.cclom_batch_size, self._view)
+            labels = dm.train_labels.index_select(0, idx).to(self.device, non_blocking=True)
+            return table.index_select(0, idx.to(table.device)), labels
+        real_c, labels_c = self._cclom_real(real, real_labels, rng)
+        with torch.no_grad():
+            return member.net.embed(self._view(member.adapt(real_c))), labels_c
+
+    def _uniform_source(self) -> Any:
+        """The DataModule whose ``train_images``/``train_labels`` ``cclom_real: uniform`` draws from."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None or getattr(dm, "train_images", None) is None:
+            raise PtmddError(
+                "cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
+                "use cclom_real: batch without one."
+            )
+        return dm
 
     def _cclom_real(self, real: Tensor, real_labels: Tensor, rng: random.Random) -> tuple[Tensor, Tensor]:
         """CCLoM's real batch ``((B, C, H, W), (B,))`` in the guidance view (see ``cclom_real``).
@@ -374,12 +426,7 @@ class DistillerBase(LightningModule):
             if per_class.shape[1] < n:
                 raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
             return per_class[:, :n].flatten(0, 1), real_labels.view(k, -1)[:, :n].flatten()
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is None or getattr(dm, "train_images", None) is None:
-            raise PtmddError(
-                "cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
-                "use cclom_real: batch without one."
-            )
+        dm = self._uniform_source()
         gen = torch.Generator().manual_seed(rng.getrandbits(63))
         idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
         images = dm.train_images.index_select(0, idx).to(self.device, non_blocking=True)

@@ -91,6 +91,7 @@ class Distiller(LightningModule):
         cclom_real: Literal["uniform", "batch"] = "uniform",
         cclom_batch_size: int = 8196,
         cclom_batch_real: int = 32,
+        cclom_feature_table: bool = True,
         guidance_view: Literal["augmented", "raw"] = "raw",
         base_weight: float = 1.0,
         channels_last: bool = False,

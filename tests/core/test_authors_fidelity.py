@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptmdd_lightning.core.guidance import AUTHORS_CLOM_ALPHA, PTMRecipe, cclom
+from ptmdd_lightning.core.guidance import AUTHORS_CLOM_ALPHA, PTMMember, PTMRecipe, cclom
 from ptmdd_lightning.layers import load_layers
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.modules.distiller import Distiller
+from ptmdd_lightning.nets import build_net
 from tests.helpers import config_layers, toy_info
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,58 @@ def test_cclom_equals_the_authors_computation_on_their_uniform_real_batch():
     ours = cclom(embed(real), real_labels, embed(syn), syn_labels)
     theirs = _authors_cclom(embed, syn, syn_labels, images, labels, idx, 4, 2)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def _counting_member(num_classes: int = 4) -> tuple[PTMMember, list[int]]:
+    """A frozen ConvNetW32 PTM of another normalisation (so adapt() does work) whose embed() records its batch sizes;
+    ``net.plain_embed`` is the embed that records nothing."""
+    net = build_net("ConvNetW32", 1, num_classes, (8, 8)).eval().requires_grad_(False)
+    meta = {"image_size": (8, 8), "channels": 1, "mean": (0.1,), "std": (0.9,)}
+    member = PTMMember(net, meta, 1.0, "cclom", (0.0,), (1.0,))
+    seen: list[int] = []
+    embed = net.embed
+
+    def counting(x):
+        seen.append(x.shape[0])
+        return embed(x)
+
+    net.embed, net.plain_embed = counting, embed
+    return member, seen
+
+
+def test_cclom_from_the_feature_table_equals_the_authors_per_step_embedding_of_the_same_draw():
+    """ptmdd's feature table (a speed path) vs CCLoM.calculate_loss embedding its B drawn images every step."""
+    torch.manual_seed(0)
+    table_model, images, labels = _distiller_with_data(cclom_batch_size=16)
+    step_model, _, _ = _distiller_with_data(cclom_batch_size=16, cclom_feature_table=False)
+    assert table_model.hparams.cclom_feature_table  # the default
+    member, seen = _counting_member()
+    step, step_labels = torch.zeros(8, 1, 8, 8), torch.arange(8) % 4
+    syn, syn_labels = torch.randn(8, 1, 8, 8), torch.arange(4).repeat_interleave(2)
+    for seed in (3, 4, 5):
+        feat, real_labels = table_model._cclom_real_features(member, step, step_labels, random.Random(seed))
+        ref, ref_labels = step_model._cclom_real_features(member, step, step_labels, random.Random(seed))
+        assert feat.shape == (16, 32) and torch.equal(real_labels, ref_labels)
+        torch.testing.assert_close(feat, ref, rtol=1e-5, atol=1e-6)
+        # the draw, transcribed: the step's rng seeds a generator, then 16 indices of the 40 training images
+        idx = torch.randint(0, 40, (16,), generator=torch.Generator().manual_seed(random.Random(seed).getrandbits(63)))
+        embed = lambda x: member.net.plain_embed(member.adapt(x))  # noqa: E731
+        ours = cclom(feat, real_labels, embed(syn), syn_labels)
+        theirs = _authors_cclom(embed, syn, syn_labels, images, labels, idx, 4, 2)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    # the table: the 40 training images once, in chunks of cclom_batch_size, at the first step; per step: 16 drawn
+    assert seen == [16, 16, 8] + [16] * 3
+
+
+def test_cclom_with_an_augmented_view_or_the_step_batch_embeds_every_step():
+    """The table only where a raw image's features are fixed: augmented real images change every step."""
+    for kw in ({"guidance_view": "augmented"}, {"cclom_real": "batch", "cclom_batch_real": 1}):
+        model, _, _ = _distiller_with_data(cclom_batch_size=16, **kw)
+        member, seen = _counting_member()
+        for seed in (3, 4):
+            model._cclom_real_features(member, torch.zeros(8, 1, 8, 8), torch.arange(8) % 4, random.Random(seed))
+        assert seen == [16, 16] if "guidance_view" in kw else seen == [4, 4], kw
+        assert not model._aux.get("cclom_tables"), kw
 
 
 def test_cclom_real_batch_is_reproducible_per_step_and_batch_mode_keeps_the_earlier_behaviour():

@@ -15,6 +15,7 @@ from ptmdd_lightning.core.guidance import (
     load_ptm,
     member_path,
     pool_key,
+    ptm_feature_table,
 )
 from ptmdd_lightning.errors import PtmddError
 
@@ -147,3 +148,21 @@ def test_cross_domain_member_adapts_channels_size_and_normalisation(tmp_path):
     y = member.adapt(x)
     assert y.shape == (2, 3, 16, 16)
     assert torch.allclose(y, torch.full_like(y, (0.75 - 0.5) / 0.25))
+
+
+def test_ptm_feature_table_is_each_images_features_whatever_the_chunk(tmp_path):
+    _write_member(tmp_path, source="rgb", channels=3, size=(16, 16))  # adapt() maps 1 -> 3 channels, 8 -> 16 px
+    pool = PTMPool(
+        [PTMGroup(arch="ConvNetW32", epoch=1, loss="cclom", source="rgb")], tmp_path, "toy", 3, (0.0,), (1.0,)
+    )
+    member = pool.members[0]
+    images = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    table = ptm_feature_table(member, images, chunk=4)
+    one_by_one = torch.cat([member.net.embed(member.adapt(x[None])) for x in images])
+    assert table.shape == (10, 32 * 2 * 2) and table.dtype == torch.float32 and not table.requires_grad
+    torch.testing.assert_close(table, one_by_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ptm_feature_table(member, images, chunk=100), table, rtol=1e-5, atol=1e-6)
+    with pytest.raises(PtmddError, match="chunk >= 1"):
+        ptm_feature_table(member, images, chunk=0)
+    with pytest.raises(PtmddError, match="got 0 images"):
+        ptm_feature_table(member, images[:0])
