@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -396,7 +398,15 @@ class DistillerBase(LightningModule):
             tables = self._aux.setdefault("cclom_tables", {})
             table = tables.get(id(member))
             if table is None or table.device != self.device:
+                start = time.perf_counter()
                 table = tables[id(member)] = ptm_feature_table(member, dm.train_images, hp.cclom_batch_size, self._view)
+                meta, dtype = member.meta, str(table.dtype).removeprefix("torch.")
+                rank_zero_info(
+                    f"[ptmdd] CCLoM feature table of PTM {meta.get('arch')} seed {meta.get('seed')} epoch "
+                    f"{meta.get('epoch')}: {table.shape[0]} x {table.shape[1]} {dtype} "
+                    f"({table.numel() * table.element_size() / 2**20:.0f} MB) in {time.perf_counter() - start:.1f} s "
+                    "(cclom_feature_table: false embeds the drawn real images every step instead)"
+                )
             labels = dm.train_labels.index_select(0, idx).to(self.device, non_blocking=True)
             return table.index_select(0, idx.to(table.device)), labels
         real_c, labels_c = self._cclom_real(real, real_labels, rng)

@@ -160,8 +160,9 @@ def _counting_member(num_classes: int = 4) -> tuple[PTMMember, list[int]]:
     return member, seen
 
 
-def test_cclom_from_the_feature_table_equals_the_authors_per_step_embedding_of_the_same_draw():
+def test_cclom_from_the_feature_table_equals_the_authors_per_step_embedding_of_the_same_draw(caplog):
     """ptmdd's feature table (a speed path) vs CCLoM.calculate_loss embedding its B drawn images every step."""
+    caplog.set_level("INFO")
     torch.manual_seed(0)
     table_model, images, labels = _distiller_with_data(cclom_batch_size=16)
     step_model, _, _ = _distiller_with_data(cclom_batch_size=16, cclom_feature_table=False)
@@ -182,6 +183,7 @@ def test_cclom_from_the_feature_table_equals_the_authors_per_step_embedding_of_t
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
     # the table: the 40 training images once, in chunks of cclom_batch_size, at the first step; per step: 16 drawn
     assert seen == [16, 16, 8] + [16] * 3
+    assert caplog.text.count("CCLoM feature table of PTM") == 1 and "40 x 32 float32" in caplog.text  # in the log
 
 
 def test_cclom_with_an_augmented_view_or_the_step_batch_embeds_every_step():
