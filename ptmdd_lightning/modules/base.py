@@ -392,9 +392,7 @@ class DistillerBase(LightningModule):
         """
         hp = self.hparams
         if hp.cclom_feature_table and hp.cclom_real == "uniform" and hp.guidance_view == "raw":
-            dm = self._uniform_source()
-            gen = torch.Generator().manual_seed(rng.getrandbits(63))
-            idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
+            dm, idx, _ = self._uniform_draw(rng)
             tables = self._aux.setdefault("cclom_tables", {})
             table = tables.get(id(member))
             if table is None or table.device != self.device:
@@ -413,15 +411,21 @@ class DistillerBase(LightningModule):
         with torch.no_grad():
             return member.net.embed(self._view(member.adapt(real_c))), labels_c
 
-    def _uniform_source(self) -> Any:
-        """The DataModule whose ``train_images``/``train_labels`` ``cclom_real: uniform`` draws from."""
+    def _uniform_draw(self, rng: random.Random) -> tuple[Any, Tensor, torch.Generator]:
+        """``cclom_real: uniform``'s draw: the DataModule, ``(cclom_batch_size,)`` int64 indices and their generator.
+
+        Uniform with replacement over the DataModule's ``train_images``, from a generator seeded by the step's ``rng``
+        (reproducible, resumable); the one place that draws, so that both CCLoM paths consume ``rng`` alike.
+        """
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or getattr(dm, "train_images", None) is None:
             raise PtmddError(
                 "cclom_real: uniform draws from the whole training set and needs a DistillDataModule; "
                 "use cclom_real: batch without one."
             )
-        return dm
+        gen = torch.Generator().manual_seed(rng.getrandbits(63))
+        idx = torch.randint(0, dm.train_images.shape[0], (self.hparams.cclom_batch_size,), generator=gen)
+        return dm, idx, gen
 
     def _cclom_real(self, real: Tensor, real_labels: Tensor, rng: random.Random) -> tuple[Tensor, Tensor]:
         """CCLoM's real batch ``((B, C, H, W), (B,))`` in the guidance view (see ``cclom_real``).
@@ -436,9 +440,7 @@ class DistillerBase(LightningModule):
             if per_class.shape[1] < n:
                 raise PtmddError(f"cclom_batch_real={n} exceeds data.batch_real={per_class.shape[1]}; lower it.")
             return per_class[:, :n].flatten(0, 1), real_labels.view(k, -1)[:, :n].flatten()
-        dm = self._uniform_source()
-        gen = torch.Generator().manual_seed(rng.getrandbits(63))
-        idx = torch.randint(0, dm.train_images.shape[0], (hp.cclom_batch_size,), generator=gen)
+        dm, idx, gen = self._uniform_draw(rng)
         images = dm.train_images.index_select(0, idx).to(self.device, non_blocking=True)
         labels = dm.train_labels.index_select(0, idx).to(self.device, non_blocking=True)
         if hp.guidance_view == "augmented" and self.dsa_strategy is not None:
