@@ -18,7 +18,8 @@ Usage (from the repository root; one core, as the findings campaign runs)::
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/cclom_features.py            # ~2 min on Intel
     .venv/bin/python benchmarks/cclom_features.py --classes 5 6 7 8 9 --steps 10 --precision 32
 
-Writes ``benchmarks/results/cclom_features-<device>-<date>.json`` and ``.md`` and prints the table. Not a test.
+Writes ``benchmarks/results/cclom_features-cpu-<date>-n<training images>-<precision>.json`` and ``.md`` and prints
+the table. Not a test.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def main() -> None:
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"cclom_features-cpu-{_dt.date.today().isoformat()}"
+    stem = f"cclom_features-cpu-{_dt.date.today().isoformat()}-n{images.shape[0]}-{args.precision}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(md)
     print(f"wrote {out / stem}.json and .md")
