@@ -200,7 +200,7 @@ class DistillerBase(LightningModule):
         self.base_weight = float(base_weight)
         # Unregistered on purpose: the random net and the frozen pool are not part of the learnable state, must not be
         # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
-        self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None}
+        self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None, "cclom_tables": {}}
         self._seed = 0
 
     # ------------------------------------------------------------------ set-up
@@ -393,7 +393,7 @@ class DistillerBase(LightningModule):
         hp = self.hparams
         if hp.cclom_feature_table and hp.cclom_real == "uniform" and hp.guidance_view == "raw":
             dm, idx, _ = self._uniform_draw(rng)
-            tables = self._aux.setdefault("cclom_tables", {})
+            tables = self._aux["cclom_tables"]  # emptied whenever a pool is loaded
             table = tables.get(id(member))
             if table is None or table.device != self.device:
                 start = time.perf_counter()
