@@ -104,9 +104,9 @@ CONTRASTS: tuple[Contrast, ...] = (
     Contrast(
         _F3,
         "domain",
-        "alpha=1000__real_batch=uniform",
-        "baseline=CCLoM_other-domain_alpha_1000_augmented_view",
-        "other-domain CCLoM alpha 1000: augmented vs raw view",
+        "alpha=1000__real_batch=batch",
+        "baseline=CCLoM_other-domain_alpha_1000_real_batch_augmented_view",
+        "other-domain CCLoM alpha 1000, batch real batch: augmented vs raw view",
         0,
     ),
     Contrast(

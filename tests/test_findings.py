@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.findings import Contrast, contrast_row, main, pool_costs, seed_means, table
+from ptmdd_lightning.findings import CONTRASTS, Contrast, contrast_row, main, pool_costs, seed_means, table
+from ptmdd_lightning.studies.spec import expand, load_sweep
 
+SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "paper" / "findings" / "sweeps"
 T_975_DF2 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom (any table)
 
 
@@ -116,3 +119,13 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "missing")])
     assert err.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("contrast", CONTRASTS, ids=lambda c: f"{c.study}:{c.label}")
+def test_every_contrast_names_two_points_of_its_shipped_sweep(contrast):
+    # a typo would leave the contrast "not run" for ever; the ids are those ptmdd-sweep gives the sweep's points
+    sweep = load_sweep(SWEEPS / f"{contrast.study}.yaml")
+    ids = {point.id for point in expand(sweep)}
+    assert contrast.a in ids, (contrast.a, sorted(ids))
+    assert contrast.b in ids, (contrast.b, sorted(ids))
+    assert contrast.a != contrast.b
