@@ -3,19 +3,29 @@
 # in benchmarks/findings/findings_runs of this repository between sessions.
 #   bash scripts/findings_session.sh start [COMMIT]   # restore the state, start one driver per core at COMMIT
 #   bash scripts/findings_session.sh stop             # SIGTERM the drivers (runs checkpoint), save the state here
+#   bash scripts/findings_session.sh save             # save the state here while the drivers run (then commit it)
 # start: installs Debian's Fashion-MNIST if missing, copies the saved state to OUTDIR unless it is there, clones this
 # repository into CLONE at COMMIT (default HEAD) so that later edits do not change the code under the runs, and
 # starts scripts/findings.sh there, shards 0/2 and 1/2 on cores 0 and 1. stop: the drivers' loops first (so no
 # next study starts), then every ptmdd-sweep (each stops its run, which writes last.ckpt at its step and keeps the
 # models its evaluation tested), waits for them, and copies OUTDIR into the repository without the checkpoints
-# Lightning writes beside last.ckpt on SIGTERM. Environment: OUTDIR (/work/findings_runs), CLONE
-# (/work/findings_clone), PYTHON (this checkout's .venv/bin/python).
+# Lightning writes beside last.ckpt on SIGTERM. save: the same copy without stopping anything, a safeguard
+# against a session that ends before its stop (each checkpoint is replaced atomically, so a copy holds the old or
+# the new file, never half of one; half-written temporaries are left out; a claim still marked running is taken
+# over once its heartbeat is 10 minutes old). Environment: OUTDIR (/work/findings_runs), CLONE
+# (/work/findings_clone), PYTHON (this checkout's .venv/bin/python), SAVED (benchmarks/findings/findings_runs).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUTDIR:-/work/findings_runs}
 clone=${CLONE:-/work/findings_clone}
 python=${PYTHON:-$repo/.venv/bin/python}
-saved=$repo/benchmarks/findings/findings_runs
+saved=${SAVED:-$repo/benchmarks/findings/findings_runs}
+
+save() {  # OUTDIR -> the repository, without Lightning's SIGTERM checkpoints and the atomic writers' temporaries
+  rm -rf "$saved.new" && cp -a "$out" "$saved.new"
+  find "$saved.new" \( -name 'epoch=*-step=*.ckpt' -o -name '.*.tmp[0-9]*' \) -delete
+  rm -rf "$saved" && mv "$saved.new" "$saved"
+}
 
 case "${1:-}" in
   start)
@@ -41,12 +51,16 @@ case "${1:-}" in
     sleep 1
     pkill -TERM -f "ptmdd_lightning.studies.cli" || true
     while pgrep -f "ptmdd_lightning" >/dev/null; do sleep 2; done
-    rm -rf "$saved" && cp -a "$out" "$saved"
-    find "$saved" -name 'epoch=*-step=*.ckpt' -delete
+    save
     echo "findings_session: stopped; state saved in $saved (commit it)"
     ;;
+  save)
+    [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
+    save
+    echo "findings_session: state of the running campaign saved in $saved (commit it)"
+    ;;
   *)
-    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop" >&2
+    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save" >&2
     exit 2
     ;;
 esac

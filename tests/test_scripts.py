@@ -54,7 +54,31 @@ def test_the_findings_session_script_names_its_commands_and_needs_the_venv(tmp_p
     script = next(p for p in SCRIPTS if p.name == "findings_session.sh")
     for args in ([], ["resume"]):
         proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=30)
-        assert proc.returncode == 2 and "usage: bash scripts/findings_session.sh start [COMMIT] | stop" in proc.stderr
+        assert (
+            proc.returncode == 2
+            and "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save" in proc.stderr
+        )
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "none"), "OUTDIR": str(tmp_path / "out")}
     proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 2 and "scripts/env.sh" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_findings_session_save_copies_the_state_without_sigterm_checkpoints_or_temporaries(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings_session.sh")
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    env = {"PATH": "/usr/bin:/bin", "OUTDIR": str(out), "SAVED": str(saved)}
+    proc = subprocess.run(["bash", str(script), "save"], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 2 and f"no {out} to save" in proc.stderr and not saved.exists()
+    run = out / "lightning_logs" / "sweeps" / "findings_nm" / "runs" / "N_m=1" / "seed0" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    (run / "checkpoints" / "epoch=0-step=7.ckpt").write_bytes(b"sigterm")
+    (run / "checkpoints" / ".last.ckpt.tmp4242").write_bytes(b"half")
+    (out / "driver0.log").write_text("log")
+    saved.mkdir()
+    (saved / "stale.txt").write_text("from an older save")
+    proc = subprocess.run(["bash", str(script), "save"], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+    kept = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
+    assert kept == ["driver0.log", str((run / "checkpoints" / "last.ckpt").relative_to(out))]
+    assert (out / "driver0.log").is_file() and (run / "checkpoints" / ".last.ckpt.tmp4242").is_file()  # untouched
