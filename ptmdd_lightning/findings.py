@@ -33,7 +33,18 @@ from ptmdd_lightning.compare import outdir_table_main, paired_difference
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
 
-__all__ = ["CONTRASTS", "MIN_SEEDS", "Contrast", "contrast_row", "main", "pool_costs", "seed_means", "table"]
+__all__ = [
+    "CONTRASTS",
+    "MIN_SEEDS",
+    "POOLS",
+    "Contrast",
+    "Pool",
+    "contrast_row",
+    "main",
+    "pool_cost",
+    "seed_means",
+    "table",
+]
 
 #: seeds a verdict needs (issue 14: ">= 3 seeds and paired statistics")
 MIN_SEEDS = 3
@@ -222,39 +233,67 @@ def contrast_row(contrast: Contrast, points: dict[str, dict[int, float]] | None)
     }
 
 
-def pool_costs(pool_root: str | Path, arch: str = "ConvNetW32", epoch: int = 150) -> dict[int, dict[str, float]]:
-    """What the ``N_m``-member pools of the campaign cost: ``{N_m: {"hours", "megabytes"}}`` for N_m 1, 2 and 5.
+@dataclass(frozen=True)
+class Pool:
+    """A PTM pool of the campaign whose cost the table sets against its gain (the reviewers' first question).
 
-    A pool of N_m members uses member seeds ``0 .. N_m - 1`` (ptmdd's pool order); its pretraining time is the sum
-    of each member run's recorded ``pretrain_seconds`` (the wall seconds of that run up to ``epoch``, written by
-    :class:`~ptmdd_lightning.callbacks.PTMCheckpoint`), its storage the bytes of the ``epoch`` files it loads.
+    Attributes:
+        label: how the table names it, e.g. ``"N_m = 5"``.
+        study, point: the study and its point that distils with this pool (its gain is that point vs DM alone).
+        members: ``(arch, seed)`` of each member, all of Fashion-MNIST at ``epoch``.
+        epoch: the checkpoint epoch the point loads.
+    """
+
+    label: str
+    study: str
+    point: str
+    members: tuple[tuple[str, int], ...]
+    epoch: int = 150
+
+
+_W32 = "ConvNetW32"
+#: the pools of the nm and na studies (configs/paper/findings/sweeps/), in ptmdd's pool order (member seeds 0, 1, ...)
+POOLS: tuple[Pool, ...] = (
+    *(Pool(f"N_m = {n}", "nm", f"N_m={n}", tuple((_W32, s) for s in range(n))) for n in (1, 2, 5)),
+    Pool("N_a = 2 (+LeNet)", "na", "N_a=2_+LeNet", ((_W32, 0), ("LeNet", 0))),
+    Pool(
+        "N_a = 4 (+MLP, +ConvNetD1)",
+        "na",
+        "N_a=4_+MLP_+ConvNetD1",
+        ((_W32, 0), ("LeNet", 0), ("MLP", 0), ("ConvNetD1", 0)),
+    ),
+)
+
+
+def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float] | None:
+    """What ``pool`` cost: ``{"hours", "megabytes"}`` of pretraining and files, or ``None`` while incomplete.
+
+    Its pretraining time is the sum of each member run's recorded ``pretrain_seconds`` (the wall seconds of that run
+    up to ``pool.epoch``, written by :class:`~ptmdd_lightning.callbacks.PTMCheckpoint`; one thread on the
+    campaign's CPU), its storage the bytes of the ``epoch`` files it loads
+    (``pool_root/fashion_mnist/<arch>/seed<S>/epoch<E>.pt``).
 
     Args:
         pool_root: the campaign's ``ptm_pool/findings`` folder.
-        arch, epoch: the members' architecture and checkpoint epoch.
+        pool: the pool.
 
     Returns:
-        Only the pools whose every member file exists and records its pretraining time.
+        ``None`` when a member file is missing or records no pretraining time.
 
     Raises:
         PtmddError: a member file that is truncated or corrupted.
     """
-    root = Path(pool_root) / "fashion_mnist" / arch
-    seconds, sizes = [], []
-    for seed in range(5):
-        path = root / f"seed{seed}" / f"epoch{epoch}.pt"
+    seconds, size = 0.0, 0
+    for arch, seed in pool.members:
+        path = Path(pool_root) / "fashion_mnist" / arch / f"seed{seed}" / f"epoch{pool.epoch}.pt"
         if not path.is_file():
-            break
+            return None
         meta = safe_load(path, "PTM checkpoint", "delete it and pretrain the member again (scripts/findings.sh)")
         if not isinstance(meta, dict) or meta.get("pretrain_seconds") is None:
-            break
-        seconds.append(float(meta["pretrain_seconds"]))
-        sizes.append(path.stat().st_size)
-    return {
-        n: {"hours": sum(seconds[:n]) / 3600.0, "megabytes": sum(sizes[:n]) / 1e6}
-        for n in (1, 2, 5)
-        if len(seconds) >= n
-    }
+            return None
+        seconds += float(meta["pretrain_seconds"])
+        size += path.stat().st_size
+    return {"hours": seconds / 3600.0, "megabytes": size / 1e6}
 
 
 def _commits(outdir: Path, study: str) -> str:
@@ -332,17 +371,17 @@ def table(outdir: str | Path) -> str:
         if dm:
             shown = _mean_sd(real.values()) if real else "-"
             lines.append(f"| {study} | {_mean_sd(dm.values())} | {shown} | {len(dm)} |")
-    costs = pool_costs(out / "ptm_pool" / "findings")
-    nm = points.get("nm") or {}
+    costs = [(pool, pool_cost(out / "ptm_pool" / "findings", pool)) for pool in POOLS]
+    costs = [(pool, cost) for pool, cost in costs if cost is not None]
     if costs:
         lines += [
             "",
-            "| pool (ConvNetW32, epoch 150) | pretraining (h, one CPU thread) | files (MB) | gain vs DM alone |",
+            "| pool (epoch 150) | pretraining (h, one CPU thread) | files (MB) | gain vs DM alone (± 95 % CI) |",
+            "|---|---|---|---|",
         ]
-        lines.append("|---|---|---|---|")
-        for n, cost in costs.items():
-            gain = contrast_row(Contrast("", "nm", _DM, f"N_m={n}", "", 0), nm)["diff"]
-            lines.append(f"| N_m = {n} | {cost['hours']:.2f} | {cost['megabytes']:.2f} | {gain} |")
+        for pool, cost in costs:
+            gain = contrast_row(Contrast("", pool.study, _DM, pool.point, "", 0), points.get(pool.study))["diff"]
+            lines.append(f"| {pool.label} | {cost['hours']:.2f} | {cost['megabytes']:.2f} | {gain} |")
     return "\n".join(lines) + "\n"
 
 

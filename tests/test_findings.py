@@ -11,8 +11,19 @@ import pytest
 import torch
 
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.findings import CONTRASTS, Contrast, contrast_row, main, pool_costs, seed_means, table
+from ptmdd_lightning.findings import (
+    CONTRASTS,
+    POOLS,
+    Contrast,
+    Pool,
+    contrast_row,
+    main,
+    pool_cost,
+    seed_means,
+    table,
+)
 from ptmdd_lightning.studies.spec import expand, load_sweep
+from ptmdd_lightning.studies.store import point_config
 
 SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "paper" / "findings" / "sweeps"
 T_975_DF2 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom (any table)
@@ -73,18 +84,36 @@ def test_fewer_than_three_shared_seeds_give_no_verdict_and_missing_studies_are_n
     assert contrast_row(contrast, None)["verdict"] == "not run yet"
 
 
-def test_pool_costs_sum_the_members_pretraining_time_and_files(tmp_path):
+def _member(root, arch: str, seed: int, seconds: float | None, epoch: int = 150) -> int:
+    """A pool member file as PTMCheckpoint writes it; returns its size in bytes."""
+    path = root / "fashion_mnist" / arch / f"seed{seed}" / f"epoch{epoch}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.zeros(3 + seed)}, "pretrain_seconds": seconds}, path)
+    return path.stat().st_size
+
+
+def test_pool_cost_sums_its_members_pretraining_time_and_files(tmp_path):
     root = tmp_path / "pool"
-    sizes = []
-    for seed, seconds in ((0, 1800.0), (1, 3600.0)):
-        path = root / "fashion_mnist" / "ConvNetW32" / f"seed{seed}" / "epoch150.pt"
-        path.parent.mkdir(parents=True)
-        torch.save({"state_dict": {"w": torch.zeros(3)}, "pretrain_seconds": seconds}, path)
-        sizes.append(path.stat().st_size)
-    costs = pool_costs(root)
-    assert set(costs) == {1, 2}  # N_m = 5 needs seeds 0-4
-    assert costs[1]["hours"] == pytest.approx(0.5) and costs[2]["hours"] == pytest.approx(1.5)
-    assert costs[2]["megabytes"] == pytest.approx(sum(sizes) / 1e6)
+    sizes = [_member(root, "ConvNetW32", 0, 1800.0), _member(root, "LeNet", 0, 900.0)]
+    _member(root, "ConvNetW32", 1, 3600.0)  # not a member of the pool below
+    pool = Pool("N_a = 2", "na", "N_a=2_+LeNet", (("ConvNetW32", 0), ("LeNet", 0)))
+    cost = pool_cost(root, pool)
+    assert cost["hours"] == pytest.approx(0.75) and cost["megabytes"] == pytest.approx(sum(sizes) / 1e6)
+    # incomplete pools cost nothing yet: a missing member, a member without its recorded time
+    assert pool_cost(root, Pool("N_m = 5", "nm", "N_m=5", tuple(("ConvNetW32", s) for s in range(5)))) is None
+    _member(root, "MLP", 0, None)
+    assert pool_cost(root, Pool("x", "na", "x", (("ConvNetW32", 0), ("MLP", 0)))) is None
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=lambda p: p.label)
+def test_every_pool_is_the_pool_its_point_distils_with(pool):
+    sweep = load_sweep(SWEEPS / f"{pool.study}.yaml")
+    point = next((p for p in expand(sweep) if p.id == pool.point), None)
+    assert point is not None, pool.point
+    groups = point_config(point, 0)["model"]["init_args"]["ptms"]
+    members = tuple((g["arch"], s) for g in groups for s in range(g["num_seeds"]))  # ptmdd's pool order
+    assert members == pool.members and {g["epoch"] for g in groups} == {pool.epoch}
+    assert {g.get("source") for g in groups} == {None}  # Fashion-MNIST itself, the folder pool_cost reads
 
 
 def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
@@ -103,6 +132,8 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
         run.mkdir(parents=True)
         machine = {"cpu": {"kind": kind}, "precision": "distillation bf16-mixed, evaluation 32"}
         (run / "results.json").write_text(json.dumps([{"step": 2000, "machine": machine}]))
+    _member(tmp_path / "ptm_pool" / "findings", "ConvNetW32", 0, 1800.0)  # the N_m = 1 pool, complete
+    _member(tmp_path / "ptm_pool" / "findings", "LeNet", 0, 900.0)  # N_a = 2's pool, complete but not run yet
     text = table(tmp_path)
     lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| 1. diversity: N_m")}
     assert "| holds |" in lines["N_m 5 vs 1 (decides)"]  # differences 1.0, 1.2, 0.8
@@ -114,6 +145,9 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     assert "na: -" in text
     # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
     assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
+    # each complete pool's cost beside its gain over DM alone (N_m = 1: +1.0, +1.2, +0.8 -> +1.00 ± 0.50)
+    assert "| N_m = 1 | 0.50 | " in text and "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 0.50 | ")[1].splitlines()[0]
+    assert "| N_a = 2 (+LeNet) | 0.75 | " in text and "N_m = 2 |" not in text
     main([str(tmp_path)])
     assert capsys.readouterr().out == text
     with pytest.raises(SystemExit) as err:
