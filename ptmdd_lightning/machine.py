@@ -1,4 +1,4 @@
-"""The machine a run ran on, for the record: CPU model and ISA, threads, torch version, precision, fast paths.
+"""The machine a run ran on, for the record: CPU model and ISA, threads, torch version, precision, fast paths, commit.
 
 Results can differ in the last bits between thread counts and between CPU kinds (docs/distributed.md,
 "Determinism"), and the CPU speed paths differ by CPU (AMX on Intel Sapphire Rapids; none of it on an AVX2-only
@@ -12,8 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "auto_precision",
     "backend_record",
     "busy_cpus",
+    "code_record",
     "contention_warning",
     "cpu_info",
     "fast_paths_ran",
@@ -256,6 +260,40 @@ def contention_warning(threads: int | None = None, busy: float | None = None) ->
     )
 
 
+@functools.lru_cache(maxsize=1)
+def code_record() -> dict[str, Any]:
+    """Which ptmdd ran: ``{"version", "commit", "dirty"}``, once per process.
+
+    ``version`` is the installed distribution's (``None`` when ptmdd runs from a source tree without being
+    installed); ``commit`` the full hash of ``HEAD`` and ``dirty`` whether tracked files differ from it, when the
+    package is imported from a git checkout (``git`` on PATH), else both ``None`` (e.g. an installed wheel). A run
+    resumed at another commit records the commit of its last process; a study's runner also keeps every commit
+    that worked on it (scripts/findings.sh's ``commits.txt``, scripts/reproduce.sh's ``<run>.commit``).
+    """
+    try:
+        version = metadata.version("ptmdd")
+    except metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parent.parent
+    commit = dirty = None
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
+            status = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            head = status = None
+        if head is not None and head.returncode == 0 and status.returncode == 0:
+            commit, dirty = head.stdout.strip(), bool(status.stdout.strip())
+    return {"version": version, "commit": commit, "dirty": dirty}
+
+
 def machine_record(device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:
     """What a results file records about the machine and the code path of a run.
 
@@ -267,7 +305,8 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
         a JSON-ready dict: ``cpu`` (:func:`cpu_info`), ``threads`` (``torch.get_num_threads()``),
         ``omp_num_threads`` (the environment variable or ``None``), ``torch``, ``device``, ``gpu`` (CUDA device
         name or ``None``), ``precision``, ``fast_paths`` (:func:`fast_paths_ran`), ``backend``
-        (:func:`backend_record`) and the ``PTMDD_*`` overrides set.
+        (:func:`backend_record`), the ``PTMDD_*`` overrides set and ``code`` (:func:`code_record`: ptmdd's
+        version and git commit).
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gpu = None
@@ -284,4 +323,5 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
         "fast_paths": fast_paths_ran(),
         "backend": backend_record(),
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PTMDD_") and k != "PTMDD_DATA"},
+        "code": code_record(),
     }

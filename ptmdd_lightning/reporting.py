@@ -161,22 +161,32 @@ def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -
     }
 
 
+def _commit_text(machine: dict[str, Any]) -> str:
+    """``"<40-hex commit>"`` (``" (dirty)"`` added when tracked files differed) or ``""`` when not recorded."""
+    code = machine.get("code") or {}
+    if not code.get("commit"):
+        return ""
+    return code["commit"] + (" (dirty)" if code.get("dirty") else "")
+
+
 def write_results(
     rows: list[dict[str, Any]], folder, stem: str = "results", machine: dict[str, Any] | None = None
 ) -> None:
     """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``folder`` (atomic replace).
 
     ``machine`` (:func:`ptmdd_lightning.machine.machine_record`: CPU model and ISA, threads, torch version,
-    precision, fast paths that ran) goes into every JSON row as ``"machine"``, into the CSV as the columns
-    ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, and under the Markdown table.
+    precision, fast paths that ran, ptmdd's commit) goes into every JSON row as ``"machine"``, into the CSV as the
+    columns ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, ``commit``, and under the
+    Markdown table.
     """
     rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
     text = format_table(rows) + "\n"
+    commit = _commit_text(machine) if machine is not None else ""
     if machine is not None:
         text += (
             f"\nmachine: {machine['cpu']['model']} ({machine['cpu']['kind']}), {machine['threads']} threads, "
             f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
-            f"{', '.join(machine['fast_paths']) or 'none'}\n"
+            f"{', '.join(machine['fast_paths']) or 'none'}; ptmdd commit {commit or 'unknown'}\n"
         )
     atomic_write_text(folder / f"{stem}.md", text)
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
@@ -184,7 +194,7 @@ def write_results(
     optional = ["labels", "augment", "teacher", *[f"{k}{s}" for k in SCORE_COLUMNS for s in ("", "_std")]]
     optional += ["real_hard_acc", "real_hard_source", *COST_FIELDS]
     fields += [f for f in optional if any(f in r for r in rows)]  # columns only where a row has them
-    extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths"] if machine is not None else []
+    extra = ["cpu", "isa", "threads", "torch", "precision", "fast_paths", "commit"] if machine is not None else []
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fields + extra, extrasaction="ignore")
     writer.writeheader()
@@ -198,6 +208,7 @@ def write_results(
                 torch=machine["torch"],
                 precision=machine["precision"],
                 fast_paths=" ".join(machine["fast_paths"]),
+                commit=commit,
             )
         writer.writerow(flat)
     atomic_write_text(folder / f"{stem}.csv", buffer.getvalue())

@@ -17,6 +17,7 @@ from ptmdd_lightning import machine
 from ptmdd_lightning.core.evaluate import _autocast
 from ptmdd_lightning.machine import (
     auto_precision,
+    code_record,
     cpu_info,
     machine_record,
     native_bf16_cpu,
@@ -79,6 +80,8 @@ def test_write_results_puts_the_machine_into_json_csv_and_markdown(tmp_path):
     with (tmp_path / "results.csv").open() as fh:
         (line,) = list(csv.DictReader(fh))
     assert line["cpu"] == rec["cpu"]["model"] and int(line["threads"]) == rec["threads"]
+    commit = rec["code"]["commit"] + (" (dirty)" if rec["code"]["dirty"] else "")  # this checkout is a git one
+    assert line["commit"] == commit and f"ptmdd commit {commit}" in (tmp_path / "results.md").read_text()
     assert line["precision"] == "bf16" and line["accs"] == "0.4000 0.6000"
     assert "precision bf16" in (tmp_path / "results.md").read_text()
     write_results([ROW], tmp_path / ".")  # without a record: the plain table, no machine key
@@ -164,3 +167,23 @@ def test_busy_cpus_sees_a_busy_neighbour():
         neighbour.kill()
         neighbour.wait()
     assert busy is not None and 0.7 <= busy <= len(os.sched_getaffinity(0))
+
+
+def test_code_record_names_the_checkout_commit_and_nothing_outside_a_checkout(monkeypatch, tmp_path):
+    code_record.cache_clear()
+    root = Path(machine.__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    status = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    rec = code_record()
+    assert rec["commit"] == head.stdout.strip() and len(rec["commit"]) == 40
+    assert rec["dirty"] is bool(status.stdout.strip())
+    assert machine_record()["code"] == rec
+    # a copy of the package outside any git checkout (an unpacked wheel): no commit, no guess
+    (tmp_path / "site" / "ptmdd_lightning").mkdir(parents=True)
+    monkeypatch.setattr(machine, "__file__", str(tmp_path / "site" / "ptmdd_lightning" / "machine.py"))
+    code_record.cache_clear()
+    assert code_record()["commit"] is None and code_record()["dirty"] is None
+    monkeypatch.undo()
+    code_record.cache_clear()
