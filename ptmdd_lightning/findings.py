@@ -354,8 +354,9 @@ def table(outdir: str | Path) -> str:
         "",
         "DM IPC 10 on Fashion-MNIST (the domain study: classes 5-9 only, PTMs of classes 0-4 or 5-9), 2,000 "
         "iterations, batch_real 256; each seed's accuracy is the mean of 10 ConvNet-3 x 500 epochs (fp32, DSA) "
-        "tested on those classes; a and b are means over the seeds both settings finished. Studies: "
-        f"{studies}. Runs: {machines}.",
+        "tested on those classes; a and b are means over the seeds both settings finished. The commits each "
+        f"study's drivers ran at (its commits.txt; a driver passes through a finished study too): {studies}. "
+        f"Runs: {machines}.",
     ]
     lines += [
         "",
