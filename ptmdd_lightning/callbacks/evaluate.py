@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from ptmdd_lightning.callbacks.export import EndOfTrainingWork, log_synthetic_grid
-from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.evaluate import EvalProtocol, as_eval_protocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import pool_cost
 from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher, check_real_hard_acc
 from ptmdd_lightning.errors import PtmddError
@@ -101,13 +101,6 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self.baseline_draw = check_baseline_draw(baseline_draw)
         if num_models < 1:
             raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
-        if isinstance(protocol, dict):
-            protocol = EvalProtocol(**protocol)
-        if protocol is not None and not isinstance(protocol, EvalProtocol):
-            raise PtmddError(
-                f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
-                f"{type(protocol).__name__}."
-            )
         specs = as_teacher_specs(teachers)
         check_real_hard_acc(real_hard_acc)
         self.teacher_specs = {spec.describe(): spec for spec in specs}
@@ -117,7 +110,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         self._teachers: dict[str, Teacher] = {}
         self.archs = archs
         self.num_models = num_models
-        self.protocol = protocol if protocol is not None else EvalProtocol()
+        self.protocol = as_eval_protocol(protocol)
         self.mode = mode
         self.baseline = baseline
         self.every_n_steps = every_n_steps

@@ -50,6 +50,7 @@ from ptmdd_lightning.nets.forward import BackendName, net_forward, resolve_backe
 __all__ = [
     "EVAL_DSA_STRATEGY",
     "EvalProtocol",
+    "as_eval_protocol",
     "evaluate_models",
     "lr_for_epoch",
     "random_real_subset",
@@ -175,6 +176,25 @@ class EvalProtocol:
     def decay_epoch(self) -> int:
         """The first epoch (0-based) trained with the decayed lr ``0.1 * lr``."""
         return math.floor(self.epochs * self.lr_decay_at)
+
+
+def as_eval_protocol(value: EvalProtocol | dict[str, Any] | None) -> EvalProtocol:
+    """A config's ``protocol:`` as an :class:`EvalProtocol`.
+
+    ``value``: a mapping of its fields (YAML), an ``EvalProtocol``, or ``None`` (the reference defaults).
+
+    Raises:
+        PtmddError: anything else (the message shows the YAML form), or a field out of range (``__post_init__``).
+    """
+    if value is None:
+        return EvalProtocol()
+    if isinstance(value, dict):
+        value = EvalProtocol(**value)
+    if not isinstance(value, EvalProtocol):
+        raise PtmddError(
+            f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got {type(value).__name__}."
+        )
+    return value
 
 
 def lr_for_epoch(protocol: EvalProtocol, epoch: int) -> float:

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from ptmdd_lightning.core.evaluate import EvalProtocol, random_real_subset, train_and_test
+from ptmdd_lightning.core.evaluate import EvalProtocol, as_eval_protocol, random_real_subset, train_and_test
 from ptmdd_lightning.core.guidance import PTMRecipe
 from ptmdd_lightning.core.soft_labels import Teacher, TeacherSpec, as_teacher_specs, build_teacher, check_real_hard_acc
 from ptmdd_lightning.core.synthetic import load_synthetic_set
@@ -218,16 +218,9 @@ class SyntheticSetEvaluator(LightningModule):
             raise PtmddError("SyntheticSetEvaluator needs at least one arch, e.g. archs: [ConvNet, AlexNet].")
         if num_models < 1:
             raise PtmddError(f"evaluation needs num_models >= 1, got {num_models}.")
-        if isinstance(protocol, dict):
-            protocol = EvalProtocol(**protocol)
-        if protocol is not None and not isinstance(protocol, EvalProtocol):
-            raise PtmddError(
-                f"protocol must be an EvalProtocol (in YAML a mapping such as {{epochs: 300}}), got "
-                f"{type(protocol).__name__}."
-            )
         for arch in archs:
             build_net(arch, info.channels, info.num_classes, info.image_size)  # unknown arch -> PtmddError now
-        self.protocol = protocol if protocol is not None else EvalProtocol()
+        self.protocol = as_eval_protocol(protocol)
         specs = as_teacher_specs(teachers)
         if isinstance(ptm_recipe, dict):
             ptm_recipe = PTMRecipe(**ptm_recipe)

@@ -414,3 +414,24 @@ def test_done_models_are_returned_as_given_and_bad_ones_are_refused():
     for bad in ({2: 0.5}, {-1: 0.5}, {0: 1.5}, {"0": 0.5}):
         with pytest.raises(PtmddError, match="done must map model indices"):
             train_and_test(tiny_net, x, y, tx, ty, 2, 2, p, seed=0, done=bad)
+
+
+def test_a_config_protocol_is_a_mapping_an_eval_protocol_or_none_and_nothing_else():
+    from ptmdd_lightning.callbacks import SyntheticSetEvaluation
+    from ptmdd_lightning.modules import SyntheticSetEvaluator
+
+    made = ev.as_eval_protocol({"epochs": 300, "lr_decay_at": 1.0})
+    assert isinstance(made, ev.EvalProtocol) and made.epochs == 300 and made.lr_decay_at == 1.0
+    assert made.batch_size == 256  # the other fields keep their reference defaults
+    assert ev.as_eval_protocol(made) is made and ev.as_eval_protocol(None) == ev.EvalProtocol()
+    for bad in (300, "epochs: 300", [300]):
+        with pytest.raises(PtmddError, match=r"mapping such as \{epochs: 300\}\), got "):
+            ev.as_eval_protocol(bad)
+    with pytest.raises(PtmddError, match="epochs must be an int >= 1"):
+        ev.as_eval_protocol({"epochs": 0})
+    # both owners of a protocol: the evaluation callback and the evaluator module
+    with pytest.raises(PtmddError, match="got int"):
+        SyntheticSetEvaluation(protocol=300)
+    with pytest.raises(PtmddError, match="got str"):
+        SyntheticSetEvaluator(path="unused.pt", protocol="fast")
+    assert SyntheticSetEvaluation(protocol={"epochs": 7}).protocol.epochs == 7
