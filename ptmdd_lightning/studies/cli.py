@@ -151,10 +151,11 @@ def _study_args(args: argparse.Namespace, extra: list[str]) -> StudyArgs:
 
 
 def _print_status(study: Study, slots) -> None:
+    width = max((len(slot.key) for slot in slots), default=0)  # one column of run names, however long
     for slot in slots:
         folder = study.folder(slot)
         where = folder.relative_to(study.out) if folder is not None else "-"
-        print(f"{study.state(slot):8s} {slot.key:40s} {where}")
+        print(f"{study.state(slot):8s} {slot.key:{width}s} {where}")
     print(f"{counts_line(study.counts(slots))} ({len(slots)} runs)")
 
 

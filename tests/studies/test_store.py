@@ -159,3 +159,19 @@ def test_a_sibling_studys_identical_done_run_is_adopted_and_nothing_else(tmp_pat
     assert states["N_m=1@seed0"] == "done" and states["baseline=DM@seed0"] == "pending"
     assert second.adopt(second.slots()[0]) is None  # adopted once: the run has its folder now
     assert sorted(p.name for p in copy.parent.iterdir()) == ["version_0"]  # no staging folder left
+
+
+def test_status_puts_every_run_folder_in_one_column_however_long_the_run_names(tmp_path, capsys):
+    from ptmdd_lightning.studies.cli import _print_status
+
+    long_name = "CCLoM other-domain, alpha 1000, real batch, augmented view"  # a run key of 60+ characters
+    study = make_study(tmp_path, SWEEP.replace("  DM:\n", f"  {long_name}:\n"))
+    slots = study.slots()
+    finish(study, slots[0], [0.5], None)
+    _print_status(study, slots)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split(maxsplit=1)[1] for line in lines[:-1]]  # name and folder, after the state
+    assert any(len(slot.key) > 60 for slot in slots) and len(rows) == len(slots)
+    assert len({len(row) - len(row.split()[-1]) for row in rows}) == 1  # every folder starts in the same column
+    assert lines[0].endswith(" runs/N_m=1/seed0/version_0") and lines[1].endswith(" -")  # a folder, or none yet
+    assert lines[-1].endswith(f" pending ({len(slots)} runs)")
