@@ -4,6 +4,7 @@
 #   bash scripts/findings_session.sh start [COMMIT]   # restore the state, start one driver per core at COMMIT
 #   bash scripts/findings_session.sh stop             # SIGTERM the drivers (runs checkpoint), save the state here
 #   bash scripts/findings_session.sh save             # save the state here while the drivers run (then commit it)
+#   bash scripts/findings_session.sh autosave         # save and commit the state every AUTOSAVE_SECONDS (start runs it)
 # start: installs Debian's Fashion-MNIST if missing, copies the saved state to OUTDIR unless it is there, clones this
 # repository into CLONE at COMMIT (default HEAD) so that later edits do not change the code under the runs, and
 # starts scripts/findings.sh there, shards 0/2 and 1/2 on cores 0 and 1. stop: the drivers' loops first (so no
@@ -12,8 +13,12 @@
 # Lightning writes beside last.ckpt on SIGTERM. save: the same copy without stopping anything, a safeguard
 # against a session that ends before its stop (each checkpoint is replaced atomically, so a copy holds the old or
 # the new file, never half of one; half-written temporaries are left out; a claim still marked running is taken
-# over once its heartbeat is 10 minutes old). Environment: OUTDIR (/work/findings_runs), CLONE
-# (/work/findings_clone), PYTHON (this checkout's .venv/bin/python), SAVED (benchmarks/findings/findings_runs).
+# over once its heartbeat is 10 minutes old). autosave: while a driver of OUTDIR/drivers.pid lives, every
+# AUTOSAVE_SECONDS the same save, committed (that folder only) into this repository, and once more when the last
+# driver ends; start launches it (log OUTDIR/autosave.log) so that a session cut off before its stop loses at most
+# AUTOSAVE_SECONDS of the campaign; stop ends it first. Environment: OUTDIR (/work/findings_runs), CLONE
+# (/work/findings_clone), PYTHON (this checkout's .venv/bin/python), SAVED (benchmarks/findings/findings_runs),
+# AUTOSAVE_SECONDS (1800; 0: start launches no autosave).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUTDIR:-/work/findings_runs}
@@ -22,9 +27,21 @@ python=${PYTHON:-$repo/.venv/bin/python}
 saved=${SAVED:-$repo/benchmarks/findings/findings_runs}
 
 save() {  # OUTDIR -> the repository, without Lightning's SIGTERM checkpoints and the atomic writers' temporaries
-  rm -rf "$saved.new" && cp -a "$out" "$saved.new"
+  mkdir -p "$(dirname "$saved")" && rm -rf "$saved.new" && cp -a "$out" "$saved.new"
   find "$saved.new" \( -name 'epoch=*-step=*.ckpt' -o -name '.*.tmp[0-9]*' \) -delete
   rm -rf "$saved" && mv "$saved.new" "$saved"
+}
+
+commit_saved() {  # the saved state, and nothing else of the working tree, as one commit of this repository
+  git -C "$repo" add -A -- "$saved" &&
+    git -C "$repo" commit -q -m "findings campaign: state at $(date -u +%FT%H:%MZ) (autosave)" -- "$saved" ||
+    echo "findings_session autosave: nothing committed at $(date -u +%FT%TZ)"
+}
+
+drivers_alive() {  # a driver of OUTDIR/drivers.pid still runs
+  local pid
+  for pid in $(cat "$out/drivers.pid" 2>/dev/null); do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
 }
 
 case "${1:-}" in
@@ -42,11 +59,19 @@ case "${1:-}" in
     git -C "$clone" fetch -q "$repo" && git -C "$clone" checkout -q "$commit"
     cd "$clone"
     PYTHON=$python nohup bash scripts/findings.sh "$out" 0 0/2 >> "$out/driver0.log" 2>&1 &
+    pids=$!
     SWEEPS="nm domain epoch reviewers na" PYTHON=$python nohup bash scripts/findings.sh "$out" 1 1/2 \
       >> "$out/driver1.log" 2>&1 &
+    echo "$pids $!" > "$out/drivers.pid"
     echo "findings_session: drivers started at $commit; logs $out/driver{0,1}.log"
+    if [ "${AUTOSAVE_SECONDS:-1800}" != 0 ]; then
+      nohup bash "$repo/scripts/findings_session.sh" autosave >> "$out/autosave.log" 2>&1 &
+      echo "findings_session: autosave every ${AUTOSAVE_SECONDS:-1800} s; log $out/autosave.log"
+    fi
     ;;
   stop)
+    pkill -TERM -f "findings_session.sh autosave" || true  # between its steps: never half a save or a commit
+    while pgrep -f "findings_session.sh autosave" >/dev/null; do sleep 1; done
     pkill -TERM -f "scripts/findings.sh" || true
     sleep 1
     pkill -TERM -f "ptmdd_lightning.studies.cli" || true
@@ -59,8 +84,17 @@ case "${1:-}" in
     save
     echo "findings_session: state of the running campaign saved in $saved (commit it)"
     ;;
+  autosave)
+    [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
+    trap 'exit 0' TERM  # taken after the step in progress, or at once in the wait
+    while drivers_alive; do
+      sleep "${AUTOSAVE_SECONDS:-1800}" & wait $!
+      save && commit_saved
+    done
+    echo "findings_session autosave: no driver runs; last save at $(date -u +%FT%TZ)"
+    ;;
   *)
-    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save" >&2
+    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save | autosave" >&2
     exit 2
     ;;
 esac

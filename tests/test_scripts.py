@@ -56,7 +56,7 @@ def test_the_findings_session_script_names_its_commands_and_needs_the_venv(tmp_p
         proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=30)
         assert (
             proc.returncode == 2
-            and "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save" in proc.stderr
+            and "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save | autosave" in proc.stderr
         )
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(tmp_path / "none"), "OUTDIR": str(tmp_path / "out")}
     proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=30, env=env)
@@ -82,3 +82,56 @@ def test_the_findings_session_save_copies_the_state_without_sigterm_checkpoints_
     kept = sorted(str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file())
     assert kept == ["driver0.log", str((run / "checkpoints" / "last.ckpt").relative_to(out))]
     assert (out / "driver0.log").is_file() and (run / "checkpoints" / ".last.ckpt.tmp4242").is_file()  # untouched
+
+
+def test_the_findings_session_autosave_commits_the_state_until_the_drivers_end(tmp_path):
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    (repo / "scripts").mkdir(parents=True)
+    script = repo / "scripts" / "findings_session.sh"
+    script.write_text(next(p for p in SCRIPTS if p.name == "findings_session.sh").read_text())
+    (repo / "notes.txt").write_text("an edit in progress")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    (repo / "notes.txt").write_text("an edit in progress, changed")  # must stay out of the autosave's commits
+    run = out / "lightning_logs" / "runs" / "seed0"
+    run.mkdir(parents=True)
+    (run / "last.ckpt").write_bytes(b"ckpt")
+    (run / "epoch=0-step=7.ckpt").write_bytes(b"sigterm")
+    # the driver: a process that is not the test's child (so no zombie of it answers kill -0 after it ends),
+    # which writes a newer checkpoint while the autosave runs
+    ckpt = run / "last.ckpt"
+    driver = f"sleep 1.5; echo -n ckpt2 > {ckpt}.tmp && mv {ckpt}.tmp {ckpt}; sleep 1.5"
+    pid = subprocess.run(
+        ["bash", "-c", f"( {driver} ) >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (out / "drivers.pid").write_text(f"{pid} 999999999\n")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OUTDIR": str(out),
+        "AUTOSAVE_SECONDS": "1",
+        "HOME": str(tmp_path),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    proc = subprocess.run(["bash", str(script), "autosave"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "no driver runs" in proc.stdout, proc.stdout + proc.stderr
+    log = subprocess.run([*git, "log", "--format=%s"], capture_output=True, text=True, check=True).stdout
+    assert "(autosave)" in log.splitlines()[0] and log.count("(autosave)") >= 2  # while the driver ran, and after
+    show = [*git, "show", "HEAD:benchmarks/findings/findings_runs/lightning_logs/runs/seed0/last.ckpt"]
+    assert subprocess.run(show, capture_output=True, text=True, check=True).stdout == "ckpt2"  # the last state
+    files = subprocess.run([*git, "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    saved = "benchmarks/findings/findings_runs/"
+    assert sorted(files) == sorted(
+        [
+            "notes.txt",
+            "scripts/findings_session.sh",
+            saved + "drivers.pid",
+            saved + "lightning_logs/runs/seed0/last.ckpt",
+        ]
+    )
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert status.split() == ["M", "notes.txt"]  # the edit in progress neither committed nor lost
