@@ -22,71 +22,43 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import scipy.stats
+
 from ptmdd_lightning.errors import PtmddError
 
-__all__ = ["compare_runs", "final_rows", "main", "outdir_table_main", "paired_difference", "t_quantile_975"]
+__all__ = ["compare_runs", "final_rows", "main", "outdir_table_main", "paired_difference", "t_quantile"]
 
-#: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t: ``t_{(1 + level) / 2, df}`` (``scipy.stats.t.ppf``).
 
+    Args:
+        df: degrees of freedom, >= 1 (``n - 1`` for ``n`` paired values).
+        level: the interval's coverage in (0, 1): 0.95 gives 4.303 for ``df = 2``; a Bonferroni interval
+            over ``m`` contrasts uses ``1 - 0.05 / m`` (0.99 for ``m = 5``: 9.925 for ``df = 2``).
 
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom.
-
-    The 0.975 quantile of Student's t with ``df`` >= 1 degrees of freedom (table up to 30, then the
-    Cornish-Fisher expansion around the normal 1.95996, accurate to 1e-3 there).
+    Raises:
+        PtmddError: ``df < 1`` (fewer than 2 paired values) or ``level`` outside (0, 1).
     """
     if df < 1:
         raise PtmddError(f"a confidence interval needs >= 2 paired values (df >= 1), got df={df}.")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+    if not 0.0 < level < 1.0:
+        raise PtmddError(f"a confidence level lies in (0, 1), got {level}; 0.95 gives the usual 95 % interval.")
+    return float(scipy.stats.t.ppf(0.5 + level / 2.0, df))
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
-    """Mean and 95 % CI half-width of ``b[i] - a[i]``.
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, float | int]:
+    """Mean and ``level`` CI half-width of ``b[i] - a[i]`` (Student's t over the paired differences).
 
     Args:
         a, b: paired values (same length >= 2), e.g. per-model accuracies or per-seed means.
+        level: the interval's coverage (:func:`t_quantile`), 0.95 by default.
 
     Returns:
-        ``{"mean", "half_width", "n"}`` in the units of the inputs (``half_width`` = t_{0.975, n-1} * sd / sqrt(n),
-        sd the sample standard deviation of the differences).
+        ``{"mean", "half_width", "n"}`` in the units of the inputs (``half_width`` = t_{(1+level)/2, n-1} * sd /
+        sqrt(n), sd the sample standard deviation of the differences).
 
     Raises:
-        PtmddError: different lengths or fewer than 2 pairs.
+        PtmddError: different lengths, fewer than 2 pairs, or a level outside (0, 1).
     """
     if len(a) != len(b) or len(a) < 2:
         raise PtmddError(f"a paired difference needs two equally long lists of >= 2 values, got {len(a)} and {len(b)}.")
@@ -94,7 +66,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     n = len(diffs)
     return {
         "mean": statistics.fmean(diffs),
-        "half_width": t_quantile_975(n - 1) * statistics.stdev(diffs) / math.sqrt(n),
+        "half_width": t_quantile(n - 1, level) * statistics.stdev(diffs) / math.sqrt(n),
         "n": n,
     }
 

@@ -15,8 +15,13 @@ Verdicts, decided by the interval alone and only with >= 3 seeds (:data:`MIN_SEE
 - a question without a stated direction (``expect = 0``): **b better**, **a better**, or **no difference
   detected** when the interval contains 0.
 
-No correction for the number of contrasts is made: read a single "holds" among many contrasts of one finding
-with that in mind (docs/paper.md says which contrast decides each finding).
+Each finding is decided by one row fixed in advance (docs/paper.md, "Verdicts"): a contrast marked "(decides)",
+or, where a finding has several chances (finding 2's five early epochs, finding 3's two alphas), a *family* row
+(:func:`family_row`): its m contrasts' Bonferroni intervals (each at 1 - 0.05 / m, 99 % for five, so that all
+cover together with >= 95 %); it holds when one contrast's interval lies above 0, does not hold when every one
+lies below 0, else cannot tell.
+The single contrasts' 95 % intervals are shown too, uncorrected: among several, one "holds" comes by chance more
+often than 1 in 40.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "Contrast",
     "Pool",
     "contrast_row",
+    "family_row",
     "main",
     "pool_cost",
     "seed_means",
@@ -60,6 +66,8 @@ class Contrast:
         a, b: point ids of that study (``ptmdd-sweep --status`` lists them), e.g. ``"N_m=1"``, ``"baseline=DM_alone"``.
         label: how the table names the contrast.
         expect: ``+1`` when the paper says ``b`` beats ``a``, ``0`` for an open question.
+        family: contrasts with the same non-empty family are decided together by :func:`family_row` (the table
+            prints that row after them).
     """
 
     finding: str
@@ -68,6 +76,7 @@ class Contrast:
     b: str
     label: str
     expect: int = 1
+    family: str = ""
 
 
 _DM = "baseline=DM_alone"
@@ -78,6 +87,10 @@ _F1M, _F1A, _F2, _F3, _REV = (
     "3. domain",
     "4. reviewers",
 )
+#: finding 2's family: an early epoch vs the converged one, 5 chances (fixed on 2026-12-04, before any epoch run)
+_F2_FAMILY = "some early epoch vs 150 (decides; Bonferroni over 5)"
+#: finding 3's family: the domain match at either alpha, 2 chances (fixed on 2026-12-04, before any in-domain run)
+_F3_FAMILY = "in- vs other-domain at some alpha (decides; Bonferroni over 2)"
 #: every contrast of the campaign, fixed before its runs finished (configs/paper/findings/sweeps/)
 CONTRASTS: tuple[Contrast, ...] = (
     Contrast(_F1M, "nm", _DM, "N_m=1", "DM + CLoM (N_m 1) vs DM alone", 0),
@@ -85,7 +98,10 @@ CONTRASTS: tuple[Contrast, ...] = (
     Contrast(_F1M, "nm", "N_m=1", "N_m=5", "N_m 5 vs 1 (decides)"),
     Contrast(_F1A, "na", "N_a=1_ConvNetW32", "N_a=2_+LeNet", "N_a 2 vs 1"),
     Contrast(_F1A, "na", "N_a=1_ConvNetW32", "N_a=4_+MLP_+ConvNetD1", "N_a 4 vs 1 (decides)"),
-    *(Contrast(_F2, "epoch", "epoch=150", f"epoch={e}", f"epoch {e} vs 150") for e in (1, 5, 10, 20, 50)),
+    *(
+        Contrast(_F2, "epoch", "epoch=150", f"epoch={e}", f"epoch {e} vs 150", family=_F2_FAMILY)
+        for e in (1, 5, 10, 20, 50)
+    ),
     Contrast(_F2, "epoch", _DM, "epoch=150", "epoch 150 vs DM alone", 0),
     Contrast(
         _F3,
@@ -93,6 +109,7 @@ CONTRASTS: tuple[Contrast, ...] = (
         "alpha=100__real_batch=uniform",
         "baseline=CCLoM_in-domain_alpha_100",
         "in- vs other-domain, alpha 100",
+        family=_F3_FAMILY,
     ),
     Contrast(
         _F3,
@@ -100,6 +117,7 @@ CONTRASTS: tuple[Contrast, ...] = (
         "alpha=1000__real_batch=uniform",
         "baseline=CCLoM_in-domain_alpha_1000",
         "in- vs other-domain, alpha 1000",
+        family=_F3_FAMILY,
     ),
     *(
         Contrast(
@@ -194,16 +212,23 @@ def _verdict(lo: float, hi: float, expect: int) -> str:
     return "b better" if lo > 0 else "a better" if hi < 0 else "no difference detected"
 
 
-def contrast_row(contrast: Contrast, points: dict[str, dict[int, float]] | None) -> dict[str, object]:
+def contrast_row(
+    contrast: Contrast, points: dict[str, dict[int, float]] | None, level: float = 0.95
+) -> dict[str, object]:
     """One line of the table: the two settings, the paired difference over shared seeds, its CI and the verdict.
 
     Args:
         contrast: the contrast.
         points: :func:`seed_means` of its study, ``None`` when the study has no results yet.
+        level: the interval's coverage (:func:`ptmdd_lightning.compare.t_quantile`).
 
     Returns:
-        ``{"finding", "contrast", "a", "b", "seeds", "diff", "ci", "verdict"}`` as display strings; accuracies
-        in percent (``a``/``b`` the mean over the shared seeds), ``ci`` the 95 % interval ``[lo, hi]``.
+        ``{"finding", "contrast", "a", "b", "seeds", "diff", "ci", "verdict"}`` as display strings, plus ``lo``
+        and ``hi`` (floats, the interval's ends) once there are >= 2 seeds; accuracies in percent (``a``/``b`` the
+        mean over the shared seeds), ``ci`` the ``level`` interval ``[lo, hi]``.
+
+    Raises:
+        PtmddError: ``level`` outside (0, 1).
     """
     row: dict[str, object] = {"finding": contrast.finding, "contrast": contrast.label}
     a = (points or {}).get(contrast.a, {})
@@ -220,7 +245,7 @@ def contrast_row(contrast: Contrast, points: dict[str, dict[int, float]] | None)
             "ci": "-",
             "verdict": f"cannot tell (1 seed; {MIN_SEEDS} needed)",
         }
-    d = paired_difference(xa, xb)
+    d = paired_difference(xa, xb, level)
     lo, hi = d["mean"] - d["half_width"], d["mean"] + d["half_width"]
     verdict = _verdict(lo, hi, contrast.expect)
     if len(seeds) < MIN_SEEDS:
@@ -230,7 +255,65 @@ def contrast_row(contrast: Contrast, points: dict[str, dict[int, float]] | None)
         "diff": f"{d['mean']:+.2f} ± {d['half_width']:.2f}",
         "ci": f"[{lo:+.2f}, {hi:+.2f}]",
         "verdict": verdict,
+        "lo": lo,
+        "hi": hi,
     }
+
+
+def family_row(family: Sequence[Contrast], points: dict[str, dict[int, float]] | None) -> dict[str, object]:
+    """The deciding row of a family of ``m`` directional contrasts (``expect = +1``), e.g. finding 2's epochs.
+
+    Each contrast gets its Bonferroni interval, at level ``1 - 0.05 / m``, so that the ``m`` intervals cover their
+    true differences together with probability >= 95 %. The family **holds** when some contrast's interval lies
+    above 0, **does not hold** when every one lies below 0, and **cannot tell** otherwise; a verdict needs every
+    contrast at >= :data:`MIN_SEEDS` seeds. The row shows the contrast with the highest lower end.
+
+    Args:
+        family: the contrasts (the same ``family``, all with ``expect = +1``).
+        points: :func:`seed_means` of their study, ``None`` when it has no results yet.
+
+    Returns:
+        :func:`contrast_row`'s display keys; ``contrast`` is the family's name and, once there is an interval,
+        the contrast shown; ``ci`` its Bonferroni interval.
+
+    Raises:
+        PtmddError: an empty family, or one that mixes families, studies or an undirected contrast.
+    """
+    if not family:
+        raise PtmddError("a family of contrasts needs at least one contrast.")
+    if len({(c.family, c.study, c.finding) for c in family}) != 1 or any(c.expect != 1 for c in family):
+        raise PtmddError(
+            "a family's contrasts share one family, study and finding and each expects b to beat a (expect = +1); "
+            f"got {[(c.label, c.family, c.study, c.expect) for c in family]}."
+        )
+    m = len(family)
+    rows = [contrast_row(c, points, 1.0 - 0.05 / m) for c in family]
+    head = {"finding": family[0].finding, "contrast": family[0].family}
+    seeds = min(int(r["seeds"]) for r in rows)
+    if seeds == 0:
+        return {**head, "a": "-", "b": "-", "seeds": 0, "diff": "-", "ci": "-", "verdict": "not run yet"}
+    ready = [(c, r) for c, r in zip(family, rows, strict=True) if "lo" in r]
+    if not ready:
+        return {
+            **head,
+            "a": "-",
+            "b": "-",
+            "seeds": seeds,
+            "diff": "-",
+            "ci": "-",
+            "verdict": f"cannot tell ({seeds} seed; {MIN_SEEDS} needed)",
+        }
+    contrast, best = max(ready, key=lambda cr: float(cr[1]["lo"]))
+    shown = {k: best[k] for k in ("a", "b", "diff", "ci")}
+    if seeds < MIN_SEEDS:
+        verdict = f"cannot tell ({seeds} seeds in some contrast; {MIN_SEEDS} needed)"
+    elif float(best["lo"]) > 0:
+        verdict = f"holds ({contrast.label})"
+    elif all(float(r["hi"]) < 0 for r in rows):
+        verdict = "does not hold (every one below)"
+    else:
+        verdict = "cannot tell"
+    return {**head, "contrast": f"{family[0].family}: {contrast.label}", **shown, "seeds": seeds, "verdict": verdict}
 
 
 @dataclass(frozen=True)
@@ -342,7 +425,11 @@ def table(outdir: str | Path) -> str:
         "| finding | contrast (b vs a) | a (%) | b (%) | seeds | b - a (95 % CI half-width) | 95 % CI | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows = [contrast_row(c, points[c.study]) for c in CONTRASTS]
+    rows = []
+    for i, c in enumerate(CONTRASTS):
+        rows.append(contrast_row(c, points[c.study]))
+        if c.family and (i + 1 == len(CONTRASTS) or CONTRASTS[i + 1].family != c.family):
+            rows.append(family_row([f for f in CONTRASTS if f.family == c.family], points[c.study]))
     for r in rows:
         lines.append(
             f"| {r['finding']} | {r['contrast']} | {r['a']} | {r['b']} | {r['seeds']} | {r['diff']} | {r['ci']} | "

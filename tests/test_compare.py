@@ -7,16 +7,24 @@ import math
 
 import pytest
 
-from ptmdd_lightning.compare import compare_runs, main, paired_difference, t_quantile_975
+from ptmdd_lightning.compare import compare_runs, main, paired_difference, t_quantile
 from ptmdd_lightning.errors import PtmddError
 
 
-def test_t_quantiles_match_the_table_values():
-    assert t_quantile_975(2) == 4.303 and t_quantile_975(30) == 2.042
-    assert t_quantile_975(40) == pytest.approx(2.021, abs=1e-3)  # printed tables: 2.021
-    assert t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
-    with pytest.raises(PtmddError):
-        t_quantile_975(0)
+def test_t_quantiles_match_printed_tables():
+    # printed two-sided tables of Student's t: 95 % for df 2 / 30 / 40 / 120, 99 % for df 2 and 10
+    for df, level, table in (
+        (2, 0.95, 4.303),
+        (30, 0.95, 2.042),
+        (40, 0.95, 2.021),
+        (120, 0.95, 1.980),
+        (2, 0.99, 9.925),
+        (10, 0.99, 3.169),
+    ):
+        assert t_quantile(df, level) == pytest.approx(table, abs=1e-3)
+    for df, level in ((0, 0.95), (2, 0.0), (2, 1.0)):
+        with pytest.raises(PtmddError, match=r"paired values|confidence level"):
+            t_quantile(df, level)
 
 
 def test_paired_difference_by_hand():
@@ -25,7 +33,9 @@ def test_paired_difference_by_hand():
     m = 0.04 / 3
     sd = math.sqrt(((0.02 - m) ** 2 + 2 * (0.01 - m) ** 2) / 2)
     assert d["n"] == 3 and d["mean"] == pytest.approx(m)
-    assert d["half_width"] == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert d["half_width"] == pytest.approx(4.303 * sd / math.sqrt(3), rel=1e-4)
+    wide = paired_difference([0.80, 0.81, 0.79], [0.82, 0.82, 0.80], level=0.99)  # t_{0.995, 2} = 9.925
+    assert wide["mean"] == d["mean"] and wide["half_width"] == pytest.approx(9.925 * sd / math.sqrt(3), rel=1e-4)
     with pytest.raises(PtmddError):
         paired_difference([0.5], [0.6])
 

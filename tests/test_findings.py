@@ -17,6 +17,7 @@ from ptmdd_lightning.findings import (
     Contrast,
     Pool,
     contrast_row,
+    family_row,
     main,
     pool_cost,
     seed_means,
@@ -27,6 +28,7 @@ from ptmdd_lightning.studies.store import point_config
 
 SWEEPS = Path(__file__).resolve().parents[1] / "configs" / "paper" / "findings" / "sweeps"
 T_975_DF2 = 4.302652729911275  # Student's t, 0.975 quantile, 2 degrees of freedom (any table)
+T_9975_DF2 = 9.924843200918  # 0.995 quantile, 2 degrees of freedom: the Bonferroni level of 5 contrasts
 
 
 def _write_long(path, per_seed: dict[str, dict[int, list[float]]]) -> None:
@@ -73,6 +75,50 @@ def test_a_paired_interval_above_zero_holds_below_zero_does_not_and_across_zero_
     question = Contrast("f", "nm", "A", "B", "B vs A", expect=0)
     assert contrast_row(question, {"A": a, "B": {0: 79.0, 1: 79.8, 2: 81.2}})["verdict"] == "a better"
     assert contrast_row(question, {"A": a, "B": {0: 81.0, 1: 80.0, 2: 82.5}})["verdict"] == "no difference detected"
+
+
+def test_a_family_holds_on_one_bonferroni_interval_above_zero_not_on_a_95_percent_one():
+    family = [Contrast("2", "epoch", "E150", f"E{e}", f"epoch {e} vs 150", family="early vs 150") for e in range(5)]
+    base = {0: 80.0, 1: 81.0, 2: 82.0}
+    flat = {f"E{e}": {0: 80.0, 1: 81.5, 2: 81.5} for e in range(5)}  # differences 0, +0.5, -0.5: across 0
+    # one epoch with differences 1.0, 1.2, 0.8 (sd 0.2): above 0 at 95 % (1.0 - 4.30 * 0.2 / sqrt(3) = +0.50) but
+    # not at the family's 99 % (1.0 - 9.92 * 0.2 / sqrt(3) = -0.15): one such epoch among five decides nothing
+    points = {"E150": base, **flat, "E3": {0: 81.0, 1: 82.2, 2: 82.8}}
+    assert contrast_row(family[3], points)["verdict"] == "holds"  # alone, at 95 %
+    row = family_row(family, points)
+    half = T_9975_DF2 * 0.2 / math.sqrt(3)
+    assert row["verdict"] == "cannot tell" and row["contrast"] == "early vs 150: epoch 3 vs 150"
+    assert row["ci"] == f"[{1 - half:+.2f}, {1 + half:+.2f}]" and row["seeds"] == 3
+    # differences 2.0, 2.2, 1.8: 2.0 - 1.146 > 0, so the family holds, named by that epoch
+    points["E1"] = {0: 82.0, 1: 83.2, 2: 83.8}
+    row = family_row(family, points)
+    assert row["verdict"] == "holds (epoch 1 vs 150)" and row["b"] == "83.00" and row["a"] == "81.00"
+    # every early epoch worse, each below 0 even at 99 %: does not hold
+    worse = {"E150": base, **{f"E{e}": {s: v - 2.0 - 0.2 * (s == 1) for s, v in base.items()} for e in range(5)}}
+    assert family_row(family, worse)["verdict"] == "does not hold (every one below)"
+    # a contrast short of seeds: no verdict, whatever the others show
+    points["E4"] = {0: 90.0, 1: 90.0}
+    assert family_row(family, points)["verdict"].startswith("cannot tell (2 seeds")
+    assert family_row(family, None)["verdict"] == "not run yet"
+    with pytest.raises(PtmddError, match="share one family"):
+        family_row([*family, Contrast("2", "epoch", "E150", "E9", "x", family="other")], points)
+    with pytest.raises(PtmddError, match="at least one"):
+        family_row([], points)
+
+
+def test_the_table_prints_each_family_row_after_its_contrasts(tmp_path):
+    seeds = {s: [0.80 + 0.01 * s] for s in range(3)}
+    _write_long(
+        tmp_path / "lightning_logs/sweeps/findings_epoch/results_long.csv",
+        {f"epoch={e}": seeds for e in (1, 5, 10, 20, 50, 150)},
+    )
+    lines = table(tmp_path).splitlines()
+    at = next(i for i, line in enumerate(lines) if "epoch 50 vs 150" in line)
+    assert "some early epoch vs 150 (decides; Bonferroni over 5)" in lines[at + 1]
+    assert lines[at + 1].endswith("| cannot tell |")  # identical settings: every interval is [0, 0], not above 0
+    assert sum("Bonferroni" in line for line in lines) == 2  # finding 3's family too, after its two contrasts
+    at = next(i for i, line in enumerate(lines) if "in- vs other-domain, alpha 1000" in line)
+    assert "at some alpha (decides; Bonferroni over 2)" in lines[at + 1] and lines[at + 1].endswith("not run yet |")
 
 
 def test_fewer_than_three_shared_seeds_give_no_verdict_and_missing_studies_are_not_run():
