@@ -22,6 +22,18 @@ mkdir -p "$out" && cd "$out" || exit 2
 if [ -n "${WAIT_PID:-}" ]; then
   while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 30; done
 fi
+# Within a study, the runs of the row that decides its finding go first (docs/paper.md, "One row ... decides each
+# finding"), the rest follow in the sweep's order: domain's family, in- vs other-domain CCLoM at alpha 100 and 1000,
+# and DM alone. The other studies are decided by all or most of their runs, or run in the sweep's order already.
+first_points() {
+  case "$1" in
+    domain) echo "alpha=100__real_batch=uniform alpha=1000__real_batch=uniform baseline=DM_alone" \
+      "baseline=CCLoM_in-domain_alpha_100 baseline=CCLoM_in-domain_alpha_1000" ;;
+  esac
+}
+sweep_cli() {  # ptmdd-sweep on one core, one thread
+  OMP_NUM_THREADS=1 PYTHONPATH="$repo" taskset -c "$core" "$python" -m ptmdd_lightning.studies.cli "$@"
+}
 for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
   file="$repo/configs/paper/findings/sweeps/$sweep.yaml"
   [ -f "$file" ] || { echo "findings.sh: no sweep $file" >&2; exit 2; }
@@ -29,7 +41,12 @@ for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
   mkdir -p "$study"
   echo "$commit $(date -u +%FT%TZ) shard $shard core $core" >> "$study/commits.txt"
   echo "[findings] $sweep shard $shard on core $core at $commit: start $(date -u +%FT%TZ)"
-  OMP_NUM_THREADS=1 PYTHONPATH="$repo" taskset -c "$core" "$python" -m ptmdd_lightning.studies.cli \
-    --sweep "$file" --shard "$shard"
+  first=()
+  for point in $(first_points "$sweep"); do first+=(--point "$point"); done
+  if [ ${#first[@]} -gt 0 ]; then
+    sweep_cli --sweep "$file" --shard "$shard" "${first[@]}"
+    echo "[findings] $sweep shard $shard, the deciding runs first: exit $? at $(date -u +%FT%TZ)"
+  fi
+  sweep_cli --sweep "$file" --shard "$shard"
   echo "[findings] $sweep shard $shard: exit $? at $(date -u +%FT%TZ)"
 done

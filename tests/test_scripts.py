@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ptmdd_lightning.studies.spec import expand, load_sweep
+
 SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.sh"))
 
 
@@ -48,6 +50,38 @@ def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_
         env={"PATH": "/usr/bin:/bin", "SWEEPS": "no_such_sweep"},
     )
     assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()
+
+
+def test_the_findings_campaign_runs_the_deciding_points_of_the_domain_study_first(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings.sh")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"  # stands in for ptmdd-sweep: records its arguments, one call a line
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}
+    for sweep in ("domain", "nm"):
+        env["SWEEPS"] = sweep
+        proc = subprocess.run(
+            ["bash", str(script), str(tmp_path / "out"), "0", "1/2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+    domain, rest, nm = calls.read_text().splitlines()
+    points = [
+        "alpha=100__real_batch=uniform",
+        "alpha=1000__real_batch=uniform",
+        "baseline=DM_alone",
+        "baseline=CCLoM_in-domain_alpha_100",
+        "baseline=CCLoM_in-domain_alpha_1000",
+    ]
+    assert domain.endswith("domain.yaml --shard 1/2 " + " ".join(f"--point {p}" for p in points))
+    assert rest.endswith("domain.yaml --shard 1/2") and nm.endswith("nm.yaml --shard 1/2")  # then all, in order
+    # each is a point of the shipped sweep (a typo would make the first pass fail and lose the order)
+    ids = {point.id for point in expand(load_sweep(script.parents[1] / "configs/paper/findings/sweeps/domain.yaml"))}
+    assert set(points) <= ids, sorted(ids)
 
 
 def test_the_findings_session_script_names_its_commands_and_needs_the_venv(tmp_path):
