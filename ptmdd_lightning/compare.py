@@ -28,6 +28,7 @@ from ptmdd_lightning.errors import PtmddError
 
 __all__ = ["compare_runs", "final_rows", "main", "outdir_table_main", "paired_difference", "t_quantile"]
 
+
 def t_quantile(df: int, level: float = 0.95) -> float:
     """The two-sided ``level`` quantile of Student's t: ``t_{(1 + level) / 2, df}`` (``scipy.stats.t.ppf``).
 
