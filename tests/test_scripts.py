@@ -52,14 +52,14 @@ def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_
     assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()
 
 
-def test_the_findings_campaign_runs_the_deciding_points_of_the_domain_study_first(tmp_path):
+def test_the_findings_campaign_runs_the_deciding_points_of_a_study_first(tmp_path):
     script = next(p for p in SCRIPTS if p.name == "findings.sh")
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "python"  # stands in for ptmdd-sweep: records its arguments, one call a line
     fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}
-    for sweep in ("domain", "nm"):
+    for sweep in ("domain", "na", "nm"):
         env["SWEEPS"] = sweep
         proc = subprocess.run(
             ["bash", str(script), str(tmp_path / "out"), "0", "1/2"],
@@ -69,19 +69,26 @@ def test_the_findings_campaign_runs_the_deciding_points_of_the_domain_study_firs
             env=env,
         )
         assert proc.returncode == 0, proc.stderr
-    domain, rest, nm = calls.read_text().splitlines()
-    points = [
-        "alpha=100__real_batch=uniform",
-        "alpha=1000__real_batch=uniform",
-        "baseline=DM_alone",
-        "baseline=CCLoM_in-domain_alpha_100",
-        "baseline=CCLoM_in-domain_alpha_1000",
-    ]
-    assert domain.endswith("domain.yaml --shard 1/2 " + " ".join(f"--point {p}" for p in points))
-    assert rest.endswith("domain.yaml --shard 1/2") and nm.endswith("nm.yaml --shard 1/2")  # then all, in order
-    # each is a point of the shipped sweep (a typo would make the first pass fail and lose the order)
-    ids = {point.id for point in expand(load_sweep(script.parents[1] / "configs/paper/findings/sweeps/domain.yaml"))}
-    assert set(points) <= ids, sorted(ids)
+    domain, domain_rest, na, na_rest, nm = calls.read_text().splitlines()
+    first = {
+        "domain": [
+            "alpha=100__real_batch=uniform",
+            "alpha=1000__real_batch=uniform",
+            "baseline=DM_alone",
+            "baseline=CCLoM_in-domain_alpha_100",
+            "baseline=CCLoM_in-domain_alpha_1000",
+        ],
+        "na": ["N_a=1_ConvNetW32", "N_a=4_+MLP_+ConvNetD1"],
+    }
+    for call, rest, study in ((domain, domain_rest, "domain"), (na, na_rest, "na")):
+        assert call.endswith(f"{study}.yaml --shard 1/2 " + " ".join(f"--point {p}" for p in first[study]))
+        assert rest.endswith(f"{study}.yaml --shard 1/2")  # then all of it, in the sweep's order
+        # each is a point of the shipped sweep (a typo would make the first pass fail and lose the order)
+        ids = {
+            point.id for point in expand(load_sweep(script.parents[1] / f"configs/paper/findings/sweeps/{study}.yaml"))
+        }
+        assert set(first[study]) <= ids, sorted(ids)
+    assert nm.endswith("nm.yaml --shard 1/2")  # a study without deciding runs: one pass
 
 
 def test_the_findings_session_script_names_its_commands_and_needs_the_venv(tmp_path):
