@@ -44,57 +44,63 @@ drivers_alive() {  # a driver of OUTDIR/drivers.pid still runs
   return 1
 }
 
-case "${1:-}" in
-  start)
-    commit=$(git -C "$repo" rev-parse "${2:-HEAD}")
-    [ -x "$python" ] || { echo "findings_session: no $python; run: bash -c 'source scripts/env.sh'" >&2; exit 2; }
-    if pgrep -f "scripts/findings.sh" >/dev/null; then
-      echo "findings_session: drivers already run (pgrep -af scripts/findings.sh)" >&2; exit 2
-    fi
-    if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-      apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }
-    fi
-    [ -d "$out" ] || cp -a "$saved" "$out"
-    [ -d "$clone/.git" ] || git clone -q "$repo" "$clone"
-    git -C "$clone" fetch -q "$repo" && git -C "$clone" checkout -q "$commit"
-    cd "$clone"
-    PYTHON=$python nohup bash scripts/findings.sh "$out" 0 0/2 >> "$out/driver0.log" 2>&1 &
-    pids=$!
-    SWEEPS="nm domain epoch reviewers na" PYTHON=$python nohup bash scripts/findings.sh "$out" 1 1/2 \
-      >> "$out/driver1.log" 2>&1 &
-    echo "$pids $!" > "$out/drivers.pid"
-    echo "findings_session: drivers started at $commit; logs $out/driver{0,1}.log"
-    if [ "${AUTOSAVE_SECONDS:-1800}" != 0 ]; then
-      nohup bash "$repo/scripts/findings_session.sh" autosave >> "$out/autosave.log" 2>&1 &
-      echo "findings_session: autosave every ${AUTOSAVE_SECONDS:-1800} s; log $out/autosave.log"
-    fi
-    ;;
-  stop)
-    pkill -TERM -f "findings_session.sh autosave" || true  # between its steps: never half a save or a commit
-    while pgrep -f "findings_session.sh autosave" >/dev/null; do sleep 1; done
-    pkill -TERM -f "scripts/findings.sh" || true
-    sleep 1
-    pkill -TERM -f "ptmdd_lightning.studies.cli" || true
-    while pgrep -f "ptmdd_lightning" >/dev/null; do sleep 2; done
-    save
-    echo "findings_session: stopped; state saved in $saved (commit it)"
-    ;;
-  save)
-    [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
-    save
-    echo "findings_session: state of the running campaign saved in $saved (commit it)"
-    ;;
-  autosave)
-    [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
-    trap 'exit 0' TERM  # taken after the step in progress, or at once in the wait
-    while drivers_alive; do
-      sleep "${AUTOSAVE_SECONDS:-1800}" & wait $!
-      save && commit_saved
-    done
-    echo "findings_session autosave: no driver runs; last save at $(date -u +%FT%TZ)"
-    ;;
-  *)
-    echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save | autosave" >&2
-    exit 2
-    ;;
-esac
+# The commands, run from one line below: bash reads a script as it runs, so an autosave that runs for hours would
+# otherwise read on from its old offset in a file that a checkout or an edit has since changed.
+main() {
+  case "${1:-}" in
+    start)
+      commit=$(git -C "$repo" rev-parse "${2:-HEAD}")
+      [ -x "$python" ] || { echo "findings_session: no $python; run: bash -c 'source scripts/env.sh'" >&2; exit 2; }
+      if pgrep -f "scripts/findings.sh" >/dev/null; then
+        echo "findings_session: drivers already run (pgrep -af scripts/findings.sh)" >&2; exit 2
+      fi
+      if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+        apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }
+      fi
+      [ -d "$out" ] || cp -a "$saved" "$out"
+      [ -d "$clone/.git" ] || git clone -q "$repo" "$clone"
+      git -C "$clone" fetch -q "$repo" && git -C "$clone" checkout -q "$commit"
+      cd "$clone"
+      PYTHON=$python nohup bash scripts/findings.sh "$out" 0 0/2 >> "$out/driver0.log" 2>&1 &
+      pids=$!
+      SWEEPS="nm domain epoch reviewers na" PYTHON=$python nohup bash scripts/findings.sh "$out" 1 1/2 \
+        >> "$out/driver1.log" 2>&1 &
+      echo "$pids $!" > "$out/drivers.pid"
+      echo "findings_session: drivers started at $commit; logs $out/driver{0,1}.log"
+      if [ "${AUTOSAVE_SECONDS:-1800}" != 0 ]; then
+        nohup bash "$repo/scripts/findings_session.sh" autosave >> "$out/autosave.log" 2>&1 &
+        echo "findings_session: autosave every ${AUTOSAVE_SECONDS:-1800} s; log $out/autosave.log"
+      fi
+      ;;
+    stop)
+      pkill -TERM -f "findings_session.sh autosave" || true  # between its steps: never half a save or a commit
+      while pgrep -f "findings_session.sh autosave" >/dev/null; do sleep 1; done
+      pkill -TERM -f "scripts/findings.sh" || true
+      sleep 1
+      pkill -TERM -f "ptmdd_lightning.studies.cli" || true
+      while pgrep -f "ptmdd_lightning" >/dev/null; do sleep 2; done
+      save
+      echo "findings_session: stopped; state saved in $saved (commit it)"
+      ;;
+    save)
+      [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
+      save
+      echo "findings_session: state of the running campaign saved in $saved (commit it)"
+      ;;
+    autosave)
+      [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
+      trap 'exit 0' TERM  # taken after the step in progress, or at once in the wait
+      while drivers_alive; do
+        sleep "${AUTOSAVE_SECONDS:-1800}" & wait $!
+        save && commit_saved
+      done
+      echo "findings_session autosave: no driver runs; last save at $(date -u +%FT%TZ)"
+      ;;
+    *)
+      echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save | autosave" >&2
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"; exit $?
