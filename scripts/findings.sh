@@ -23,13 +23,14 @@ if [ -n "${WAIT_PID:-}" ]; then
   while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 30; done
 fi
 # Within a study, the runs of the row that decides its finding go first (docs/paper.md, "One row ... decides each
-# finding"), the rest follow in the sweep's order: domain's family, in- vs other-domain CCLoM at alpha 100 and 1000,
-# and DM alone; na's N_a 4 vs 1. The epoch study's family needs all its runs, reviewers' questions are open ones.
+# finding"), shared evenly by the two drivers (--shard over the --point selection), then the rest in the sweep's
+# order: the domain study's family, in- vs other-domain CCLoM at alpha 100 and 1000; the na study's N_a = 4 (its
+# N_a = 1 is nm's N_m = 1, copied). The epoch study's family needs all its runs, reviewers' questions are open.
 first_points() {
   case "$1" in
-    domain) echo "alpha=100__real_batch=uniform alpha=1000__real_batch=uniform baseline=DM_alone" \
+    domain) echo "alpha=100__real_batch=uniform alpha=1000__real_batch=uniform" \
       "baseline=CCLoM_in-domain_alpha_100 baseline=CCLoM_in-domain_alpha_1000" ;;
-    na) echo "N_a=1_ConvNetW32 N_a=4_+MLP_+ConvNetD1" ;;
+    na) echo "N_a=4_+MLP_+ConvNetD1" ;;
   esac
 }
 sweep_cli() {  # ptmdd-sweep on one core, one thread

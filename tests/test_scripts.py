@@ -74,11 +74,10 @@ def test_the_findings_campaign_runs_the_deciding_points_of_a_study_first(tmp_pat
         "domain": [
             "alpha=100__real_batch=uniform",
             "alpha=1000__real_batch=uniform",
-            "baseline=DM_alone",
             "baseline=CCLoM_in-domain_alpha_100",
             "baseline=CCLoM_in-domain_alpha_1000",
         ],
-        "na": ["N_a=1_ConvNetW32", "N_a=4_+MLP_+ConvNetD1"],
+        "na": ["N_a=4_+MLP_+ConvNetD1"],
     }
     for call, rest, study in ((domain, domain_rest, "domain"), (na, na_rest, "na")):
         assert call.endswith(f"{study}.yaml --shard 1/2 " + " ".join(f"--point {p}" for p in first[study]))

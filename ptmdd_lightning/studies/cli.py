@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "slurm"], default="local", help="where runs execute")
     p.add_argument("--parallel", type=int, default=1, help="local: runs at a time (default 1)")
     p.add_argument("--point", action="append", default=[], metavar="ID", help="run only this point (ID or ID@seedS)")
-    p.add_argument("--shard", default=None, metavar="k/N", help="run only every N-th run from the k-th (0-based)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="k/N",
+        help="run only every N-th run from the k-th (0-based) of those --point selects (of all without it)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace the sweep's seeds")
     p.add_argument(
         "--set",

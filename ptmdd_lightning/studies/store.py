@@ -278,8 +278,10 @@ class Study:
     def select(self, keys: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[Slot]:
         """The runs named by ``keys`` (``<point>`` for all its seeds, or ``<point>@seed<S>``) and/or in ``shard``.
 
-        ``shard = (k, n)`` keeps every n-th point run starting at the k-th (0-based), in :meth:`slots` order;
-        ``prepare`` runs are always kept (every point needs them; a claim makes sure one process runs each).
+        ``shard = (k, n)`` keeps every n-th point run starting at the k-th (0-based), in :meth:`slots` order, of
+        the runs ``keys`` selects (of all, without ``keys``), so that n processes given the same ``keys`` share
+        them evenly; ``prepare`` runs are always kept (every point needs them; a claim makes sure one process runs
+        each).
 
         Raises:
             PtmddError: a key that names no run (the message lists the run names), or a bad shard.
@@ -297,7 +299,7 @@ class Study:
             k, n = shard
             if not (n >= 1 and 0 <= k < n):
                 raise PtmddError(f"--shard k/N needs 0 <= k < N, got {k}/{n}.")
-            chosen = [s for i, s in enumerate(c for c in slots if not c.is_prepare) if i % n == k and s in chosen]
+            chosen = [s for i, s in enumerate(chosen) if i % n == k]
         return [s for s in slots if s.is_prepare] + chosen
 
     # ---------------------------------------------------------------------------------------- folders

@@ -128,6 +128,9 @@ def test_select_by_point_and_shard(tmp_path):
         "N_m=1@seed1",
         "baseline=DM@seed1",
     ]
+    # with --point, the shards share the selected runs: two processes, three runs, every run once
+    both = [[s.key for s in study.select(["N_m=4", "baseline=DM@seed1"], (k, 2))] for k in range(2)]
+    assert both == [["N_m=4@seed0", "baseline=DM@seed1"], ["N_m=4@seed1"]]
     with pytest.raises(PtmddError, match="names no run of this study; its points are: N_m=1, N_m=4, baseline=DM"):
         study.select(["N_m=2"])
     with pytest.raises(PtmddError, match="0 <= k < N"):
