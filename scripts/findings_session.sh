@@ -89,12 +89,20 @@ main() {
       ;;
     autosave)
       [ -d "$out" ] || { echo "findings_session: no $out to save" >&2; exit 2; }
-      trap 'exit 0' TERM  # taken after the step in progress, or at once in the wait
-      while drivers_alive; do
-        sleep "${AUTOSAVE_SECONDS:-1800}" & wait $!
-        save && commit_saved
+      # SIGTERM (stop) ends the wait at once; during a save or a commit it only marks the loop to end after it,
+      # so that a stop never leaves half a save (the old state deleted, the new not moved in) or a half commit
+      local stopping=
+      trap 'stopping=1' TERM
+      while [ -z "$stopping" ] && drivers_alive; do
+        sleep "${AUTOSAVE_SECONDS:-1800}" &
+        wait $! || kill $! 2>/dev/null || true
+        [ -n "$stopping" ] || { save && commit_saved; }
       done
-      echo "findings_session autosave: no driver runs; last save at $(date -u +%FT%TZ)"
+      if [ -n "$stopping" ]; then
+        echo "findings_session autosave: stopped at $(date -u +%FT%TZ)"
+      else
+        echo "findings_session autosave: no driver runs; last save at $(date -u +%FT%TZ)"
+      fi
       ;;
     *)
       echo "usage: bash scripts/findings_session.sh start [COMMIT] | stop | save | autosave" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,26 @@ def test_the_findings_session_autosave_commits_the_state_until_the_drivers_end(t
     )
     status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
     assert status.split() == ["M", "notes.txt"]  # the edit in progress neither committed nor lost
+
+
+def test_the_findings_session_autosave_ends_at_sigterm_without_a_save(tmp_path):
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    (repo / "scripts").mkdir(parents=True)
+    script = repo / "scripts" / "findings_session.sh"
+    script.write_text(next(p for p in SCRIPTS if p.name == "findings_session.sh").read_text())
+    subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
+    out.mkdir()
+    driver = subprocess.run(  # a live driver that is not the test's child, for the autosave to wait on
+        ["bash", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (out / "drivers.pid").write_text(f"{driver}\n")
+    env = {"PATH": "/usr/bin:/bin", "OUTDIR": str(out), "AUTOSAVE_SECONDS": "30", "HOME": str(tmp_path)}
+    proc = subprocess.Popen(["bash", str(script), "autosave"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(1.0)  # in its 30 s wait
+        proc.terminate()
+        stdout, _ = proc.communicate(timeout=10)  # at once, not after the 30 s
+    finally:
+        subprocess.run(["kill", driver], check=False)
+    assert proc.returncode == 0 and "autosave: stopped at" in stdout, stdout
+    assert not (repo / "benchmarks").exists()  # nothing saved, nothing half saved
