@@ -212,6 +212,11 @@ def _verdict(lo: float, hi: float, expect: int) -> str:
     return "b better" if lo > 0 else "a better" if hi < 0 else "no difference detected"
 
 
+def _no_interval(head: dict[str, object], seeds: int, verdict: str) -> dict[str, object]:
+    """A table row without a difference to show: ``"-"`` in its number columns."""
+    return {**head, "a": "-", "b": "-", "seeds": seeds, "diff": "-", "ci": "-", "verdict": verdict}
+
+
 def contrast_row(
     contrast: Contrast, points: dict[str, dict[int, float]] | None, level: float = 0.95
 ) -> dict[str, object]:
@@ -235,7 +240,7 @@ def contrast_row(
     b = (points or {}).get(contrast.b, {})
     seeds = sorted(set(a) & set(b))
     if not seeds:
-        return {**row, "a": "-", "b": "-", "seeds": 0, "diff": "-", "ci": "-", "verdict": "not run yet"}
+        return _no_interval(row, 0, "not run yet")
     xa, xb = [a[s] for s in seeds], [b[s] for s in seeds]
     row.update(a=f"{statistics.fmean(xa):.2f}", b=f"{statistics.fmean(xb):.2f}", seeds=len(seeds))
     if len(seeds) < 2:
@@ -291,18 +296,10 @@ def family_row(family: Sequence[Contrast], points: dict[str, dict[int, float]] |
     head = {"finding": family[0].finding, "contrast": family[0].family}
     seeds = min(int(r["seeds"]) for r in rows)
     if seeds == 0:
-        return {**head, "a": "-", "b": "-", "seeds": 0, "diff": "-", "ci": "-", "verdict": "not run yet"}
+        return _no_interval(head, 0, "not run yet")
     ready = [(c, r) for c, r in zip(family, rows, strict=True) if "lo" in r]
     if not ready:
-        return {
-            **head,
-            "a": "-",
-            "b": "-",
-            "seeds": seeds,
-            "diff": "-",
-            "ci": "-",
-            "verdict": f"cannot tell ({seeds} seed; {MIN_SEEDS} needed)",
-        }
+        return _no_interval(head, seeds, f"cannot tell ({seeds} seed; {MIN_SEEDS} needed)")
     contrast, best = max(ready, key=lambda cr: float(cr[1]["lo"]))
     shown = {k: best[k] for k in ("a", "b", "diff", "ci")}
     if seeds < MIN_SEEDS:
