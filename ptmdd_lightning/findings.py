@@ -37,6 +37,7 @@ import pandas as pd
 from ptmdd_lightning.compare import outdir_table_main, paired_difference
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
+from ptmdd_lightning.machine import attempt_kinds
 
 __all__ = [
     "CONTRASTS",
@@ -384,19 +385,53 @@ def _commits(outdir: Path, study: str) -> str:
     return ", ".join(shas)
 
 
-def _machines(outdir: Path, study: str) -> str:
+def _version(name: str) -> int:
+    """``version_<n>`` -> n (``-1`` for another name), so that version_10 sorts after version_9."""
+    tail = name.removeprefix("version_")
+    return int(tail) if tail.isdigit() else -1
+
+
+def _run_records(outdir: Path, study: str) -> dict[str, dict[int, dict]]:
+    """``{point: {seed: machine record}}`` of a study's finished runs (each run's newest ``results.json``)."""
+    found: dict[str, dict[int, dict]] = {}
+    paths = _study(outdir, study).glob("runs/*/seed*/version_*/results.json")
+    for path in sorted(paths, key=lambda p: (str(p.parents[1]), _version(p.parent.name))):
+        rows = json.loads(path.read_text())
+        point, seed = path.parents[2].name, path.parents[1].name.removeprefix("seed")
+        if seed.isdigit():
+            found.setdefault(point, {})[int(seed)] = (rows[0].get("machine") or {}) if rows else {}
+    return found
+
+
+def _machines(records: dict[str, dict[int, dict]]) -> str:
     """Where a study's distillation runs ran: ``"<n> on <CPU kind> (<precision>)"`` per kind, from each results.json.
 
-    A contrast is only as clean as its runs are alike: runs of several CPU kinds or precisions show up here.
+    A contrast is only as clean as its runs are alike: runs of several CPU kinds or precisions show up here; a run
+    resumed on another CPU kind counts under ``"<kind> -> <kind>"`` (``machine["attempts"]``, since 2026-12-04),
+    ``"?"`` for an attempt whose machine was not recorded.
     """
     found: dict[str, int] = {}
-    for path in sorted(_study(outdir, study).glob("runs/*/seed*/version_*/results.json")):
-        rows = json.loads(path.read_text())
-        record = (rows[0].get("machine") or {}) if rows else {}
-        kind = (record.get("cpu") or {}).get("kind") or record.get("device") or "?"
-        key = f"{kind} ({record.get('precision') or '?'})"
-        found[key] = found.get(key, 0) + 1
+    for by_seed in records.values():
+        for record in by_seed.values():
+            key = f"{' -> '.join(attempt_kinds(record))} ({record.get('precision') or '?'})"
+            found[key] = found.get(key, 0) + 1
     return "; ".join(f"{n} on {key}" for key, n in found.items()) or "-"
+
+
+def _kinds(contrasts: Sequence[Contrast], points, records: dict[str, dict[int, dict]]) -> set[str]:
+    """The CPU kinds the paired runs of ``contrasts`` ran on: both sides, the seeds both finished.
+
+    A run without a ``results.json`` adds none.
+    """
+    kinds: set[str] = set()
+    for c in contrasts:
+        a, b = (points or {}).get(c.a, {}), (points or {}).get(c.b, {})
+        for seed in set(a) & set(b):
+            for point in (c.a, c.b):
+                record = records.get(point, {}).get(seed)
+                if record is not None:
+                    kinds.update(attempt_kinds(record))
+    return kinds
 
 
 def table(outdir: str | Path) -> str:
@@ -413,7 +448,8 @@ def table(outdir: str | Path) -> str:
         raise PtmddError(f"{out} is not a folder; give the OUTDIR of scripts/findings.sh.")
     points: dict[str, dict[str, dict[int, float]] | None] = {}
     reals: dict[str, dict[str, dict[int, float]]] = {}
-    for study in dict.fromkeys(c.study for c in CONTRASTS):
+    records = {study: _run_records(out, study) for study in dict.fromkeys(c.study for c in CONTRASTS)}
+    for study in records:
         csv = _study(out, study) / "results_long.csv"
         frame = _read_long(csv) if csv.is_file() else None  # read once: the synthetic and the random real rows
         points[study] = _means(frame, "synthetic") if frame is not None else None
@@ -422,18 +458,23 @@ def table(outdir: str | Path) -> str:
         "| finding | contrast (b vs a) | a (%) | b (%) | seeds | b - a (95 % CI half-width) | 95 % CI | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows = []
+    rows, mixed = [], False
     for i, c in enumerate(CONTRASTS):
-        rows.append(contrast_row(c, points[c.study]))
+        groups = [[c]]
         if c.family and (i + 1 == len(CONTRASTS) or CONTRASTS[i + 1].family != c.family):
-            rows.append(family_row([f for f in CONTRASTS if f.family == c.family], points[c.study]))
+            groups.append([f for f in CONTRASTS if f.family == c.family])
+        for group in groups:
+            row = contrast_row(c, points[c.study]) if len(group) == 1 else family_row(group, points[c.study])
+            if len(_kinds(group, points[c.study], records[c.study])) > 1:
+                row["contrast"], mixed = f"{row['contrast']} †", True
+            rows.append(row)
     for r in rows:
         lines.append(
             f"| {r['finding']} | {r['contrast']} | {r['a']} | {r['b']} | {r['seeds']} | {r['diff']} | {r['ci']} | "
             f"{r['verdict']} |"
         )
     studies = ", ".join(f"{s} at {_commits(out, s)}" for s in points)
-    machines = ", ".join(f"{s}: {_machines(out, s)}" for s in points)
+    machines = ", ".join(f"{s}: {_machines(records[s])}" for s in points)
     lines += [
         "",
         "DM IPC 10 on Fashion-MNIST (the domain study: classes 5-9 only, PTMs of classes 0-4 or 5-9), 2,000 "
@@ -442,6 +483,13 @@ def table(outdir: str | Path) -> str:
         f"study's drivers ran at (its commits.txt; a driver passes through a finished study too): {studies}. "
         f"Runs: {machines}.",
     ]
+    if mixed:
+        lines += [
+            "",
+            "† The paired runs of this row ran on more than one CPU kind (or one was resumed on another, or on one "
+            "not recorded: '?'). Results can differ in the last bits between CPU kinds; the paired difference "
+            "counts that as seed-to-seed noise, it does not remove it.",
+        ]
     lines += [
         "",
         "Mean ± std (n - 1) over the seeds' means. The random real subset is drawn once per seed "

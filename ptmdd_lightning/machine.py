@@ -25,6 +25,8 @@ from ptmdd_lightning.errors import PtmddError
 
 __all__ = [
     "PRECISIONS",
+    "attempt_kinds",
+    "attempt_record",
     "auto_precision",
     "backend_record",
     "busy_cpus",
@@ -325,3 +327,61 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("PTMDD_") and k != "PTMDD_DATA"},
         "code": code_record(),
     }
+
+
+def attempt_record(step: int, device: torch.device | str | None = None, precision: str | None = None) -> dict[str, Any]:
+    """One attempt of a run (its start, or a resume from a checkpoint), for the run's ``machine["attempts"]``.
+
+    A run stopped on one machine and resumed on another (a campaign that spans sessions) has steps, and
+    evaluation models, computed on each; results can differ in the last bits between CPU kinds, so a results file
+    lists every attempt, not just the machine that finished it.
+
+    Args:
+        step: the optimizer step the attempt starts at (``trainer.global_step`` after the checkpoint is restored;
+            0 for a fresh run).
+        device: the run's device; ``None`` = CPU.
+        precision: the run's precision as its owner names it (e.g. ``"bf16-mixed"``).
+
+    Returns:
+        JSON-ready ``{"from_step": int, "cpu_kind": str, "cpu": str, "device": str, "threads": int,
+        "precision": str | None, "commit": str | None, "started": "YYYY-MM-DDTHH:MM:SSZ"}`` (UTC).
+        ``cpu_kind`` is :func:`cpu_info`'s ``kind``, or ``"cuda"`` on a GPU.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    cpu = cpu_info()
+    return {
+        "from_step": int(step),
+        "cpu_kind": "cuda" if dev.type == "cuda" else cpu["kind"],
+        "cpu": cpu["model"],
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "precision": None if precision is None else str(precision),
+        "commit": code_record()["commit"],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def attempt_kinds(machine: dict[str, Any] | None) -> tuple[str, ...]:
+    """The CPU kinds (or ``"cuda"``) a run's attempts ran on, in order, consecutive repeats merged.
+
+    Args:
+        machine: a results row's ``"machine"`` (:func:`machine_record`, with ``"attempts"`` since 2026-12-04).
+
+    Returns:
+        e.g. ``("amx-bf16", "avx512-bf16")`` for a run started on Intel and resumed on AMD. A record without
+        ``attempts`` (older runs) gives its single kind; an attempt that is not known (a run resumed from a
+        checkpoint of a ptmdd that kept no attempts) gives ``"?"``; no record at all gives ``("?",)``.
+    """
+    machine = machine or {}
+    attempts = machine.get("attempts")
+    if not attempts:
+        kind = (machine.get("cpu") or {}).get("kind")
+        if machine.get("gpu"):
+            kind = "cuda"
+        return (kind or "?",)
+    kinds: list[str] = []
+    for attempt in attempts:
+        kind = attempt.get("cpu_kind") or "?"
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    return tuple(kinds)

@@ -177,7 +177,8 @@ def write_results(
     ``machine`` (:func:`ptmdd_lightning.machine.machine_record`: CPU model and ISA, threads, torch version,
     precision, fast paths that ran, ptmdd's commit) goes into every JSON row as ``"machine"``, into the CSV as the
     columns ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, ``commit``, and under the
-    Markdown table.
+    Markdown table; a run's ``machine["attempts"]`` (its start and resumes, each with its CPU kind) goes into the JSON
+    and, when there are several, under the Markdown table.
     """
     rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
     text = format_table(rows) + "\n"
@@ -188,6 +189,14 @@ def write_results(
             f"torch {machine['torch']}, {machine['device']}, precision {machine['precision']}, fast paths "
             f"{', '.join(machine['fast_paths']) or 'none'}; ptmdd commit {commit or 'unknown'}\n"
         )
+        if len(machine.get("attempts") or []) > 1:
+            text += (
+                "attempts (resumed runs): "
+                + "; ".join(
+                    f"from step {a.get('from_step')} on {a.get('cpu_kind') or 'unknown'}" for a in machine["attempts"]
+                )
+                + "\n"
+            )
     atomic_write_text(folder / f"{stem}.md", text)
     atomic_write_text(folder / f"{stem}.json", json.dumps(rows, indent=2))
     fields = ["step", "arch", "set", "mean", "std", "n", "accs", "seconds"]

@@ -183,11 +183,21 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     text = table(tmp_path)
     lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| 1. diversity: N_m")}
     assert "| holds |" in lines["N_m 5 vs 1 (decides)"]  # differences 1.0, 1.2, 0.8
-    assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone"]
+    # DM alone's seed 0 ran on AMD, N_m = 1's on Intel: that pair is marked, the all-Intel one is not
+    assert "| b better |" in lines["DM + CLoM (N_m 1) vs DM alone †"]
+    assert "† The paired runs of this row ran on more than one CPU kind" in text
     assert "| not run yet |" in lines["N_m 2 vs 1"]
     assert "nm at 7b0ad54, fbea4c6" in text and "na at -" in text
     # where the runs ran: a study of mixed CPU kinds shows it
     assert "nm: 2 on amx-bf16 (distillation bf16-mixed, evaluation 32); 1 on avx512-bf16 (distillation" in text
+    # a run resumed on another CPU kind counts as such, and marks its contrast
+    resumed = {"cpu": {"kind": "amx-bf16"}, "precision": "distillation bf16-mixed, evaluation 32"}
+    resumed["attempts"] = [{"from_step": 0, "cpu_kind": "amx-bf16"}, {"from_step": 900, "cpu_kind": "avx512-bf16"}]
+    run = study / "runs" / "N_m=5" / "seed1" / "version_0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps([{"step": 2000, "machine": resumed}]))
+    again = table(tmp_path)
+    assert "N_m 5 vs 1 (decides) † |" in again and "1 on amx-bf16 -> avx512-bf16 (distillation" in again
     assert "na: -" in text
     # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
     assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
@@ -195,7 +205,7 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     assert "| N_m = 1 | 0.50 | " in text and "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 0.50 | ")[1].splitlines()[0]
     assert "| N_a = 2 (+LeNet) | 0.75 | " in text and "N_m = 2 |" not in text
     main([str(tmp_path)])
-    assert capsys.readouterr().out == text
+    assert capsys.readouterr().out == again
     with pytest.raises(SystemExit) as err:
         main([str(tmp_path / "missing")])
     assert err.value.code == 2 and "is not a folder" in capsys.readouterr().err

@@ -16,6 +16,8 @@ import torch
 from ptmdd_lightning import machine
 from ptmdd_lightning.core.evaluate import _autocast
 from ptmdd_lightning.machine import (
+    attempt_kinds,
+    attempt_record,
     auto_precision,
     code_record,
     cpu_info,
@@ -70,6 +72,30 @@ def test_machine_record_names_threads_torch_precision_and_the_paths_that_ran(mon
     assert rec["threads"] == torch.get_num_threads() and rec["torch"] == torch.__version__
     assert rec["precision"] == "32" and rec["device"] == "cpu" and rec["gpu"] is None
     json.dumps(rec)  # JSON-ready
+
+
+def test_an_attempt_names_its_step_cpu_kind_and_commit_and_the_kinds_of_a_run_merge_repeats():
+    attempt = attempt_record(7, "cpu", "bf16-mixed")
+    assert attempt["from_step"] == 7 and attempt["cpu_kind"] == cpu_info()["kind"] and attempt["device"] == "cpu"
+    assert attempt["precision"] == "bf16-mixed" and attempt["commit"] == code_record()["commit"]
+    assert attempt["started"].endswith("Z") and attempt["threads"] == torch.get_num_threads()
+    json.dumps(attempt)
+    intel, amd = {"cpu_kind": "amx-bf16"}, {"cpu_kind": "avx512-bf16"}
+    assert attempt_kinds({"attempts": [intel, intel, amd, amd, intel]}) == ("amx-bf16", "avx512-bf16", "amx-bf16")
+    assert attempt_kinds({"attempts": [{"from_step": 0, "cpu_kind": None}, amd]}) == ("?", "avx512-bf16")
+    assert attempt_kinds({"cpu": {"kind": "avx2"}}) == ("avx2",)  # a record of before 2026-12-04: one attempt
+    assert attempt_kinds({"cpu": {"kind": "avx2"}, "gpu": "NVIDIA H200"}) == ("cuda",)
+    assert attempt_kinds(None) == ("?",) and attempt_kinds({}) == ("?",)
+
+
+def test_write_results_lists_a_resumed_runs_attempts_under_the_table(tmp_path):
+    rec = dict(machine_record("cpu", "32"), attempts=[{"from_step": 0, "cpu_kind": None}, attempt_record(40)])
+    write_results([ROW], tmp_path, machine=rec)
+    assert json.loads((tmp_path / "results.json").read_text())[0]["machine"]["attempts"] == rec["attempts"]
+    text = (tmp_path / "results.md").read_text()
+    assert f"attempts (resumed runs): from step 0 on unknown; from step 40 on {cpu_info()['kind']}" in text
+    write_results([ROW], tmp_path, machine=dict(rec, attempts=rec["attempts"][1:]))  # one attempt: no line
+    assert "attempts" not in (tmp_path / "results.md").read_text()
 
 
 def test_write_results_puts_the_machine_into_json_csv_and_markdown(tmp_path):

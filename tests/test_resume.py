@@ -23,6 +23,7 @@ import yaml
 from lightning import Callback
 
 from ptmdd_lightning.core.evaluate import EvalProtocol
+from ptmdd_lightning.machine import cpu_info
 from ptmdd_lightning.main import main
 from tests.helpers import resumable_checkpoint
 
@@ -264,6 +265,17 @@ def test_new_runs_get_new_versions_and_last_resumes_the_newest(tmp_path, monkeyp
     resumed = main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "3"])
     assert Path(resumed.trainer.log_dir).name == "version_1"
     assert resumed.trainer.global_step == 3
+    # each attempt is recorded where it began, and kept in the checkpoint for the next one
+    kind = cpu_info()["kind"]
+    assert [(a["from_step"], a["cpu_kind"]) for a in resumed.model.attempts] == [(0, kind), (2, kind)]
+    last = Path(resumed.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["ptmdd_attempts"] == resumed.model.attempts
+    # a checkpoint of a ptmdd that kept no attempts: what ran before it is unknown, not this machine
+    old = torch.load(last, weights_only=True)
+    del old["ptmdd_attempts"]
+    torch.save(old, last)
+    again = main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "4"])
+    assert [(a["from_step"], a["cpu_kind"]) for a in again.model.attempts] == [(0, None), (3, kind)]
     assert sorted(p.name for p in (tmp_path / "logs" / "run").iterdir()) == ["version_0", "version_1"]
 
 
@@ -316,6 +328,10 @@ def test_a_run_killed_in_the_final_evaluation_window_resumes_to_its_results_and_
     assert resumed.trainer.global_step == MAX_STEPS
     rows = json.loads((folder / "results.json").read_text())
     assert [(r["step"], r["set"]) for r in rows] == [(MAX_STEPS, "synthetic")]
+    # the results record both attempts: the killed one and the resume, which only evaluated
+    attempts = rows[0]["machine"]["attempts"]
+    kind = cpu_info()["kind"]
+    assert [(a["from_step"], a["cpu_kind"]) for a in attempts] == [(0, kind), (MAX_STEPS, kind)]
     export = torch.load(folder / "synthetic_set.pt", weights_only=True)
     assert torch.equal(export["images"], _images(resumed)) and export["global_step"] == MAX_STEPS
 

@@ -412,7 +412,11 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
         if evaluation == "auto":
             evaluation = auto_precision(pl_module.device)
         precision = f"distillation {trainer.precision}, evaluation {evaluation}"
-        write_results(self.rows, run_dir(trainer), machine=machine_record(pl_module.device, precision))
+        machine = machine_record(pl_module.device, precision)
+        attempts = getattr(pl_module, "attempts", None)
+        if attempts:  # a distillation run: where each of its attempts ran (it may have crossed CPU kinds)
+            machine["attempts"] = attempts
+        write_results(self.rows, run_dir(trainer), machine=machine)
         return rows
 
     def summary(self, pl_module: LightningModule, rows: list[dict[str, Any]]) -> str:

@@ -38,7 +38,7 @@ from ptmdd_lightning.core.guidance import (
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.data.datasets import DatasetInfo, as_dataset_info
 from ptmdd_lightning.errors import PtmddError
-from ptmdd_lightning.machine import machine_record
+from ptmdd_lightning.machine import attempt_record, machine_record
 from ptmdd_lightning.nets import build_net, reinit_
 from ptmdd_lightning.nets.forward import BackendName, NetForward, net_forward, resolve_backend
 from ptmdd_lightning.reporting import record_machine, set_plain_hparam
@@ -202,6 +202,9 @@ class DistillerBase(LightningModule):
         # seen by DDP as parameters, and do not bloat checkpoints. They live on self.device (see _place).
         self._aux: dict[str, Any] = {"net": None, "pool": None, "net_index": -1, "net_opt": None, "cclom_tables": {}}
         self._seed = 0
+        #: the run's attempts (its start and every resume), kept in its checkpoints: see :attr:`attempts`
+        self._attempts: list[dict[str, Any]] = []
+        self._restored_step = 0
 
     # ------------------------------------------------------------------ set-up
     def setup(self, stage: str) -> None:
@@ -288,6 +291,20 @@ class DistillerBase(LightningModule):
         seed = mix_seed(self._seed, self.global_rank, self.global_step)
         torch.manual_seed(seed)
         return random.Random(seed)
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        """Where the run ran, one entry per attempt (start or resume), oldest first.
+
+        Each entry is :func:`ptmdd_lightning.machine.attempt_record` (``from_step``, ``cpu_kind``, ``cpu``,
+        ``threads``, ``precision``, ``commit``, ``started``), appended when ``fit`` starts (``from_step``: the step of
+        the checkpoint it resumes from, 0 for a new run; a resume after the last step only evaluates) and carried
+        in every checkpoint (``checkpoint["ptmdd_attempts"]``). A run resumed from a checkpoint that has no such
+        list (a ptmdd before 2026-12-04) starts with ``{"from_step": 0, "cpu_kind": None}``: unknown. The final
+        evaluation writes the list into ``results.json`` as ``machine["attempts"]``, so a run that crossed CPU kinds
+        says so. Never raises.
+        """
+        return [dict(a) for a in self._attempts]
 
     @property
     def method(self) -> str:
@@ -454,6 +471,7 @@ class DistillerBase(LightningModule):
         ``hyper_parameters["ptms"]`` are stored as plain dicts: LightningCLI re-reads a checkpoint's
         hyper-parameters with ``torch.load(weights_only=True)``, which refuses :class:`PTMGroup` objects.
         """
+        checkpoint["ptmdd_attempts"] = self.attempts
         hp = checkpoint.get("hyper_parameters")
         if hp is not None and hp.get("ptms"):
             checkpoint["hyper_parameters"] = {
@@ -462,7 +480,7 @@ class DistillerBase(LightningModule):
             }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint's synthetic set fits this model.
+        """Check that the checkpoint's synthetic set fits this model; take over its :attr:`attempts`.
 
         Raises:
             PtmddError: the checkpoint's synthetic images have another shape ``(K * IPC, C, H, W)``.
@@ -478,9 +496,14 @@ class DistillerBase(LightningModule):
                 f"{self.hparams.ipc}); resume with the config of that run, or start a new run without "
                 "--ckpt_path."
             )
+        self._attempts = [dict(a) for a in checkpoint.get("ptmdd_attempts") or []]
+        self._restored_step = int(checkpoint.get("global_step") or 0)
+        if "ptmdd_attempts" not in checkpoint and self._restored_step > 0:
+            self._attempts = [{"from_step": 0, "cpu_kind": None}]  # a checkpoint of a ptmdd that kept no attempts
 
     def on_fit_start(self) -> None:
-        """Place the PTM pool on this device."""
+        """Record this attempt in :attr:`attempts`; place the PTM pool on this device."""
+        self._attempts.append(attempt_record(self._restored_step, self.device, str(self.trainer.precision)))
         if self.pool is not None:
             self._place(self.pool)
 
