@@ -460,11 +460,11 @@ def table(outdir: str | Path) -> str:
     ]
     rows, mixed = [], False
     for i, c in enumerate(CONTRASTS):
-        groups = [[c]]
+        entries = [([c], contrast_row(c, points[c.study]))]
         if c.family and (i + 1 == len(CONTRASTS) or CONTRASTS[i + 1].family != c.family):
-            groups.append([f for f in CONTRASTS if f.family == c.family])
-        for group in groups:
-            row = contrast_row(c, points[c.study]) if len(group) == 1 else family_row(group, points[c.study])
+            family = [f for f in CONTRASTS if f.family == c.family]
+            entries.append((family, family_row(family, points[c.study])))
+        for group, row in entries:  # each row with the contrasts whose runs it pairs
             if len(_kinds(group, points[c.study], records[c.study])) > 1:
                 row["contrast"], mixed = f"{row['contrast']} †", True
             rows.append(row)
