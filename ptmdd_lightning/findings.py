@@ -346,13 +346,17 @@ POOLS: tuple[Pool, ...] = (
 )
 
 
-def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float] | None:
-    """What ``pool`` cost: ``{"hours", "megabytes"}`` of pretraining and files, or ``None`` while incomplete.
+def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float | str] | None:
+    """What ``pool`` cost: ``{"hours", "megabytes", "kinds"}`` of pretraining and files, or ``None`` while incomplete.
 
     Its pretraining time is the sum of each member run's recorded ``pretrain_seconds`` (the wall seconds of that run
     up to ``pool.epoch``, written by :class:`~ptmdd_lightning.callbacks.PTMCheckpoint`; one thread on the
     campaign's CPU), its storage the bytes of the ``epoch`` files it loads
-    (``pool_root/fashion_mnist/<arch>/seed<S>/epoch<E>.pt``).
+    (``pool_root/fashion_mnist/<arch>/seed<S>/epoch<E>.pt``). ``kinds`` says on which CPU kinds those seconds were
+    spent, because an hour of one kind is not one of another (a 5-class DM step of the campaign: 0.31 s on Intel
+    AMX, 0.43-0.48 s on AMD Zen 4; docs/reproduce.md): e.g. ``"amx-bf16 x2, avx512-bf16 x1"``, counting each
+    member under the kinds of its attempts (``"a -> b"`` for one resumed on another kind), ``"?"`` for a member
+    file without ``attempts`` (pretrained before ptmdd recorded them, 2026-12-04).
 
     Args:
         pool_root: the campaign's ``ptm_pool/findings`` folder.
@@ -364,7 +368,7 @@ def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float] | None:
     Raises:
         PtmddError: a member file that is truncated or corrupted.
     """
-    seconds, size = 0.0, 0
+    seconds, size, kinds = 0.0, 0, {}
     for arch, seed in pool.members:
         path = Path(pool_root) / "fashion_mnist" / arch / f"seed{seed}" / f"epoch{pool.epoch}.pt"
         if not path.is_file():
@@ -374,7 +378,10 @@ def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float] | None:
             return None
         seconds += float(meta["pretrain_seconds"])
         size += path.stat().st_size
-    return {"hours": seconds / 3600.0, "megabytes": size / 1e6}
+        kind = " -> ".join(attempt_kinds({"attempts": meta.get("attempts")}))  # "?" for a member without them
+        kinds[kind] = kinds.get(kind, 0) + 1
+    shown = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
+    return {"hours": seconds / 3600.0, "megabytes": size / 1e6, "kinds": shown}
 
 
 def _commits(outdir: Path, study: str) -> str:
@@ -509,12 +516,13 @@ def table(outdir: str | Path) -> str:
     if costs:
         lines += [
             "",
-            "| pool (epoch 150) | pretraining (h, one CPU thread) | files (MB) | gain vs DM alone (± 95 % CI) |",
-            "|---|---|---|---|",
+            "| pool (epoch 150) | pretraining (h, one CPU thread) | pretrained on (CPU kind x members) | files (MB) "
+            "| gain vs DM alone (± 95 % CI) |",
+            "|---|---|---|---|---|",
         ]
         for pool, cost in costs:
             gain = contrast_row(Contrast("", pool.study, _DM, pool.point, "", 0), points.get(pool.study))["diff"]
-            lines.append(f"| {pool.label} | {cost['hours']:.2f} | {cost['megabytes']:.2f} | {gain} |")
+            lines.append(f"| {pool.label} | {cost['hours']:.2f} | {cost['kinds']} | {cost['megabytes']:.2f} | {gain} |")
     return "\n".join(lines) + "\n"
 
 

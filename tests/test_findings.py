@@ -130,25 +130,36 @@ def test_fewer_than_three_shared_seeds_give_no_verdict_and_missing_studies_are_n
     assert contrast_row(contrast, None)["verdict"] == "not run yet"
 
 
-def _member(root, arch: str, seed: int, seconds: float | None, epoch: int = 150) -> int:
-    """A pool member file as PTMCheckpoint writes it; returns its size in bytes."""
+def _member(root, arch: str, seed: int, seconds: float | None, epoch: int = 150, kinds=None) -> int:
+    """A pool member file as PTMCheckpoint writes it (``kinds``: its attempts' CPU kinds, ``None``: a file written
+    before attempts were recorded); returns its size in bytes."""
     path = root / "fashion_mnist" / arch / f"seed{seed}" / f"epoch{epoch}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"w": torch.zeros(3 + seed)}, "pretrain_seconds": seconds}, path)
+    blob = {"state_dict": {"w": torch.zeros(3 + seed)}, "pretrain_seconds": seconds}
+    if kinds is not None:
+        blob["attempts"] = [{"from_step": 235 * i, "cpu_kind": k} for i, k in enumerate(kinds)]
+    torch.save(blob, path)
     return path.stat().st_size
 
 
 def test_pool_cost_sums_its_members_pretraining_time_and_files(tmp_path):
     root = tmp_path / "pool"
-    sizes = [_member(root, "ConvNetW32", 0, 1800.0), _member(root, "LeNet", 0, 900.0)]
+    sizes = [_member(root, "ConvNetW32", 0, 1800.0), _member(root, "LeNet", 0, 900.0, kinds=["avx512-bf16"])]
     _member(root, "ConvNetW32", 1, 3600.0)  # not a member of the pool below
     pool = Pool("N_a = 2", "na", "N_a=2_+LeNet", (("ConvNetW32", 0), ("LeNet", 0)))
     cost = pool_cost(root, pool)
     assert cost["hours"] == pytest.approx(0.75) and cost["megabytes"] == pytest.approx(sum(sizes) / 1e6)
+    # where the hours were spent: the older file records no machine ("?"), the LeNet one its attempt's kind
+    assert cost["kinds"] == "? x1, avx512-bf16 x1"
+    # a member resumed on another kind counts under both, in order; repeats of one kind merge
+    _member(root, "MLP", 0, 60.0, kinds=["amx-bf16", "amx-bf16", "avx512-bf16"])
+    _member(root, "LeNet", 1, 60.0, kinds=["amx-bf16"])
+    mixed = pool_cost(root, Pool("x", "na", "x", (("MLP", 0), ("LeNet", 1), ("LeNet", 0))))
+    assert mixed["kinds"] == "amx-bf16 x1, amx-bf16 -> avx512-bf16 x1, avx512-bf16 x1"  # sorted by name
     # incomplete pools cost nothing yet: a missing member, a member without its recorded time
     assert pool_cost(root, Pool("N_m = 5", "nm", "N_m=5", tuple(("ConvNetW32", s) for s in range(5)))) is None
-    _member(root, "MLP", 0, None)
-    assert pool_cost(root, Pool("x", "na", "x", (("ConvNetW32", 0), ("MLP", 0)))) is None
+    _member(root, "MLP", 1, None)
+    assert pool_cost(root, Pool("x", "na", "x", (("ConvNetW32", 0), ("MLP", 1)))) is None
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=lambda p: p.label)
@@ -202,8 +213,9 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
     assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
     # each complete pool's cost beside its gain over DM alone (N_m = 1: +1.0, +1.2, +0.8 -> +1.00 ± 0.50)
-    assert "| N_m = 1 | 0.50 | " in text and "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 0.50 | ")[1].splitlines()[0]
-    assert "| N_a = 2 (+LeNet) | 0.75 | " in text and "N_m = 2 |" not in text
+    assert "| N_m = 1 | 0.50 | ? x1 | " in text
+    assert "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 0.50 | ")[1].splitlines()[0]
+    assert "| N_a = 2 (+LeNet) | 0.75 | ? x2 | " in text and "N_m = 2 |" not in text
     main([str(tmp_path)])
     assert capsys.readouterr().out == again
     with pytest.raises(SystemExit) as err:

@@ -24,6 +24,7 @@ from ptmdd_lightning.core.guidance import PTMGroup, PTMRecipe, member_path, pool
 from ptmdd_lightning.data import RealDataModule
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import atomic_save
+from ptmdd_lightning.machine import attempt_record
 from ptmdd_lightning.modules.classifier import Classifier
 from ptmdd_lightning.progress import PoolProgressBar, shows_progress
 from ptmdd_lightning.seeding import run_seed
@@ -39,9 +40,14 @@ class PTMCheckpoint(Callback):
     ``image_size``, ``dataset``, ``classes``, ``mean``, ``std``, ``epoch``, ``seed``, the last ``val_acc``,
     ``pretrain_seconds`` (wall seconds of training up to this epoch, summed over the run's resumes: the seconds so
     far are kept in the Lightning checkpoint; work lost to a kill since the last checkpoint is not counted, its redoing
-    is) and the ``recipe`` it
+    is), the ``recipe`` it
     was trained with (:meth:`~ptmdd_lightning.core.guidance.PTMRecipe.record` of the Classifier's
-    ``recipe``; without one, its plain SGD settings under the name ``"custom"``).
+    ``recipe``; without one, its plain SGD settings under the name ``"custom"``) and ``attempts``: where the
+    pretraining ran, one :func:`~ptmdd_lightning.machine.attempt_record` per start or resume (``from_step``,
+    ``from_epoch``, ``cpu_kind``, threads, precision, commit, UTC start), kept in the Lightning checkpoint like the
+    seconds. ``pretrain_seconds`` is a wall time of the CPU kinds listed there (a resumed run may span kinds); a
+    run resumed from a checkpoint of a ptmdd that kept no attempts starts the list with
+    ``{"from_step": 0, "from_epoch": 0, "cpu_kind": None}`` (unknown).
     Epoch ``E`` means "after E completed training epochs"; ``0`` saves the initialisation.
 
     Args:
@@ -75,19 +81,26 @@ class PTMCheckpoint(Callback):
         self.data_info = None
         self._seconds_before = 0.0  # training seconds of the run before its last resume (from the checkpoint)
         self._started: float | None = None
+        self._attempts: list[dict] = []  # where the run ran: its start and every resume (see the class docstring)
 
     def _elapsed(self) -> float:
         """Wall seconds of training so far: before the last resume plus since this process started training."""
         since = time.perf_counter() - self._started if self._started is not None else 0.0
         return self._seconds_before + since
 
-    def state_dict(self) -> dict[str, float]:
-        """``{"pretrain_seconds": s}``: the training seconds so far, for the Lightning checkpoint."""
-        return {"pretrain_seconds": self._elapsed()}
+    @property
+    def attempts(self) -> list[dict]:
+        """Where the pretraining ran so far, oldest first (copies; see the class docstring)."""
+        return [dict(a) for a in self._attempts]
 
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        """Restore :meth:`state_dict` (checkpoints written before it existed restore 0)."""
+    def state_dict(self) -> dict:
+        """``{"pretrain_seconds": s, "attempts": [...]}``: training seconds and attempts so far, for the checkpoint."""
+        return {"pretrain_seconds": self._elapsed(), "attempts": self.attempts}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict` (checkpoints written before a key existed restore 0 s and no attempts)."""
         self._seconds_before = float(state_dict.get("pretrain_seconds", 0.0))
+        self._attempts = [dict(a) for a in state_dict.get("attempts") or []]
 
     def _member_seed(self) -> int:
         return int(self.seed) if self.seed is not None else run_seed()
@@ -133,6 +146,10 @@ class PTMCheckpoint(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._started = time.perf_counter()
+        step, epoch = int(trainer.global_step), int(trainer.current_epoch)
+        if step > 0 and not self._attempts:  # resumed from a checkpoint of a ptmdd that kept no attempts
+            self._attempts = [{"from_step": 0, "from_epoch": 0, "cpu_kind": None}]
+        self._attempts.append({**attempt_record(step, pl_module.device, str(trainer.precision)), "from_epoch": epoch})
         if 0 in self.epochs and trainer.current_epoch == 0:
             self._save(trainer, pl_module, 0)
 
@@ -188,6 +205,7 @@ class PTMCheckpoint(Callback):
                 "recipe": self._recipe_record(trainer, pl_module),
                 # wall seconds of training up to this epoch, summed over resumes: the member's cost
                 "pretrain_seconds": round(self._elapsed(), 3),
+                "attempts": self.attempts,  # where those seconds were spent (CPU kinds, threads, precision)
             }
             atomic_save(blob, path)
             rank_zero_info(f"[ptmdd] saved PTM {path}")

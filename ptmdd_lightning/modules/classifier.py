@@ -74,6 +74,8 @@ class Classifier(LightningModule):
         self.recipe = recipe
         self.save_hyperparameters()
         set_plain_hparam(self, "dataset_info", info)  # plain values in hparams.yaml, checkpoints
+        if recipe is not None:  # a PTMRecipe object would make last.ckpt unloadable with weights_only=True
+            set_plain_hparam(self, "recipe", recipe)
         self.net = build_net(arch, info.channels, num_classes, info.image_size)
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

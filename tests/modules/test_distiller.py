@@ -218,6 +218,12 @@ def test_pool_cost_counts_the_files_and_their_pretraining_time(pool_root):
     files = sorted(pool_root.rglob("epoch1.pt"))
     recorded = [load_ptm(f)[1]["pretrain_seconds"] for f in files]
     assert len(files) == 2 and all(s > 0 for s in recorded)
+    # and where those seconds were spent: one attempt each, from the first step, on this machine's CPU kind
+    from ptmdd_lightning.machine import cpu_info
+
+    for f in files:
+        attempts = load_ptm(f)[1]["attempts"]
+        assert [(a["from_step"], a["from_epoch"], a["cpu_kind"]) for a in attempts] == [(0, 0, cpu_info()["kind"])]
     pool = PTMPool(
         [PTMGroup(arch="ConvNetW32", num_seeds=2, epoch=1)], pool_root, "fashion_mnist", 10, (0.2861,), (0.3530,)
     )
@@ -226,3 +232,42 @@ def test_pool_cost_counts_the_files_and_their_pretraining_time(pool_root):
     assert cost["pretrain_seconds"] == pytest.approx(sum(recorded), abs=1e-3)
     pool.members[0].meta.pop("pretrain_seconds")  # a member pretrained before ptmdd recorded it
     assert pool_cost(list(pool.members))["pretrain_seconds"] is None
+
+
+def test_a_resumed_pretraining_run_lists_both_attempts_in_its_member_file(tmp_path, fake_fashion_root):
+    """A pool member stopped after epoch 1 and resumed from last.ckpt: the file of epoch 2 names both attempts."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ptmdd_lightning.callbacks import PTMCheckpoint
+    from ptmdd_lightning.core.guidance import load_ptm
+
+    root, ckpts = tmp_path / "pool", tmp_path / "ckpt"
+
+    class StopAfterOneEpoch(Callback):  # a run killed after its first epoch's checkpoint
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    def fit(ckpt_path=None) -> int:
+        torch.manual_seed(0)
+        data = RealDataModule(dataset="fashion_mnist", root=str(fake_fashion_root), batch_size=64)
+        model = Classifier(arch="ConvNetW32", dataset_info=fmnist_info(), recipe=PTMRecipe())
+        trainer = _trainer(
+            max_epochs=2,
+            limit_val_batches=0,
+            enable_checkpointing=True,
+            callbacks=[
+                PTMCheckpoint(epochs=[1, 2], pool_root=str(root), seed=0, overwrite=True),
+                ModelCheckpoint(dirpath=ckpts, save_last=True),
+                *([] if ckpt_path else [StopAfterOneEpoch()]),
+            ],
+        )
+        trainer.fit(model, data, ckpt_path=ckpt_path)
+        return trainer.global_step
+
+    steps_per_epoch = fit()
+    assert fit(ckpt_path=str(ckpts / "last.ckpt")) == 2 * steps_per_epoch
+    first = load_ptm(member_path(root, "fashion_mnist", "ConvNetW32", 0, 1))[1]["attempts"]
+    both = load_ptm(member_path(root, "fashion_mnist", "ConvNetW32", 0, 2))[1]["attempts"]
+    assert [(a["from_step"], a["from_epoch"]) for a in first] == [(0, 0)]
+    assert [(a["from_step"], a["from_epoch"]) for a in both] == [(0, 0), (steps_per_epoch, 1)]
+    assert both[0] == first[0]  # the first attempt, restored from the checkpoint as it was written
