@@ -37,7 +37,7 @@ import pandas as pd
 from ptmdd_lightning.compare import outdir_table_main, paired_difference
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
-from ptmdd_lightning.machine import attempt_kinds
+from ptmdd_lightning.machine import attempt_kinds, kinds_summary
 
 __all__ = [
     "CONTRASTS",
@@ -368,7 +368,7 @@ def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float | str] | Non
     Raises:
         PtmddError: a member file that is truncated or corrupted.
     """
-    seconds, size, kinds = 0.0, 0, {}
+    seconds, size, attempts = 0.0, 0, []
     for arch, seed in pool.members:
         path = Path(pool_root) / "fashion_mnist" / arch / f"seed{seed}" / f"epoch{pool.epoch}.pt"
         if not path.is_file():
@@ -378,10 +378,8 @@ def pool_cost(pool_root: str | Path, pool: Pool) -> dict[str, float | str] | Non
             return None
         seconds += float(meta["pretrain_seconds"])
         size += path.stat().st_size
-        kind = " -> ".join(attempt_kinds({"attempts": meta.get("attempts")}))  # "?" for a member without them
-        kinds[kind] = kinds.get(kind, 0) + 1
-    shown = ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
-    return {"hours": seconds / 3600.0, "megabytes": size / 1e6, "kinds": shown}
+        attempts.append(meta.get("attempts"))  # None ("?") for a member pretrained before they were recorded
+    return {"hours": seconds / 3600.0, "megabytes": size / 1e6, "kinds": kinds_summary(attempts)}
 
 
 def _commits(outdir: Path, study: str) -> str:

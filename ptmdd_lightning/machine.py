@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "contention_warning",
     "cpu_info",
     "fast_paths_ran",
+    "kinds_summary",
     "machine_record",
     "native_bf16_cpu",
     "record_backend_request",
@@ -385,3 +386,23 @@ def attempt_kinds(machine: dict[str, Any] | None) -> tuple[str, ...]:
         if not kinds or kinds[-1] != kind:
             kinds.append(kind)
     return tuple(kinds)
+
+
+def kinds_summary(attempt_lists: Iterable[list[dict[str, Any]] | None]) -> str:
+    """Where a set of runs ran, counted: e.g. ``"? x1, amx-bf16 x2, amx-bf16 -> avx512-bf16 x1"``.
+
+    Args:
+        attempt_lists: each run's ``attempts`` (:func:`attempt_record` entries, e.g. a PTM pool member file's
+            ``"attempts"``), ``None`` for a run that kept none (it counts as ``"?"``).
+
+    Returns:
+        each distinct chain of :func:`attempt_kinds` (``"a -> b"`` for a run resumed on another kind) with its
+        number of runs, sorted by name and joined by ``", "``; ``""`` for no runs. Why it matters: an hour of
+        one CPU kind is not one of another (a 5-class DM step: 0.31 s on Intel AMX, 0.43-0.48 s on AMD Zen 4;
+        docs/reproduce.md).
+    """
+    counts: dict[str, int] = {}
+    for attempts in attempt_lists:
+        chain = " -> ".join(attempt_kinds({"attempts": attempts}))
+        counts[chain] = counts.get(chain, 0) + 1
+    return ", ".join(f"{chain} x{n}" for chain, n in sorted(counts.items()))

@@ -51,14 +51,17 @@ def run_dir(trainer: Trainer) -> Path:
     return path
 
 
-#: what a run cost, on its synthetic rows (distillation, guidance pool) and its soft-label rows (the teacher)
+#: what a run cost, on its synthetic rows (distillation, guidance pool) and its soft-label rows (the teacher);
+#: ``*_pretrain_kinds``: the CPU kinds those pretraining seconds were spent on (``machine.kinds_summary``)
 COST_FIELDS = [
     "distill_seconds",
     "guidance_pool_bytes",
     "guidance_pretrain_seconds",
+    "guidance_pretrain_kinds",
     "teacher_bytes",
     "teacher_pool_bytes",
     "teacher_pretrain_seconds",
+    "teacher_pretrain_kinds",
     "soft_label_bytes",
 ]
 #: DD-Ranking's robust scores as row keys (mean; ``<key>_std`` the std over rounds), and how the table shows them

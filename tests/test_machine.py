@@ -21,6 +21,7 @@ from ptmdd_lightning.machine import (
     auto_precision,
     code_record,
     cpu_info,
+    kinds_summary,
     machine_record,
     native_bf16_cpu,
     record_fast_path,
@@ -86,6 +87,13 @@ def test_an_attempt_names_its_step_cpu_kind_and_commit_and_the_kinds_of_a_run_me
     assert attempt_kinds({"cpu": {"kind": "avx2"}}) == ("avx2",)  # a record of before 2026-12-04: one attempt
     assert attempt_kinds({"cpu": {"kind": "avx2"}, "gpu": "NVIDIA H200"}) == ("cuda",)
     assert attempt_kinds(None) == ("?",) and attempt_kinds({}) == ("?",)
+
+
+def test_kinds_summary_counts_each_runs_chain_of_kinds():
+    intel, amd = {"cpu_kind": "amx-bf16"}, {"cpu_kind": "avx512-bf16"}
+    runs = [[intel], [intel, amd], None, [amd, amd], [intel, intel]]
+    assert kinds_summary(runs) == "? x1, amx-bf16 x2, amx-bf16 -> avx512-bf16 x1, avx512-bf16 x1"
+    assert kinds_summary([]) == ""
 
 
 def test_write_results_lists_a_resumed_runs_attempts_under_the_table(tmp_path):

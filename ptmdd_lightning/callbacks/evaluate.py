@@ -337,6 +337,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
             "teacher_bytes": int(weights),
             "teacher_pool_bytes": cost["pool_bytes"],
             "teacher_pretrain_seconds": cost["pretrain_seconds"],
+            "teacher_pretrain_kinds": cost["pretrain_kinds"],
             "soft_label_bytes": self._soft_label_bytes,
         }
 
@@ -400,6 +401,7 @@ class SyntheticSetEvaluation(EndOfTrainingWork):
                 r["distill_seconds"] = round(self._train_seconds, 3)
                 r["guidance_pool_bytes"] = guidance["pool_bytes"] if guidance else 0
                 r["guidance_pretrain_seconds"] = guidance["pretrain_seconds"] if guidance else 0.0
+                r["guidance_pretrain_kinds"] = guidance["pretrain_kinds"] if guidance else ""
         if self.real_hard_acc is not None:
             attach_scores(self.rows, float(self.real_hard_acc), self.real_hard_source)
             for r in rows:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import safe_load
+from ptmdd_lightning.machine import kinds_summary
 from ptmdd_lightning.nets import build_net, canonical_net_name
 
 
@@ -402,28 +403,36 @@ def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     return net, meta
 
 
-def pool_cost(members: Sequence[PTMMember]) -> dict[str, float | int | None]:
+def pool_cost(members: Sequence[PTMMember]) -> dict[str, float | int | str | None]:
     """What a set of pool members cost: their files on disk and their pretraining time.
 
     Args:
         members: loaded members (:class:`PTMMember`, e.g. ``PTMPool.members`` or a teacher's).
 
     Returns:
-        ``{"members": n, "pool_bytes": the files' bytes, "pretrain_seconds": s}``: ``s`` sums, over every distinct
-        pretraining run ``(dataset, classes, arch, seed)``, the largest ``pretrain_seconds`` its used files record
-        (one run writes all its epochs; a file records the wall seconds of its run up to that epoch); ``None`` when
-        a member records none (pretrained before ptmdd recorded it).
+        ``{"members": n, "pool_bytes": the files' bytes, "pretrain_seconds": s, "pretrain_kinds": k}``: ``s`` sums,
+        over every distinct pretraining run ``(dataset, classes, arch, seed)``, the largest ``pretrain_seconds`` its
+        used files record (one run writes all its epochs; a file records the wall seconds of its run up to that
+        epoch); ``None`` when a member records none (pretrained before ptmdd recorded it). ``k`` says on which CPU
+        kinds those runs ran (:func:`~ptmdd_lightning.machine.kinds_summary` of each run's longest ``attempts``,
+        written by :class:`~ptmdd_lightning.callbacks.PTMCheckpoint` since 2026-12-04; ``"?"`` before), e.g.
+        ``"amx-bf16 x2"``: seconds of different kinds are not the same cost.
     """
     runs: dict[tuple, list[float | None]] = {}
+    attempts: dict[tuple, list | None] = {}
     for m in members:
         meta = m.meta
         key = (meta.get("dataset"), str(meta.get("classes")), meta.get("arch"), meta.get("seed"))
         runs.setdefault(key, []).append(meta.get("pretrain_seconds"))
+        mine = meta.get("attempts")  # a later epoch's file holds the earlier ones' attempts and maybe more
+        if key not in attempts or len(mine or []) > len(attempts[key] or []):
+            attempts[key] = mine
     unknown = any(s is None for times in runs.values() for s in times)
     return {
         "members": len(members),
         "pool_bytes": int(sum(int(m.meta.get("file_bytes", 0)) for m in members)),
         "pretrain_seconds": None if unknown or not runs else round(sum(max(t) for t in runs.values()), 3),
+        "pretrain_kinds": kinds_summary(attempts.values()),
     }
 
 

@@ -51,7 +51,7 @@ def test_the_callback_evaluates_with_hard_and_soft_labels_and_scores_the_synthet
     # what it cost: the distillation, the guidance pool (one member, no recorded pretraining time), the teacher
     member = ptm_pool / "fashion_mnist" / "ConvNetW32" / "seed0" / "epoch1.pt"
     assert rows[0]["distill_seconds"] > 0 and rows[0]["guidance_pool_bytes"] == member.stat().st_size
-    assert rows[0]["guidance_pretrain_seconds"] is None
+    assert rows[0]["guidance_pretrain_seconds"] is None and rows[0]["guidance_pretrain_kinds"] == "? x1"
     weights = sum(p.numel() * 4 for p in build_net("ConvNetW32", 1, 10, (28, 28)).parameters())
     assert rows[2]["teacher_bytes"] == weights and rows[2]["teacher_pool_bytes"] == member.stat().st_size
     assert rows[2]["soft_label_bytes"] == 10 * 10 * 4  # IPC 1 x 10 classes, one fp32 K-vector each

@@ -230,8 +230,12 @@ def test_pool_cost_counts_the_files_and_their_pretraining_time(pool_root):
     cost = pool_cost(list(pool.members))
     assert cost["members"] == 2 and cost["pool_bytes"] == sum(f.stat().st_size for f in files)
     assert cost["pretrain_seconds"] == pytest.approx(sum(recorded), abs=1e-3)
+    assert cost["pretrain_kinds"] == f"{cpu_info()['kind']} x2"  # two pretraining runs, both here
     pool.members[0].meta.pop("pretrain_seconds")  # a member pretrained before ptmdd recorded it
-    assert pool_cost(list(pool.members))["pretrain_seconds"] is None
+    pool.members[0].meta.pop("attempts")
+    older = pool_cost(list(pool.members))
+    assert older["pretrain_seconds"] is None
+    assert older["pretrain_kinds"] == f"? x1, {cpu_info()['kind']} x1"
 
 
 def test_a_resumed_pretraining_run_lists_both_attempts_in_its_member_file(tmp_path, fake_fashion_root):
