@@ -12,7 +12,8 @@ Layout (``out`` is the study folder)::
 
 Identical runs are not repeated across studies: before a study runs, :meth:`Study.adopt` copies into it every done
 run of a *sibling* study (another folder next to ``out``, e.g. ``lightning_logs/sweeps/<other>``) whose signature
-equals one of its own never-started runs; the copy's ``sweep_point.json`` names its source (``adopted_from``).
+equals one of its own runs that has nothing to resume (never started, or its attempts left no ``last.ckpt``, e.g.
+one that failed at once for want of data); the copy's ``sweep_point.json`` names its source (``adopted_from``).
 ``ptmdd-sweep --no-reuse`` turns this off (e.g. to check that a rerun gives the same numbers).
 
 A run whose settings changed gets the next ``version_<k>``; earlier versions are never touched (``--clean``
@@ -370,12 +371,16 @@ class Study:
     def adopt(self, slot: Slot, siblings: dict[str, list[Path]] | None = None) -> Path | None:
         """Copy a sibling study's done run with ``slot``'s signature into a new version folder of ``slot``.
 
-        Only a run this study never started is adopted (``slot`` has no version folder of its signature), only a
-        point (never a ``prepare`` run), and only a source that is done by :meth:`is_done`'s test and unclaimed.
-        The copy is made next to the version folders and renamed into place under :meth:`lock`; its
-        ``sweep_point.{yaml,json}`` are this study's (its logger folder, point, creation time) plus ``adopted_from``
-        (the source folder). A run whose signature is equal ran the same merged config, seed,
-        subcommand and extra arguments; the code version is not part of the signature (as for resuming).
+        Only a run with nothing to resume is adopted: ``slot`` has no version folder of its signature, or that
+        folder is unclaimed, not done and holds no ``checkpoints/last.ckpt`` (its attempts failed before the first
+        checkpoint, e.g. at once for want of data: rerunning it would start from step 0 anyway). That folder is kept
+        as it is and the copy becomes the next version, which :meth:`folder` finds first. A run with a checkpoint is
+        continued by its own study, never replaced. Only a point is adopted (never a ``prepare`` run), and only a
+        source that is done by :meth:`is_done`'s test and unclaimed. The copy is made next to the version folders
+        and renamed into place under :meth:`lock`; its ``sweep_point.{yaml,json}`` are this study's (its logger
+        folder, point, creation time) plus ``adopted_from`` (the source folder). A run whose signature is equal ran
+        the same merged config, seed, subcommand and extra arguments; the code version is not part of the
+        signature (as for resuming).
 
         Args:
             slot: one of this study's runs.
@@ -384,14 +389,14 @@ class Study:
         Returns:
             The new version folder, or ``None`` when nothing was adopted.
         """
-        if slot.is_prepare or slot.creates or self.folder(slot) is not None:
+        if slot.is_prepare or slot.creates or not self._nothing_to_resume(slot):
             return None
         siblings = self.sibling_runs() if siblings is None else siblings
         for source in siblings.get(slot.signature, []):
             if self.owner(source) is not None or not self.is_done(slot, source):
                 continue
             with self.lock():
-                if self.folder(slot) is not None:
+                if not self._nothing_to_resume(slot):
                     return None
                 folder = self._next_version(slot)
                 staging = slot.root / f".adopting_{uuid.uuid4().hex}"
@@ -400,6 +405,15 @@ class Study:
                 staging.rename(folder)
             return folder
         return None
+
+    def _nothing_to_resume(self, slot: Slot) -> bool:
+        """``slot`` has no folder of its signature, or one that is unclaimed, not done and without ``last.ckpt``."""
+        folder = self.folder(slot)
+        if folder is None:
+            return True
+        if self.owner(folder) is not None or self.is_done(slot, folder):
+            return False
+        return not (folder / "checkpoints" / "last.ckpt").is_file()
 
     def stale_versions(self) -> list[Path]:
         """Version folders whose signature no current run has (kept until ``--clean``)."""

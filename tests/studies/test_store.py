@@ -164,6 +164,32 @@ def test_a_sibling_studys_identical_done_run_is_adopted_and_nothing_else(tmp_pat
     assert sorted(p.name for p in copy.parent.iterdir()) == ["version_0"]  # no staging folder left
 
 
+def test_a_run_whose_attempts_left_no_checkpoint_adopts_an_identical_done_run_but_one_with_a_checkpoint_resumes(
+    tmp_path,
+):
+    """The findings campaign's case: epoch 150 of the epoch study had failed at once (no data) before the identical
+    run of the N_m study finished; it was run again instead of copied (2026-12-05)."""
+    first = make_study(tmp_path / "a", out=tmp_path / "sweeps" / "first")
+    second = make_study(tmp_path / "b", out=tmp_path / "sweeps" / "second")
+    for slot in first.slots()[:3]:
+        finish(first, slot, [0.5], [0.4])
+    failed, started, running = second.slots()[:3]
+    for slot in (failed, started, running):
+        claim, folder, _ = second.claim(slot)
+        assert second.finish_attempt(slot, folder, 2, 1.0) == "failed"
+        claim.release(second)
+    save_checkpoint(second.folder(started), 3)  # it got as far as step 3: its own study continues it
+    claim, _, _ = second.claim(running)  # a live owner runs it now
+    old = second.folder(failed)
+    copy = second.adopt(failed)
+    assert copy is not None and copy.name == "version_1" and second.folder(failed) == copy
+    assert second.state(failed) == "done" and (old / "sweep_failed.json").is_file()  # the failed attempt is kept
+    assert second.adopt(started) is None and second.state(started) == "failed"
+    assert second.adopt(running) is None and second.state(running) == "running"
+    claim.release(second)
+    assert second.adopt(failed) is None  # done now: adopted once
+
+
 def test_status_puts_every_run_folder_in_one_column_however_long_the_run_names(tmp_path, capsys):
     from ptmdd_lightning.studies.cli import _print_status
 
