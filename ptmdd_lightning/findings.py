@@ -271,8 +271,12 @@ def family_row(family: Sequence[Contrast], points: dict[str, dict[int, float]] |
 
     Each contrast gets its Bonferroni interval, at level ``1 - 0.05 / m``, so that the ``m`` intervals cover their
     true differences together with probability >= 95 %. The family **holds** when some contrast's interval lies
-    above 0, **does not hold** when every one lies below 0, and **cannot tell** otherwise; a verdict needs every
-    contrast at >= :data:`MIN_SEEDS` seeds. The row shows the contrast with the highest lower end.
+    above 0, **does not hold** when every one lies below 0, and **cannot tell** otherwise. "Holds" is said as soon
+    as one contrast with >= :data:`MIN_SEEDS` seeds has its interval above 0, even while others are not run: the
+    level is fixed by ``m``, not by how many have run, so the contrasts still to come cannot undo it (the verdict
+    then says how many of the ``m`` have run). Every other verdict needs every contrast at >= :data:`MIN_SEEDS`
+    seeds; until then the row says "cannot tell yet". The row shows the contrast with the highest lower end among
+    those with an interval, and its seeds.
 
     Args:
         family: the contrasts (the same ``family``, all with ``expect = +1``).
@@ -295,23 +299,26 @@ def family_row(family: Sequence[Contrast], points: dict[str, dict[int, float]] |
     m = len(family)
     rows = [contrast_row(c, points, 1.0 - 0.05 / m) for c in family]
     head = {"finding": family[0].finding, "contrast": family[0].family}
-    seeds = min(int(r["seeds"]) for r in rows)
-    if seeds == 0:
+    seeds = [int(r["seeds"]) for r in rows]
+    if max(seeds) == 0:
         return _no_interval(head, 0, "not run yet")
     ready = [(c, r) for c, r in zip(family, rows, strict=True) if "lo" in r]
     if not ready:
-        return _no_interval(head, seeds, f"cannot tell ({seeds} seed; {MIN_SEEDS} needed)")
+        return _no_interval(head, max(seeds), f"cannot tell ({max(seeds)} seed; {MIN_SEEDS} needed)")
     contrast, best = max(ready, key=lambda cr: float(cr[1]["lo"]))
     shown = {k: best[k] for k in ("a", "b", "diff", "ci")}
-    if seeds < MIN_SEEDS:
-        verdict = f"cannot tell ({seeds} seeds in some contrast; {MIN_SEEDS} needed)"
-    elif float(best["lo"]) > 0:
-        verdict = f"holds ({contrast.label})"
+    complete = sum(n >= MIN_SEEDS for n in seeds)
+    so_far = "" if complete == m else f"; {complete} of {m} contrasts at {MIN_SEEDS} seeds"
+    if int(best["seeds"]) >= MIN_SEEDS and float(best["lo"]) > 0:
+        verdict = f"holds ({contrast.label}{so_far})"
+    elif complete < m:
+        verdict = f"cannot tell yet ({complete} of {m} contrasts at {MIN_SEEDS} seeds)"
     elif all(float(r["hi"]) < 0 for r in rows):
         verdict = "does not hold (every one below)"
     else:
         verdict = "cannot tell"
-    return {**head, "contrast": f"{family[0].family}: {contrast.label}", **shown, "seeds": seeds, "verdict": verdict}
+    row = {**head, "contrast": f"{family[0].family}: {contrast.label}", **shown}
+    return {**row, "seeds": int(best["seeds"]), "verdict": verdict}
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,17 @@ def test_a_family_holds_on_one_bonferroni_interval_above_zero_not_on_a_95_percen
     # every early epoch worse, each below 0 even at 99 %: does not hold
     worse = {"E150": base, **{f"E{e}": {s: v - 2.0 - 0.2 * (s == 1) for s, v in base.items()} for e in range(5)}}
     assert family_row(family, worse)["verdict"] == "does not hold (every one below)"
-    # a contrast short of seeds: no verdict, whatever the others show
+    # a contrast short of seeds (or not run yet) cannot undo a Bonferroni interval above 0: it holds already
     points["E4"] = {0: 90.0, 1: 90.0}
-    assert family_row(family, points)["verdict"].startswith("cannot tell (2 seeds")
+    assert family_row(family, points)["verdict"] == "holds (epoch 1 vs 150; 4 of 5 contrasts at 3 seeds)"
+    # but without one: cannot tell yet, nor "does not hold" while one is missing, however far below the rest lie
+    del points["E1"]
+    row = family_row(family, points)
+    assert row["verdict"] == "cannot tell yet (3 of 5 contrasts at 3 seeds)"
+    assert row["contrast"].endswith("epoch 3 vs 150")
+    worse.pop("E4")
+    assert family_row(family, worse)["verdict"] == "cannot tell yet (4 of 5 contrasts at 3 seeds)"
+    assert family_row(family, {"E150": base, "E2": {0: 80.0}})["verdict"] == "cannot tell (1 seed; 3 needed)"
     assert family_row(family, None)["verdict"] == "not run yet"
     with pytest.raises(PtmddError, match="share one family"):
         family_row([*family, Contrast("2", "epoch", "E150", "E9", "x", family="other")], points)
