@@ -340,9 +340,11 @@ class Pool:
 
 
 _W32 = "ConvNetW32"
-#: the pools of the nm and na studies (configs/paper/findings/sweeps/), in ptmdd's pool order (member seeds 0, 1, ...)
+#: the pools of the nm, na and epoch studies (configs/paper/findings/sweeps/), in ptmdd's pool order (member seeds
+#: 0, 1, ...); an early epoch's pool is the first epochs of the same pretraining runs, so it costs a part of their time
 POOLS: tuple[Pool, ...] = (
     *(Pool(f"N_m = {n}", "nm", f"N_m={n}", tuple((_W32, s) for s in range(n))) for n in (1, 2, 5)),
+    *(Pool("N_m = 2", "epoch", f"epoch={e}", ((_W32, 0), (_W32, 1)), e) for e in (1, 5, 10, 20, 50)),
     Pool("N_a = 2 (+LeNet)", "na", "N_a=2_+LeNet", ((_W32, 0), ("LeNet", 0))),
     Pool(
         "N_a = 4 (+MLP, +ConvNetD1)",
@@ -521,13 +523,16 @@ def table(outdir: str | Path) -> str:
     if costs:
         lines += [
             "",
-            "| pool (epoch 150) | pretraining (h, one CPU thread) | pretrained on (CPU kind x members) | files (MB) "
+            "| pool | PTM epoch | pretraining (h, one CPU thread) | pretrained on (CPU kind x members) | files (MB) "
             "| gain vs DM alone (± 95 % CI) |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
         for pool, cost in costs:
             gain = contrast_row(Contrast("", pool.study, _DM, pool.point, "", 0), points.get(pool.study))["diff"]
-            lines.append(f"| {pool.label} | {cost['hours']:.2f} | {cost['kinds']} | {cost['megabytes']:.2f} | {gain} |")
+            lines.append(
+                f"| {pool.label} | {pool.epoch} | {cost['hours']:.2f} | {cost['kinds']} | {cost['megabytes']:.2f} "
+                f"| {gain} |"
+            )
     return "\n".join(lines) + "\n"
 
 

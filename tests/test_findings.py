@@ -199,6 +199,8 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
         (run / "results.json").write_text(json.dumps([{"step": 2000, "machine": machine}]))
     _member(tmp_path / "ptm_pool" / "findings", "ConvNetW32", 0, 1800.0)  # the N_m = 1 pool, complete
     _member(tmp_path / "ptm_pool" / "findings", "LeNet", 0, 900.0)  # N_a = 2's pool, complete but not run yet
+    for seed in (0, 1):  # the epoch study's epoch-5 pool: the first 5 epochs of two member runs, 3 min each
+        _member(tmp_path / "ptm_pool" / "findings", "ConvNetW32", seed, 180.0, epoch=5)
     text = table(tmp_path)
     lines = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| 1. diversity: N_m")}
     assert "| holds |" in lines["N_m 5 vs 1 (decides)"]  # differences 1.0, 1.2, 0.8
@@ -221,9 +223,11 @@ def test_table_reads_the_studies_and_states_their_commits(tmp_path, capsys):
     # DM alone (80, 81, 82: std 1.00) and the random real subset (acc 0.10 in every seed) of the same runs
     assert "| nm | 81.00 ± 1.00 | 10.00 ± 0.00 | 3 |" in text
     # each complete pool's cost beside its gain over DM alone (N_m = 1: +1.0, +1.2, +0.8 -> +1.00 ± 0.50)
-    assert "| N_m = 1 | 0.50 | ? x1 | " in text
-    assert "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 0.50 | ")[1].splitlines()[0]
-    assert "| N_a = 2 (+LeNet) | 0.75 | ? x2 | " in text and "N_m = 2 |" not in text
+    assert "| N_m = 1 | 150 | 0.50 | ? x1 | " in text
+    assert "| +1.00 ± 0.50 |" in text.split("| N_m = 1 | 150 | 0.50 | ")[1].splitlines()[0]
+    assert "| N_a = 2 (+LeNet) | 150 | 0.75 | ? x2 | " in text and "N_m = 2 | 150 |" not in text
+    assert "| N_m = 2 | 5 | 0.10 | ? x2 | " in text  # the epoch study has no results here: its gain is "-"
+    assert text.split("| N_m = 2 | 5 | 0.10 | ? x2 | ")[1].splitlines()[0].endswith("| - |")
     main([str(tmp_path)])
     assert capsys.readouterr().out == again
     with pytest.raises(SystemExit) as err:
