@@ -25,8 +25,9 @@ fi
 # Within a study, the runs of the row that decides its finding go first (docs/paper.md, "One row ... decides each
 # finding"), shared evenly by the two drivers (--shard over the --point selection), then the rest in the sweep's
 # order: the domain study's family, in- vs other-domain CCLoM at alpha 100 and 1000; the na study's N_a = 4 (its
-# N_a = 1 is nm's N_m = 1, copied); the epoch study's epoch 150, the reference of all its contrasts, so that each
-# early epoch finished so far has its paired row (its family row still needs all five). Reviewers' questions are open.
+# N_a = 1 is nm's N_m = 1, copied); the epoch study's epoch 150, the reference of all its contrasts (nm's N_m = 2,
+# copied once that is done), so that each early epoch finished so far has its paired row. Reviewers' questions are
+# open.
 first_points() {
   case "$1" in
     epoch) echo "epoch=150" ;;

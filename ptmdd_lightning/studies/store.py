@@ -175,6 +175,11 @@ def _callbacks(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _last_checkpoint(folder: Path) -> Path:
+    """The ``last.ckpt`` a run in ``folder`` writes (``ModelCheckpoint(save_last=True)``) and resumes from."""
+    return folder / "checkpoints" / "last.ckpt"
+
+
 def _checkpoint_step(path: Path) -> int | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
@@ -217,7 +222,7 @@ def run_complete(folder: Path, config: dict[str, Any]) -> bool:
     if not all((a, s) in have for a in archs for s in sets):
         return False
     if "ModelCheckpoint" in callbacks:
-        last = folder / "checkpoints" / "last.ckpt"
+        last = _last_checkpoint(folder)
         if not last.is_file() or _checkpoint_step(last) != final:
             return False
     return not ("SyntheticSetExport" in callbacks and not (folder / "synthetic_set.pt").is_file())
@@ -413,7 +418,7 @@ class Study:
             return True
         if self.owner(folder) is not None or self.is_done(slot, folder):
             return False
-        return not (folder / "checkpoints" / "last.ckpt").is_file()
+        return not _last_checkpoint(folder).is_file()  # what prepare_attempt would resume
 
     def stale_versions(self) -> list[Path]:
         """Version folders whose signature no current run has (kept until ``--clean``)."""
@@ -533,7 +538,7 @@ class Study:
         ptmdd starts in a clean folder and nothing written before is lost).
         """
         args = [slot.subcommand, "--config", str(folder / _POINT_YAML)]
-        last = folder / "checkpoints" / "last.ckpt"
+        last = _last_checkpoint(folder)
         if slot.subcommand == "fit" and last.is_file():
             return [*args, "--ckpt_path", str(last), *self.extra]
         leftovers = [p for p in folder.iterdir() if p.name in _RUN_FILES or p.name.startswith(("events.", "results."))]
