@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The findings campaign of issue 14 section 3 (docs/paper.md, docs/reproduce.md "Findings campaign"): the sweeps of
-# configs/paper/findings/sweeps/ in the order nm, domain, epoch, na, reviewers, each through `ptmdd-sweep`, pinned
-# to one core with one thread. Run one driver per core, each with its shard, so the two never wait for each other:
+# configs/paper/findings/sweeps/ in the order nm, domain, epoch, na, reviewers (the epoch study's runs beyond its
+# deciding ones last: DEFER below), each through `ptmdd-sweep`, pinned to one core with one thread. Run one driver
+# per core, each with its shard, so the two never wait for each other:
 #   bash scripts/findings.sh OUTDIR 0 0/2 &   bash scripts/findings.sh OUTDIR 1 1/2 &
 # Resumable: the same commands continue every run from its last.ckpt; finished runs are skipped, and runs that an
 # earlier study finished with identical settings are copied (docs/studies.md). Each study records the commits that
 # worked on it (OUTDIR/lightning_logs/sweeps/<name>/commits.txt). Environment: SWEEPS (the sweeps, default all five,
-# in order), PYTHON (default .venv/bin/python of this checkout), WAIT_PID (a process to wait for first, e.g. a
-# driver of an earlier commit that is finishing its run), PTMDD_PRECISION (default bf16-mixed: the distillation and
+# in order), DEFER (the sweeps whose runs beyond the deciding ones wait until every sweep has had its turn; default
+# epoch), PYTHON (default .venv/bin/python of this checkout), WAIT_PID (a process to wait for first, e.g. a driver
+# of an earlier commit that is finishing its run), PTMDD_PRECISION (default bf16-mixed: the distillation and
 # pretraining precision of every run, whatever CPU kind a session gets; the campaign began on AMX machines, where
 # bf16-mixed is the default, and on AMD Zen 4, whose default is fp32, bf16 is native too and no slower).
 set -uo pipefail
@@ -39,19 +41,31 @@ first_points() {
 sweep_cli() {  # ptmdd-sweep on one core, one thread
   OMP_NUM_THREADS=1 PYTHONPATH="$repo" taskset -c "$core" "$python" -m ptmdd_lightning.studies.cli "$@"
 }
-for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+run_sweep() {  # run_sweep SWEEP PART: PART "first" (its deciding runs, or all of a sweep with none), "rest", "all"
+  local sweep=$1 part=$2 file study point first=()
   file="$repo/configs/paper/findings/sweeps/$sweep.yaml"
   [ -f "$file" ] || { echo "findings.sh: no sweep $file" >&2; exit 2; }
   study="lightning_logs/sweeps/findings_$sweep"
   mkdir -p "$study"
   echo "$commit $(date -u +%FT%TZ) shard $shard core $core" >> "$study/commits.txt"
-  echo "[findings] $sweep shard $shard on core $core at $commit: start $(date -u +%FT%TZ)"
-  first=()
+  echo "[findings] $sweep ($part) shard $shard on core $core at $commit: start $(date -u +%FT%TZ)"
   for point in $(first_points "$sweep"); do first+=(--point "$point"); done
-  if [ ${#first[@]} -gt 0 ]; then
+  if [ "$part" != rest ] && [ ${#first[@]} -gt 0 ]; then
     sweep_cli --sweep "$file" --shard "$shard" "${first[@]}"
     echo "[findings] $sweep shard $shard, the deciding runs first: exit $? at $(date -u +%FT%TZ)"
   fi
-  sweep_cli --sweep "$file" --shard "$shard"
-  echo "[findings] $sweep shard $shard: exit $? at $(date -u +%FT%TZ)"
+  if [ "$part" != first ] || [ ${#first[@]} -eq 0 ]; then
+    sweep_cli --sweep "$file" --shard "$shard"
+    echo "[findings] $sweep shard $shard: exit $? at $(date -u +%FT%TZ)"
+  fi
+}
+# A sweep named in DEFER (default: epoch) runs only its deciding runs in its turn, the rest after every sweep: finding
+# 2 is decided by epoch 10 vs 150 (docs/paper.md), and epochs 20 and 50 only say where its sweet spot lies, so they
+# wait for the N_a runs and the reviewers' questions, which have none yet.
+defer=" ${DEFER-epoch} "
+for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+  if [[ "$defer" == *" $sweep "* ]]; then run_sweep "$sweep" first; else run_sweep "$sweep" all; fi
+done
+for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+  if [[ "$defer" == *" $sweep "* ]]; then run_sweep "$sweep" rest; fi
 done

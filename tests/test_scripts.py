@@ -199,3 +199,36 @@ def test_the_findings_session_autosave_ends_at_sigterm_without_a_save(tmp_path):
         subprocess.run(["kill", driver], check=False)
     assert proc.returncode == 0 and "autosave: stopped at" in stdout, stdout
     assert not (repo / "benchmarks").exists()  # nothing saved, nothing half saved
+
+
+def test_the_findings_campaign_leaves_a_deferred_studys_other_runs_for_last(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings.sh")
+    fake = tmp_path / "python"  # stands in for ptmdd-sweep: records its arguments, one call a line
+    calls = tmp_path / "calls.txt"
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+
+    def order(**extra):
+        calls.unlink(missing_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SWEEPS": "epoch reviewers", **extra}
+        proc = subprocess.run(
+            ["bash", str(script), str(tmp_path / "out"), "0", "0/2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return [line.split("sweeps/")[1] for line in calls.read_text().splitlines()]
+
+    # by default the epoch study runs its reference (epoch 150) in its turn, then the reviewers' runs, then its rest
+    assert order() == [
+        "epoch.yaml --shard 0/2 --point epoch=150",
+        "reviewers.yaml --shard 0/2",
+        "epoch.yaml --shard 0/2",
+    ]
+    assert order(DEFER="") == [  # nothing deferred: each study whole, in the order given
+        "epoch.yaml --shard 0/2 --point epoch=150",
+        "epoch.yaml --shard 0/2",
+        "reviewers.yaml --shard 0/2",
+    ]
