@@ -63,9 +63,10 @@ run_sweep() {  # run_sweep SWEEP PART: PART "first" (its deciding runs, or all o
 # 2 is decided by epoch 10 vs 150 (docs/paper.md), and epochs 20 and 50 only say where its sweet spot lies, so they
 # wait for the N_a runs and the reviewers' questions, which have none yet.
 defer=" ${DEFER-epoch} "
-for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+sweeps=${SWEEPS:-nm domain epoch na reviewers}
+for sweep in $sweeps; do
   if [[ "$defer" == *" $sweep "* ]]; then run_sweep "$sweep" first; else run_sweep "$sweep" all; fi
 done
-for sweep in ${SWEEPS:-nm domain epoch na reviewers}; do
+for sweep in $sweeps; do
   if [[ "$defer" == *" $sweep "* ]]; then run_sweep "$sweep" rest; fi
 done

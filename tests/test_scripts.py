@@ -53,24 +53,30 @@ def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_
     assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()
 
 
-def test_the_findings_campaign_runs_the_deciding_points_of_a_study_first(tmp_path):
+def _findings_calls(tmp_path: Path, shard: str, **env: str) -> list[str]:
+    """Runs scripts/findings.sh with a stand-in for ptmdd-sweep; returns the argument lines of its calls, in order."""
     script = next(p for p in SCRIPTS if p.name == "findings.sh")
     calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
     fake = tmp_path / "python"  # stands in for ptmdd-sweep: records its arguments, one call a line
     fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
     fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}
-    for sweep in ("domain", "na", "nm"):
-        env["SWEEPS"] = sweep
-        proc = subprocess.run(
-            ["bash", str(script), str(tmp_path / "out"), "0", "1/2"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert proc.returncode == 0, proc.stderr
-    domain, domain_rest, na, na_rest, nm = calls.read_text().splitlines()
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out"), "0", shard],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return calls.read_text().splitlines()
+
+
+def test_the_findings_campaign_runs_the_deciding_points_of_a_study_first(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings.sh")
+    domain, domain_rest = _findings_calls(tmp_path, "1/2", SWEEPS="domain")
+    na, na_rest = _findings_calls(tmp_path, "1/2", SWEEPS="na")
+    (nm,) = _findings_calls(tmp_path, "1/2", SWEEPS="nm")
     first = {
         "domain": [
             "alpha=100__real_batch=uniform",
@@ -202,24 +208,9 @@ def test_the_findings_session_autosave_ends_at_sigterm_without_a_save(tmp_path):
 
 
 def test_the_findings_campaign_leaves_a_deferred_studys_other_runs_for_last(tmp_path):
-    script = next(p for p in SCRIPTS if p.name == "findings.sh")
-    fake = tmp_path / "python"  # stands in for ptmdd-sweep: records its arguments, one call a line
-    calls = tmp_path / "calls.txt"
-    fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
-    fake.chmod(0o755)
-
-    def order(**extra):
-        calls.unlink(missing_ok=True)
-        env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SWEEPS": "epoch reviewers", **extra}
-        proc = subprocess.run(
-            ["bash", str(script), str(tmp_path / "out"), "0", "0/2"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return [line.split("sweeps/")[1] for line in calls.read_text().splitlines()]
+    def order(**env):
+        lines = _findings_calls(tmp_path, "0/2", SWEEPS="epoch reviewers", **env)
+        return [line.split("sweeps/")[1] for line in lines]
 
     # by default the epoch study runs its reference (epoch 150) in its turn, then the reviewers' runs, then its rest
     assert order() == [
