@@ -10,13 +10,14 @@ Measures on the REAL Fashion-MNIST (``DistillDataModule(dataset="fashion_mnist")
 * peak memory of each measurement (its own process: ``ru_maxrss``, and the growth over the RSS after the data
   was loaded; on CUDA ``torch.cuda.max_memory_allocated``).
 
-"ptmdd" is what a user runs: the Lightning ``Distiller`` in a ``Trainer`` with ``precision="bf16-mixed"`` (as
-the configs), device chosen by Lightning (``accelerator="auto"``), and ``core.evaluate`` with its defaults
-(bf16, ``mode="auto"``). "baseline" is ``benchmarks/reference.py``: the reference DC/DSA/DM code's per-class
-loops in eager fp32. Every measurement runs in a fresh subprocess (clean memory high-water mark, no shared
-compile caches in memory), one after the other. The first steps of a ptmdd run (``--warmup``, default 1 step,
-or one outer iteration's first step for DC) are excluded and reported separately as the warm-up time, which
-contains the one-off ``torch.compile`` of the nets.
+"ptmdd" is what a user runs: the Lightning ``Distiller`` in a ``Trainer`` with ``precision="bf16-mixed"`` (as the
+configs; ``--precision 32`` runs it and the evaluation in fp32 instead, e.g. to measure what bf16 costs on a CPU
+without native bf16, such as an AVX2-only one, where ptmdd's own default is fp32: docs/speed.md), device chosen by
+Lightning (``accelerator="auto"``), and ``core.evaluate`` with its defaults (bf16, ``mode="auto"``). "baseline" is
+``benchmarks/reference.py``: the reference DC/DSA/DM code's per-class loops in eager fp32. Every measurement runs in
+a fresh subprocess (clean memory high-water mark, no shared compile caches in memory), one after the other. The
+first steps of a ptmdd run (``--warmup``, default 1 step, or one outer iteration's first step for DC) are excluded
+and reported separately as the warm-up time, which contains the one-off ``torch.compile`` of the nets.
 
 How the DC/DSA outer iteration is timed: the time of every matching step (batch start -> batch end) and of
 every inner loop (batch end -> next batch start) is recorded. The outer iteration is ``outer_loop * mean(match)
@@ -172,8 +173,9 @@ def _stats_memory(rss_start: float) -> dict:
 # ------------------------------------------------------------------------------------------------ workers
 
 
-def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
-    """Run the Distiller for ``steps`` steps in a Trainer (bf16-mixed) and return the step timer.
+def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, precision: str = "bf16-mixed", **model_kwargs):
+    """Run the Distiller for ``steps`` steps in a Trainer (``precision``: ``"bf16-mixed"`` or ``"32"``) and return
+    the step timer.
 
     The Trainer is told to run 100k steps (a long run, so the Distiller picks its long-run settings, e.g.
     ``torch.compile``; backends/cpu) and the timer stops it after ``steps`` steps; the end of training
@@ -195,7 +197,7 @@ def _ptmdd_trainer(dm, method: str, ipc: int, steps: int, **model_kwargs):
         accelerator="auto",
         devices=1,
         max_steps=100_000,
-        precision="bf16-mixed",
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -222,7 +224,7 @@ def worker_dm(spec: dict) -> dict:
     ipc, iters, warmup = spec["ipc"], spec["iters"], spec["warmup"]
     dm = _load_data(spec["batch_real"])
     if spec["impl"] == "ptmdd":
-        timer, _ = _ptmdd_trainer(dm, "dm", ipc, warmup + iters)
+        timer, _ = _ptmdd_trainer(dm, "dm", ipc, warmup + iters, spec.get("precision", "bf16-mixed"))
         wall = [b[0] - a[0] for a, b in zip(timer.starts[:-1], timer.starts[1:], strict=True)]
         cpu = [b[1] - a[1] for a, b in zip(timer.starts[:-1], timer.starts[1:], strict=True)]
         rss0 = timer.rss_start
@@ -262,7 +264,9 @@ def worker_dc(spec: dict) -> dict:
     if spec["impl"] == "ptmdd":
         # step 0 is the warm-up (it compiles); steps 1..match_steps are measured: with match_steps == outer they
         # are exactly one outer iteration's work (outer matching steps, outer - 1 inner loops, one new net)
-        timer, _ = _ptmdd_trainer(dm, method, ipc, 1 + match_steps, dsa_strategy=strategy)
+        timer, _ = _ptmdd_trainer(
+            dm, method, ipc, 1 + match_steps, spec.get("precision", "bf16-mixed"), dsa_strategy=strategy
+        )
         n = len(timer.ends)
         match = [(timer.ends[i][0] - timer.starts[i][0], timer.ends[i][1] - timer.starts[i][1]) for i in range(n)]
         between = [
@@ -332,7 +336,8 @@ def worker_eval(spec: dict) -> dict:
     if spec["impl"] == "ptmdd":
         from ptmdd_lightning.core.evaluate import EvalProtocol, evaluate_models, train_models
 
-        kw = {"precision": "bf16", "compile": bool(spec.get("compile", False))}
+        evp = "32" if spec.get("precision") == "32" else "bf16"
+        kw = {"precision": evp, "compile": bool(spec.get("compile", False))}
         # one-off costs (a compile, the vmap trial) are measured with a 1-epoch run first
         warm, _ = _timed(
             lambda: train_models(
@@ -347,7 +352,7 @@ def worker_eval(spec: dict) -> dict:
         )
         t_test, c_test = _timed(
             lambda: out.setdefault(
-                "accs", evaluate_models(out["nets"], test_x, test_y, precision="bf16", batch_size=proto.test_batch_size)
+                "accs", evaluate_models(out["nets"], test_x, test_y, precision=evp, batch_size=proto.test_batch_size)
             )
         )
         acc = float(out["accs"].mean())
@@ -465,7 +470,7 @@ def to_markdown(result: dict) -> str:
         + (f", GPU {mi['gpu']}" if mi.get("gpu") else "")
         + f"; device {result['device']}; {result['date']}"
         + (f"; 1-min load average at start/end {load[0]:.1f}/{load[1]:.1f}" if load else "")
-        + ".",
+        + f"; ptmdd precision {result.get('ptmdd_precision', 'bf16-mixed')}, baseline fp32.",
         f"Command: `{result['command']}`",
         "",
         "| work | baseline (s) | ptmdd (s) | speed-up (wall) | speed-up (CPU time) | peak RSS baseline / ptmdd "
@@ -525,6 +530,12 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=["baseline", "ptmdd"], choices=["baseline", "ptmdd"])
     ap.add_argument("--eval-epochs", type=int, default=0, help="measured evaluation epochs (default 40, quick 5)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement process")
+    ap.add_argument(
+        "--precision",
+        choices=["bf16-mixed", "32"],
+        default="bf16-mixed",
+        help="ptmdd's precision (distillation; the evaluation runs bf16 or fp32 alike); the baseline is fp32 always",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -554,18 +565,22 @@ def main() -> None:
         "date": date,
         "rows": [],
         "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+        "ptmdd_precision": args.precision,
     }
     print(f"machine: {info}", flush=True)
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     done: dict[str, dict] = {}
     for name, spec in plan(args):
+        spec = {**spec, "precision": args.precision}
         row = {"name": name, "spec": spec}
         for impl in ("baseline", "ptmdd"):
             if impl not in args.impls:
                 row[impl] = {"error": "not run"}
                 continue
             # the baseline does not depend on ptmdd-only options (e.g. compile): run it once per work
-            key = json.dumps({**{k: v for k, v in spec.items() if k != "compile"}, "impl": impl}, sort_keys=True)
+            key = json.dumps(
+                {**{k: v for k, v in spec.items() if k not in ("compile", "precision")}, "impl": impl}, sort_keys=True
+            )
             if impl == "baseline" and key in done:
                 row[impl] = done[key]
                 continue
