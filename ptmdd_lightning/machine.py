@@ -33,6 +33,7 @@ __all__ = [
     "code_record",
     "contention_warning",
     "cpu_info",
+    "emulated_bf16_warning",
     "fast_paths_ran",
     "kinds_summary",
     "machine_record",
@@ -161,6 +162,32 @@ def auto_precision(device: torch.device | str | None = None) -> str:
     if dev.type == "cpu":
         return "bf16" if cpu_info()["kind"] == "amx-bf16" else "32"
     return "32"
+
+
+def emulated_bf16_warning(precision: str | int | None) -> str | None:
+    """A warning naming the fix when a CPU run asks for bf16 that this CPU can only emulate.
+
+    Without AMX-bf16 or AVX512-BF16 (:func:`native_bf16_cpu`; e.g. an AVX2-only AMD EPYC) bf16 arithmetic is
+    emulated: a DM step of the findings campaign (IPC 10, batch_real 256, one thread) took 29.3 s in bf16-mixed
+    against 3.49 s in fp32 (``benchmarks/bench.py --precision``, docs/speed.md, "CPUs without native bf16").
+    ptmdd's own default is fp32 there (:func:`trainer_precision`); this catches a config, ``--trainer.precision``
+    or ``PTMDD_PRECISION`` that pins bf16.
+
+    Args:
+        precision: the run's Lightning ``trainer.precision`` (e.g. ``"bf16-mixed"``, ``"32-true"``, ``32``).
+
+    Returns:
+        the message, or ``None`` for a precision without bf16 or a CPU with native bf16.
+    """
+    if "bf16" not in str(precision) or native_bf16_cpu():
+        return None
+    kind = cpu_info()["kind"]
+    return (
+        f"trainer.precision {precision} on a CPU without native bf16 (kind {kind}: no AMX-bf16, no AVX512-BF16): "
+        "bf16 is emulated here, a DM step about 8x slower than fp32. Leave trainer.precision unset (fp32 on this "
+        "CPU) or set it to 32-true, and unset PTMDD_PRECISION; a campaign that must stay in bf16 belongs on an "
+        "AMX or AVX512-BF16 machine; docs/speed.md#cpus-without-native-bf16."
+    )
 
 
 #: the values ``PTMDD_PRECISION`` may take (Lightning ``trainer.precision`` names)

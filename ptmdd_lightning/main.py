@@ -45,7 +45,7 @@ from ptmdd_lightning.core.evaluate import EvalProtocol
 from ptmdd_lightning.errors import PtmddError
 from ptmdd_lightning.fileio import check_archive, remove_stray_temporaries, safe_load
 from ptmdd_lightning.layers import layered_args
-from ptmdd_lightning.machine import contention_warning, trainer_precision
+from ptmdd_lightning.machine import contention_warning, emulated_bf16_warning, trainer_precision
 from ptmdd_lightning.nets.forward import keep_freed_memory
 
 #: The model argument the DataModule's :class:`~ptmdd_lightning.data.DatasetInfo` (its ``info``) is linked into at
@@ -160,7 +160,8 @@ class PtmddCLI(LightningCLI):
         over as hyper-parameters (:data:`OLD_LINKED`; the link sets ``dataset_info`` from the DataModule). Apply
         ``--keep_freed_memory`` when asked. On the CPU, also warn (with the fix) when other
         processes already keep busy the cores torch's threads will use
-        (:func:`~ptmdd_lightning.machine.contention_warning`).
+        (:func:`~ptmdd_lightning.machine.contention_warning`), and when the run asks for bf16 that the CPU can only
+        emulate (:func:`~ptmdd_lightning.machine.emulated_bf16_warning`).
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
         _drop_old_linked(config.get("model"))
@@ -172,9 +173,9 @@ class PtmddCLI(LightningCLI):
         accelerator = str((trainer or Namespace()).get("accelerator") or "auto")
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if self.subcommand in ("fit", "validate", "test") and on_cpu and rank_zero_only.rank == 0:
-            warning = contention_warning()
-            if warning:
-                rank_zero_warn(f"ptmdd: {warning}")
+            for warning in (contention_warning(), emulated_bf16_warning((trainer or Namespace()).get("precision"))):
+                if warning:
+                    rank_zero_warn(f"ptmdd: {warning}")
 
     def after_instantiate_classes(self) -> None:
         """Put the user's ``ckpt_path``/logger back into the config that SaveConfigCallback writes.

@@ -11,14 +11,30 @@
 # epoch), PYTHON (default .venv/bin/python of this checkout), WAIT_PID (a process to wait for first, e.g. a driver
 # of an earlier commit that is finishing its run), PTMDD_PRECISION (default bf16-mixed: the distillation and
 # pretraining precision of every run, whatever CPU kind a session gets; the campaign began on AMX machines, where
-# bf16-mixed is the default, and on AMD Zen 4, whose default is fp32, bf16 is native too and no slower).
+# bf16-mixed is the default, and on AMD Zen 4, whose default is fp32, bf16 is native too and no slower). On a CPU
+# without native bf16 (neither amx_bf16 nor avx512_bf16 among the flags of CPUINFO, default /proc/cpuinfo; e.g. an
+# AVX2-only AMD EPYC, where a campaign DM step took 29.3 s in bf16-mixed against 3.49 s in fp32: docs/speed.md) it
+# refuses to start (exit 3) unless ALLOW_EMULATED_BF16=1. `bash scripts/findings.sh --check-cpu` makes that check
+# alone (scripts/findings_session.sh start runs it before anything else).
 set -uo pipefail
 export PTMDD_PRECISION=${PTMDD_PRECISION:-bf16-mixed}
+check_cpu() {  # the campaign's bf16 must be native here, or the runs take ~8x as long
+  local cpuinfo=${CPUINFO:-/proc/cpuinfo}
+  [[ "$PTMDD_PRECISION" == bf16* ]] && [ "${ALLOW_EMULATED_BF16:-0}" != 1 ] || return 0
+  grep -qwE 'amx_bf16|avx512_bf16' "$cpuinfo" 2>/dev/null && return 0
+  echo "findings.sh: this CPU has no native bf16 (neither amx_bf16 nor avx512_bf16 in $cpuinfo): the campaign's" \
+    "PTMDD_PRECISION=$PTMDD_PRECISION would be emulated, each run ~8x slower (docs/speed.md, 'CPUs without native" \
+    "bf16'). Continue the campaign in a session on an Intel AMX or AMD Zen 4 (AVX512-BF16) machine, or set" \
+    "ALLOW_EMULATED_BF16=1 to run it here anyway; another PTMDD_PRECISION would change the campaign's precision." >&2
+  return 3
+}
+if [ "${1:-}" = --check-cpu ]; then check_cpu; exit $?; fi
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
 core=${2:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
 shard=${3:?usage: bash scripts/findings.sh OUTDIR CORE SHARD}
 python=${PYTHON:-$repo/.venv/bin/python}
+check_cpu || exit 3
 commit=$(git -C "$repo" rev-parse HEAD)
 mkdir -p "$out" && cd "$out" || exit 2
 if [ -n "${WAIT_PID:-}" ]; then

@@ -5,7 +5,8 @@
 #   bash scripts/findings_session.sh stop             # SIGTERM the drivers (runs checkpoint), save the state here
 #   bash scripts/findings_session.sh save             # save the state here while the drivers run (then commit it)
 #   bash scripts/findings_session.sh autosave         # save and commit the state every AUTOSAVE_SECONDS (start runs it)
-# start: installs Debian's Fashion-MNIST if missing, copies the saved state to OUTDIR unless it is there, clones this
+# start: refuses a CPU that would emulate the campaign's bf16 (scripts/findings.sh --check-cpu), installs Debian's
+# Fashion-MNIST if missing, copies the saved state to OUTDIR unless it is there, clones this
 # repository into CLONE at COMMIT (default HEAD) so that later edits do not change the code under the runs, and
 # starts scripts/findings.sh there, shards 0/2 and 1/2 on cores 0 and 1. stop: the drivers' loops first (so no
 # next study starts), then every ptmdd-sweep (each stops its run, which writes last.ckpt at its step and keeps the
@@ -51,6 +52,7 @@ main() {
     start)
       commit=$(git -C "$repo" rev-parse "${2:-HEAD}")
       [ -x "$python" ] || { echo "findings_session: no $python; run: bash -c 'source scripts/env.sh'" >&2; exit 2; }
+      bash "$repo/scripts/findings.sh" --check-cpu || exit 3  # bf16 emulated here: the runs would take ~8x as long
       if pgrep -f "scripts/findings.sh" >/dev/null; then
         echo "findings_session: drivers already run (pgrep -af scripts/findings.sh)" >&2; exit 2
       fi

@@ -190,6 +190,19 @@ def test_contention_warning_names_the_share_to_use(monkeypatch):
     assert "OMP_NUM_THREADS=5" in machine.contention_warning(threads=8, busy=3.2)
 
 
+def test_emulated_bf16_warning_names_the_fix_only_where_bf16_is_emulated(monkeypatch):
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"kind": "avx2"})
+    monkeypatch.setattr(machine, "native_bf16_cpu", lambda: False)
+    for precision in ("bf16-mixed", "bf16-true"):
+        message = machine.emulated_bf16_warning(precision)
+        assert message is not None and f"trainer.precision {precision}" in message and "kind avx2" in message
+        assert "32-true" in message and "unset PTMDD_PRECISION" in message
+    for precision in ("32-true", 32, "16-mixed", None):
+        assert machine.emulated_bf16_warning(precision) is None  # nothing emulated
+    monkeypatch.setattr(machine, "native_bf16_cpu", lambda: True)
+    assert machine.emulated_bf16_warning("bf16-mixed") is None  # AMX or AVX512-BF16: bf16 is native
+
+
 def test_busy_cpus_sees_a_busy_neighbour():
     if not Path("/proc/stat").exists():
         pytest.skip("no /proc/stat on this OS")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,21 @@ def test_an_explicit_precision_is_kept(tmp_path, monkeypatch):
         args=["--config", str(REPO / "configs" / "quickstart.yaml"), "--trainer.precision", "bf16-true"],
     )
     assert cli.trainer.precision == "bf16-true"
+
+
+def test_a_pinned_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(tmp_path, monkeypatch, capsys):
+    import ptmdd_lightning.machine as machine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(machine, "native_bf16_cpu", lambda: False)
+    with pytest.warns(UserWarning, match="without native bf16") as record:  # before the bad ipc stops the run
+        _quickstart_fails(capsys, "--trainer.precision", "bf16-mixed", "--model.init_args.ipc", "0")
+    assert any("set it to 32-true" in str(w.message) for w in record)
+    monkeypatch.setattr(machine, "native_bf16_cpu", lambda: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quickstart_fails(capsys, "--trainer.precision", "bf16-mixed", "--model.init_args.ipc", "0")
+    assert not any("without native bf16" in str(w.message) for w in caught)
 
 
 def _quickstart_fails(capsys, *extra: str) -> str:

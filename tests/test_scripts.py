@@ -48,9 +48,39 @@ def test_the_findings_campaign_refuses_missing_arguments_and_unknown_sweeps(tmp_
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin", "SWEEPS": "no_such_sweep"},
+        env={"PATH": "/usr/bin:/bin", "SWEEPS": "no_such_sweep", "CPUINFO": str(_cpuinfo(tmp_path, "avx512_bf16"))},
     )
     assert proc.returncode == 2 and "no sweep" in proc.stderr and not (tmp_path / "lightning_logs").exists()
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    """A stand-in for /proc/cpuinfo with these ISA flags (the findings campaign checks them for native bf16)."""
+    path = tmp_path / f"cpuinfo_{flags.replace(' ', '_')}"
+    path.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 {flags}\n")
+    return path
+
+
+def test_the_findings_campaign_refuses_a_cpu_that_would_emulate_its_bf16(tmp_path):
+    script = next(p for p in SCRIPTS if p.name == "findings.sh")
+    fake = tmp_path / "python"  # would record a ptmdd-sweep call
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {tmp_path / "calls.txt"}\n')
+    fake.chmod(0o755)
+    avx2, amx = _cpuinfo(tmp_path, "avx512f"), _cpuinfo(tmp_path, "avx512f avx512_bf16 amx_tile amx_bf16")
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+        env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "SWEEPS": "nm", **env}
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, timeout=60, env=env)
+
+    proc = run(str(tmp_path / "out"), "0", "0/2", CPUINFO=str(avx2))
+    assert proc.returncode == 3 and "no native bf16" in proc.stderr and "ALLOW_EMULATED_BF16=1" in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "calls.txt").exists()  # nothing started
+    assert run("--check-cpu", CPUINFO=str(avx2)).returncode == 3
+    assert run("--check-cpu", CPUINFO=str(amx)).returncode == 0
+    assert run("--check-cpu", CPUINFO=str(avx2), ALLOW_EMULATED_BF16="1").returncode == 0
+    assert run("--check-cpu", CPUINFO=str(avx2), PTMDD_PRECISION="32-true").returncode == 0  # no bf16 to emulate
+    proc = run(str(tmp_path / "out"), "0", "0/2", CPUINFO=str(avx2), ALLOW_EMULATED_BF16="1")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "calls.txt").read_text().splitlines()[0].endswith("nm.yaml --shard 0/2")
 
 
 def _findings_calls(tmp_path: Path, shard: str, **env: str) -> list[str]:
@@ -66,7 +96,7 @@ def _findings_calls(tmp_path: Path, shard: str, **env: str) -> list[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), **env},
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "CPUINFO": str(_cpuinfo(tmp_path, "avx512_bf16")), **env},
     )
     assert proc.returncode == 0, proc.stderr
     return calls.read_text().splitlines()
