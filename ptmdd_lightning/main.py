@@ -170,10 +170,11 @@ class PtmddCLI(LightningCLI):
         trainer = config.get("trainer")
         if trainer is not None and trainer.get("precision") is None:
             trainer["precision"] = trainer_precision(trainer.get("accelerator"))
-        accelerator = str((trainer or Namespace()).get("accelerator") or "auto")
+        settings = trainer or Namespace()
+        accelerator = str(settings.get("accelerator") or "auto")
         on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
         if self.subcommand in ("fit", "validate", "test") and on_cpu and rank_zero_only.rank == 0:
-            for warning in (contention_warning(), emulated_bf16_warning((trainer or Namespace()).get("precision"))):
+            for warning in (contention_warning(), emulated_bf16_warning(settings.get("precision"))):
                 if warning:
                     rank_zero_warn(f"ptmdd: {warning}")
 
