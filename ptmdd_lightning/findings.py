@@ -92,6 +92,8 @@ _F1M, _F1A, _F2, _F3, _REV = (
 _F2_FAMILY = "some early epoch vs 150 (decides; Bonferroni over 5)"
 #: finding 3's family: the domain match at either alpha, 2 chances (fixed on 2026-12-04, before any in-domain run)
 _F3_FAMILY = "in- vs other-domain at some alpha (decides; Bonferroni over 2)"
+#: how a label names CCLoM's real batch (the sweep's ``real_batch`` values: the authors' uniform draw, ours)
+_REAL_BATCH = {"uniform": "uniform real batch", "batch": "the step's real batch"}
 #: every contrast of the campaign, fixed before its runs finished (configs/paper/findings/sweeps/), but for one
 #: open question added later and marked so
 CONTRASTS: tuple[Contrast, ...] = (
@@ -123,7 +125,7 @@ CONTRASTS: tuple[Contrast, ...] = (
     ),
     *(
         Contrast(
-            _F3, "domain", _DM, f"alpha={a}__real_batch={r}", f"other-domain CCLoM alpha {a}, {r} real batch vs DM", 0
+            _F3, "domain", _DM, f"alpha={a}__real_batch={r}", f"other-domain CCLoM alpha {a}, {_REAL_BATCH[r]} vs DM", 0
         )
         for a in (100, 1000)
         for r in ("uniform", "batch")
@@ -137,7 +139,7 @@ CONTRASTS: tuple[Contrast, ...] = (
         "domain",
         "alpha=1000__real_batch=batch",
         "baseline=CCLoM_other-domain_alpha_1000_real_batch_augmented_view",
-        "other-domain CCLoM alpha 1000, batch real batch: augmented vs raw view",
+        f"other-domain CCLoM alpha 1000, {_REAL_BATCH['batch']}: augmented vs raw view",
         0,
     ),
     Contrast(
