@@ -10,7 +10,9 @@ pretraining under ``fast_dev_run``. Sweep files (``ptmdd-sweep``) are expanded a
 is parsed and instantiated (not run). The full-protocol paper configs alone only differ from their CPU-budget
 layering by their numbers and pretrain bigger pools (even one batch per epoch is slow here), so they are marked
 slow, as are the IPC-10 DC/DSA configs (see ``SLOW``); every family keeps an unmarked config (quickstart, pretrain,
-evaluate, distill/dm, paper/X + paper/cpu/X).
+evaluate, distill/dm, paper/X + paper/cpu/X). The default suite still builds every slow config as ``ptmdd fit``
+would (parsed, classes instantiated, nothing fitted) and the first and last run of every slow (GPU) sweep, so
+that a renamed argument in any shipped config fails CI.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import yaml
 
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.fileio import atomic_save
-from ptmdd_lightning.layers import load_layers
-from ptmdd_lightning.main import PtmddCLI, main
+from ptmdd_lightning.layers import layered_args, load_layers
+from ptmdd_lightning.main import PtmddArgumentParser, PtmddCLI, main
 from ptmdd_lightning.studies.configs import point_config, set_dotted, with_logger
 from ptmdd_lightning.studies.spec import expand, load_sweep
 from tests.helpers import config_layers, layers_id
@@ -174,3 +176,53 @@ def test_sweep_expands_into_valid_configs(sweep, tmp_path, cli_parser):
             assert [g.arch for g in built.model.ptm_groups] == [g["arch"] for g in groups]
             assert [g.alpha for g in built.model.ptm_groups] == [g["alpha"] for g in groups]
             assert [g.num_seeds for g in built.model.ptm_groups] == [g["num_seeds"] for g in groups]
+
+
+#: the run configs and sweeps whose full smoke test is marked slow: the default suite (CI) parses them and builds
+#: their objects, so that a renamed argument or class in one of them fails there too, not only under ``-m slow``
+SLOW_RUNS = [layers for layers in RUN_CONFIGS if layers_id(layers, CONFIG_ROOT) in SLOW | FULL_PROTOCOL]
+SLOW_SWEEPS = [p for p in SWEEPS if _rel(p).startswith("paper/gpu/")]
+
+
+def test_every_config_is_smoke_tested_by_the_default_suite_or_parsed_by_it():
+    ids = {layers_id(layers, CONFIG_ROOT) for layers in SLOW_RUNS}
+    assert ids == SLOW | FULL_PROTOCOL and len(SLOW_SWEEPS) == 6
+
+
+@pytest.mark.parametrize("layers", SLOW_RUNS, ids=lambda layers: layers_id(layers, CONFIG_ROOT))
+def test_slow_config_parses_and_builds(layers, tmp_path, monkeypatch):
+    """``ptmdd fit --config ...`` up to its objects (the parser and classes of ``main``), without fitting."""
+    monkeypatch.chdir(tmp_path)
+    args = layered_args([arg for layer in layers for arg in ("--config", str(layer))])
+    cli = PtmddCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        parser_class=PtmddArgumentParser,
+        run=False,
+        args=args,
+    )
+    raw = load_layers(layers)
+    assert type(cli.model).__name__ == str(raw["model"]["class_path"]).rsplit(".", 1)[-1]
+    scalars = {k: v for k, v in raw["model"]["init_args"].items() if isinstance(v, (int, float, str, bool))}
+    assert scalars and {k: cli.model.hparams[k] for k in scalars} == scalars
+    wanted = {str(c["class_path"]).rsplit(".", 1)[-1] for c in raw["trainer"].get("callbacks") or []}
+    assert wanted <= {type(c).__name__ for c in cli.trainer.callbacks}
+    assert cli.trainer.max_steps == raw["trainer"]["max_steps"]
+    assert not list(tmp_path.iterdir())  # building wrote nothing: no data read, no pool, no run folder
+
+
+@pytest.mark.parametrize("sweep", SLOW_SWEEPS, ids=_rel)
+def test_slow_sweep_first_and_last_runs_parse_and_build(sweep, tmp_path, cli_parser):
+    """The first and last run of a GPU sweep (its prepare runs, grid points and baselines) build as set."""
+    spec = load_sweep(sweep)
+    runs = [*spec.prepare, *expand(spec)]
+    for i, point in enumerate([runs[0], runs[-1]]):
+        config = with_logger(point_config(point, 0), tmp_path / "runs" / point.id / "seed0" / "version_0")
+        file = tmp_path / f"run{i}.yaml"
+        file.write_text(yaml.safe_dump(config, sort_keys=False))
+        built = cli_parser.instantiate_classes(cli_parser.parse_args(["--config", str(file)]))
+        if "model.init_args.ptms" in point.overrides:
+            assert [g.arch for g in built.model.ptm_groups] == [
+                g["arch"] for g in point.overrides["model.init_args.ptms"]
+            ]
