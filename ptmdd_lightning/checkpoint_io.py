@@ -22,6 +22,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are atomic: temporary file in the same folder, fsync, rename.
 
     Remote paths (``s3://...``) and ``storage_options`` go to Lightning's own implementation.
+
+    Raises:
+        Nothing of its own.
     """
 
     @override

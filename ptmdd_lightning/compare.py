@@ -154,7 +154,12 @@ def outdir_table_main(argv: Sequence[str] | None, table: Callable[[str], str], n
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ptmdd_lightning.compare RUN_A RUN_B [--labels A B]``; a user error exits 2 with one line."""
+    """``python -m ptmdd_lightning.compare RUN_A RUN_B [--labels A B]``; a user error exits 2 with one line.
+
+    Raises:
+        SystemExit: status 2 with one line on a user error (a run folder without ``results.json``, too few
+            pairs).
+    """
     ap = argparse.ArgumentParser(
         prog="python -m ptmdd_lightning.compare",
         description=__doc__,

@@ -6,4 +6,8 @@ Its message names the fix; ``ptmdd`` prints it alone, without a traceback.
 
 
 class PtmddError(ValueError):
-    """A user error whose message says what is wrong and how to fix it."""
+    """A user error whose message says what is wrong and how to fix it.
+
+    Raises:
+        Nothing of its own.
+    """

@@ -109,6 +109,9 @@ def plain(obj: Any, *, lists: bool = False) -> Any:
     ``weights_only=True`` load accepts it. Mapping subclasses (e.g. Lightning's ``AttributeDict``) become dicts,
     paths strings. With ``lists=True`` tuples become lists too (PyYAML writes a tuple as a ``!!python/tuple`` tag,
     which ``yaml.safe_load`` refuses).
+
+    Raises:
+        Nothing of its own.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {k: plain(v, lists=lists) for k, v in dataclasses.asdict(obj).items()}
@@ -179,7 +182,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    """``text`` (UTF-8) to ``path`` through :func:`atomic_write`.
+
+    Raises:
+        Nothing of its own.
+    """
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
@@ -188,6 +195,9 @@ def remove_stray_temporaries(folder: str | os.PathLike) -> list[Path]:
 
     Returns:
         the removed files (none when ``folder`` does not exist).
+
+    Raises:
+        Nothing of its own.
     """
     folder = Path(folder)
     removed = []

@@ -69,6 +69,9 @@ class Contrast:
         expect: ``+1`` when the paper says ``b`` beats ``a``, ``0`` for an open question.
         family: contrasts with the same non-empty family are decided together by :func:`family_row` (the table
             prints that row after them).
+
+    Raises:
+        Nothing of its own.
     """
 
     finding: str
@@ -336,6 +339,9 @@ class Pool:
         study, point: the study and its point that distils with this pool (its gain is that point vs DM alone).
         members: ``(arch, seed)`` of each member, all of Fashion-MNIST at ``epoch``.
         epoch: the checkpoint epoch the point loads.
+
+    Raises:
+        Nothing of its own.
     """
 
     label: str
@@ -543,7 +549,11 @@ def table(outdir: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ptmdd_lightning.findings OUTDIR``; a user error exits 2 with one line."""
+    """``python -m ptmdd_lightning.findings OUTDIR``; a user error exits 2 with one line.
+
+    Raises:
+        Nothing of its own.
+    """
     outdir_table_main(argv, table, "findings", "findings.sh")
 
 

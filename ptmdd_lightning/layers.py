@@ -50,6 +50,9 @@ def merge_layers(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
 
     Returns:
         The merged mapping. A merged ``class_path`` entry keeps the longer (fully qualified) ``class_path``.
+
+    Raises:
+        Nothing of its own.
     """
     out = copy.deepcopy(base)
     for key, value in update.items():

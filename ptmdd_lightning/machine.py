@@ -51,7 +51,11 @@ _PATHS_RAN: dict[str, int] = {}
 
 
 def record_fast_path(name: str) -> None:
-    """Count one call through the speed path ``name`` (``"cpu_kernels"``, ``"amx"``, ``"compile"``, ``"eager"``)."""
+    """Count one call through the speed path ``name`` (``"cpu_kernels"``, ``"amx"``, ``"compile"``, ``"eager"``).
+
+    Raises:
+        Nothing of its own.
+    """
     _PATHS_RAN[name] = _PATHS_RAN.get(name, 0) + 1
 
 
@@ -62,6 +66,9 @@ def fast_paths_ran() -> list[str]:
     sorted: ``"cpu_kernels"``, ``"amx"`` (the AMX weight gradient), ``"compile"``, ``"eager"`` (the module itself).
 
     Nets that never go through ``net_forward`` (the PTMs' guidance forwards) always run eagerly and are not counted.
+
+    Raises:
+        Nothing of its own.
     """
     return sorted(_PATHS_RAN)
 
@@ -71,7 +78,11 @@ _BACKEND_STATUS: dict[str, Callable[[], dict[str, Any]]] = {}
 
 
 def record_backend_request(name: str) -> None:
-    """Note that a net was asked for through backend ``name`` (``"auto"``, ``"eager"``, ...) in this process."""
+    """Note that a net was asked for through backend ``name`` (``"auto"``, ``"eager"``, ...) in this process.
+
+    Raises:
+        Nothing of its own.
+    """
     _BACKENDS_ASKED.add(name)
 
 
@@ -80,6 +91,9 @@ def register_backend_status(name: str, status: Callable[[], dict[str, Any]]) -> 
 
     Let a backend add its state (built or not, and why; the ISA it uses) to :func:`backend_record` under
     ``name``. Called by the backend when it is first used; ``status`` must not raise.
+
+    Raises:
+        Nothing of its own.
     """
     _BACKEND_STATUS[name] = status
 
@@ -90,6 +104,9 @@ def backend_record() -> dict[str, Any]:
     ``{"requested": [...], "ran": [...], <backend>: {...}}``: the backends asked for in this process, the speed
     paths that ran (:func:`fast_paths_ran`), and each used backend's own state (e.g. ``cpu``: whether its kernels
     built, why not, whether AMX runs).
+
+    Raises:
+        Nothing of its own.
     """
     return {
         "requested": sorted(_BACKENDS_ASKED),
@@ -105,6 +122,9 @@ def cpu_info() -> dict[str, Any]:
     ``kind`` is ``"amx-bf16"`` (e.g. Intel Sapphire Rapids), ``"avx512-bf16"`` (e.g. AMD EPYC Zen 4),
     ``"avx512"``, ``"avx2"`` or ``"other"``. Read from ``/proc/cpuinfo`` (Linux); elsewhere
     ``platform.processor()`` and an empty ISA list. Never raises.
+
+    Raises:
+        Nothing: an unreadable ``/proc/cpuinfo`` gives the fallback.
     """
     model, vendor, flags = platform.processor() or platform.machine(), "", set()
     try:
@@ -138,6 +158,9 @@ def native_bf16_cpu() -> bool:
     """Whether this CPU computes bf16 natively (AMX-bf16 or AVX512-BF16).
 
     Without it bf16 is emulated and many times slower than fp32 (docs/speed.md, "CPUs without native bf16").
+
+    Raises:
+        Nothing of its own.
     """
     return cpu_info()["kind"] in ("amx-bf16", "avx512-bf16")
 
@@ -155,6 +178,9 @@ def auto_precision(device: torch.device | str | None = None) -> str:
 
     Returns:
         ``"bf16"`` or ``"32"`` (the names :class:`~ptmdd_lightning.core.evaluate.EvalProtocol` takes).
+
+    Raises:
+        Nothing of its own.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if dev.type == "cuda":
@@ -178,6 +204,9 @@ def emulated_bf16_warning(precision: str | int | None) -> str | None:
 
     Returns:
         the message, or ``None`` for a precision without bf16 or a CPU with native bf16.
+
+    Raises:
+        Nothing of its own.
     """
     if "bf16" not in str(precision) or native_bf16_cpu():
         return None
@@ -234,6 +263,9 @@ def busy_cpus(interval: float = 0.2) -> float | None:
 
     Returns:
         busy CPUs as a float in ``[0, len(affinity)]``, or ``None`` where ``/proc/stat`` is not readable.
+
+    Raises:
+        Nothing of its own.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
@@ -273,6 +305,9 @@ def contention_warning(threads: int | None = None, busy: float | None = None) ->
 
     Returns:
         the message, or ``None`` when ``threads`` fit on the idle CPUs (or the load cannot be read).
+
+    Raises:
+        Nothing of its own.
     """
     threads = torch.get_num_threads() if threads is None else threads
     busy = busy_cpus() if busy is None else busy
@@ -299,6 +334,9 @@ def code_record() -> dict[str, Any]:
     package is imported from a git checkout (``git`` on PATH), else both ``None`` (e.g. an installed wheel). A run
     resumed at another commit records the commit of its last process; a study's runner also keeps every commit
     that worked on it (scripts/findings.sh's ``commits.txt``, scripts/reproduce.sh's ``<run>.commit``).
+
+    Raises:
+        Nothing of its own.
     """
     try:
         version = metadata.version("ptmdd")
@@ -337,6 +375,9 @@ def machine_record(device: torch.device | str | None = None, precision: str | No
         name or ``None``), ``precision``, ``fast_paths`` (:func:`fast_paths_ran`), ``backend``
         (:func:`backend_record`), the ``PTMDD_*`` overrides set and ``code`` (:func:`code_record`: ptmdd's
         version and git commit).
+
+    Raises:
+        Nothing of its own.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gpu = None
@@ -374,6 +415,9 @@ def attempt_record(step: int, device: torch.device | str | None = None, precisio
         JSON-ready ``{"from_step": int, "cpu_kind": str, "cpu": str, "device": str, "threads": int,
         "precision": str | None, "commit": str | None, "started": "YYYY-MM-DDTHH:MM:SSZ"}`` (UTC).
         ``cpu_kind`` is :func:`cpu_info`'s ``kind``, or ``"cuda"`` on a GPU.
+
+    Raises:
+        Nothing of its own.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     cpu = cpu_info()
@@ -399,6 +443,9 @@ def attempt_kinds(machine: dict[str, Any] | None) -> tuple[str, ...]:
         e.g. ``("amx-bf16", "avx512-bf16")`` for a run started on Intel and resumed on AMD. A record without
         ``attempts`` (older runs) gives its single kind; an attempt that is not known (a run resumed from a
         checkpoint of a ptmdd that kept no attempts) gives ``"?"``; no record at all gives ``("?",)``.
+
+    Raises:
+        Nothing of its own.
     """
     machine = machine or {}
     attempts = machine.get("attempts")
@@ -427,6 +474,9 @@ def kinds_summary(attempt_lists: Iterable[list[dict[str, Any]] | None]) -> str:
         number of runs, sorted by name and joined by ``", "``; ``""`` for no runs. Why it matters: an hour of
         one CPU kind is not one of another (a 5-class DM step: 0.31 s on Intel AMX, 0.43-0.48 s on AMD Zen 4;
         docs/reproduce.md).
+
+    Raises:
+        Nothing of its own.
     """
     counts: dict[str, int] = {}
     for attempts in attempt_lists:

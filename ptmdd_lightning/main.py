@@ -63,7 +63,11 @@ SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
 class PtmddArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser whose errors print the error first and no usage screen (which buries it)."""
+    """LightningCLI's parser whose errors print the error first and no usage screen (which buries it).
+
+    Raises:
+        Nothing of its own.
+    """
 
     @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -109,6 +113,10 @@ class PtmddCLI(LightningCLI):
     folders and, for ``fit``, pins the logger's version to that folder (see the module docstring). A
     checkpoint given by path is checked first, so a bad file gives one
     :class:`~ptmdd_lightning.errors.PtmddError`.
+
+    Raises:
+        PtmddError: a bad ``--ckpt_path`` file, or a ``PTMDD_PRECISION`` that is no precision
+            (:func:`ptmdd_lightning.machine.trainer_precision`).
     """
 
     @override
@@ -214,6 +222,10 @@ class GuardedSaveConfig(SaveConfigCallback):
     :class:`~ptmdd_lightning.errors.PtmddError` before writing anything (all ranks). The folder it creates is
     remembered in :attr:`created` so that :func:`main` can remove it when the run fails before it wrote a
     checkpoint or a result (:func:`remove_failed_start`).
+
+    Raises:
+        PtmddError: (at setup) the log folder holds another run's files, and neither a resume nor
+            ``--overwrite`` allows writing there.
     """
 
     resuming = False
@@ -248,7 +260,11 @@ class GuardedSaveConfig(SaveConfigCallback):
 
 
 def remove_failed_start() -> None:
-    """Remove the run folder a failed run created, if it holds nothing but its config and logger files."""
+    """Remove the run folder a failed run created, if it holds nothing but its config and logger files.
+
+    Raises:
+        Nothing of its own.
+    """
     folder, GuardedSaveConfig.created = GuardedSaveConfig.created, None
     if folder is None or not folder.is_dir():
         return
@@ -337,6 +353,9 @@ def run_identity(config: Any) -> dict[str, str]:
     """The :data:`RUN_IDENTITY` values of a parsed config (``Namespace``) or a loaded ``config.yaml`` (dict).
 
     Values are compared as canonical JSON; a key the config lacks reads ``null``.
+
+    Raises:
+        Nothing of its own.
     """
     if isinstance(config, Namespace):
         config = config.as_dict()
@@ -520,6 +539,10 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
     allows it). A run stopped by SIGTERM (Lightning finishes the current step; a
     ModelCheckpoint with ``save_on_exception: true`` writes ``last.ckpt``) exits with status 143 and says how
     to resume.
+
+    Raises:
+        SystemExit: status 2 with ``ptmdd: error: <message>`` on a user error (a :class:`PtmddError`
+            anywhere), 143 after SIGTERM; other errors propagate with their traceback.
     """
     GuardedSaveConfig.created = None
     try:  # config files given one after another merge into one (ptmdd_lightning/layers.py)
@@ -561,7 +584,11 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
 
 
 def find_user_error(err: BaseException) -> PtmddError | None:
-    """The :class:`PtmddError` behind ``err``, if any (jsonargparse wraps errors raised in instantiation)."""
+    """The :class:`PtmddError` behind ``err``, if any (jsonargparse wraps errors raised in instantiation).
+
+    Raises:
+        Nothing of its own.
+    """
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:

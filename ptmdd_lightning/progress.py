@@ -22,7 +22,11 @@ __all__ = ["EvaluationProgress", "PoolProgressBar", "shows_progress"]
 
 
 def shows_progress(trainer: Trainer | None) -> bool:
-    """Whether ``trainer`` shows a progress bar on this rank (``enable_progress_bar`` and global rank 0)."""
+    """Whether ``trainer`` shows a progress bar on this rank (``enable_progress_bar`` and global rank 0).
+
+    Raises:
+        Nothing of its own.
+    """
     return trainer is not None and trainer.progress_bar_callback is not None and trainer.is_global_zero
 
 
@@ -84,6 +88,9 @@ class PoolProgressBar(TQDMProgressBar):
 
     Args:
         label: the member, e.g. ``"PTM 2/4 fashion_mnist/ConvNetW32/seed1"``.
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(self, label: str) -> None:

@@ -41,6 +41,9 @@ def run_dir(trainer: Trainer) -> Path:
 
     Built from the logger without ``trainer.log_dir``, which is a collective call under DDP: the callbacks call this
     on global rank 0 alone.
+
+    Raises:
+        Nothing of its own.
     """
     logger = trainer.logger
     folder = None
@@ -74,6 +77,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     A ``labels`` column appears when a row was trained on soft labels or without augmentation, and DD-Ranking's
     scores (:data:`SCORE_COLUMNS`, mean ± std over the rounds, in points/%) when a row carries them; a table of
     hard-label rows alone is the same as before either existed.
+
+    Raises:
+        Nothing of its own.
     """
     variants = any(evaluation_labels(r) != "hard" for r in rows)
     scores = [k for k in SCORE_COLUMNS if any(k in r for r in rows)]
@@ -150,6 +156,9 @@ def result_row(step: int, arch: str, which: str, accs: Tensor, seconds: float) -
     One row of a results table: ``accs`` (``(n,)`` test accuracies, fractions in [0, 1]) of ``n`` models of
     ``arch`` trained on the ``which`` set (``"synthetic"`` / ``"random_real"``) at ``step``, with their mean and std
     (:func:`ptmdd_lightning.core.evaluate.summarize`) and the wall ``seconds`` it took.
+
+    Raises:
+        PtmddError: no accuracies (:func:`ptmdd_lightning.core.evaluate.summarize`).
     """
     s = summarize(accs)
     return {
@@ -182,6 +191,9 @@ def write_results(
     columns ``cpu``, ``isa``, ``threads``, ``torch``, ``precision``, ``fast_paths``, ``commit``, and under the
     Markdown table; a run's ``machine["attempts"]`` (its start and resumes, each with its CPU kind) goes into the JSON
     and, when there are several, under the Markdown table.
+
+    Raises:
+        Nothing of its own.
     """
     rows = [dict(r, machine=machine) if machine is not None else dict(r) for r in rows]
     text = format_table(rows) + "\n"
@@ -233,6 +245,9 @@ def set_plain_hparam(module: Any, key: str, value: Any) -> None:
     by ``save_hyperparameters`` that the loggers write into ``hparams.yaml`` (Lightning's ``hparams_initial``),
     so that ``yaml.safe_load`` reads the file back (a dataclass or a tuple would be written as a Python tag).
     Call it after ``save_hyperparameters``.
+
+    Raises:
+        Nothing of its own.
     """
     value = plain(value, lists=True)  # dataclasses as dicts, tuples as lists
     module.hparams[key] = value
@@ -248,6 +263,9 @@ def record_machine(trainer: Trainer, record: dict[str, Any]) -> None:
     hparams) and, on global rank 0, into ``hparams.yaml`` as ``machine`` (rewritten atomically: TensorBoardLogger
     writes that file once, before training). A ``hparams.yaml`` that is not a plain YAML mapping is left as it is.
     Without a logger nothing is written.
+
+    Raises:
+        Nothing of its own.
     """
     logger = trainer.logger
     if logger is None:

@@ -25,7 +25,11 @@ __all__ = ["ROWS", "Row", "main", "table"]
 
 @dataclass(frozen=True)
 class Row:
-    """One reproduction setting: ``configs/reproduce/<name>.yaml``."""
+    """One reproduction setting: ``configs/reproduce/<name>.yaml``.
+
+    Raises:
+        Nothing of its own.
+    """
 
     name: str
     setting: str
@@ -147,7 +151,11 @@ def table(outdir: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ptmdd_lightning.reproduce OUTDIR``; a user error exits 2 with one line."""
+    """``python -m ptmdd_lightning.reproduce OUTDIR``; a user error exits 2 with one line.
+
+    Raises:
+        Nothing of its own.
+    """
     outdir_table_main(argv, table, "reproduce", "reproduce.sh")
 
 

@@ -17,6 +17,9 @@ def evaluation_labels(row: dict[str, Any]) -> str:
     Args:
         row: a results row; ``labels`` (``"hard"``/``"soft"``), ``teacher`` and ``augment`` are optional (rows
             written before soft-label evaluation have none of them: hard labels, augmented).
+
+    Raises:
+        Nothing of its own.
     """
     text = str(row.get("labels", "hard"))
     if row.get("teacher"):

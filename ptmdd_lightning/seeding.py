@@ -48,6 +48,9 @@ def run_seed() -> int:
 
     Returns:
         a Python ``int`` (Lightning keeps it in ``[0, 2**32)``).
+
+    Raises:
+        Nothing of its own.
     """
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
@@ -63,6 +66,9 @@ def mix_seed(*parts: int) -> int:
 
     A splitmix64-style hash-combine (``h ^= p + golden + (h << 6) + (h >> 2)``, then a multiply by splitmix64's
     first constant), kept bit for bit since the first commit: changing it changes every synthetic set.
+
+    Raises:
+        Nothing of its own.
     """
     h = _GOLDEN
     for p in parts:
@@ -80,6 +86,9 @@ def batch_seed(seed: int, rank: int, step: int) -> int:
 
     Returns:
         an ``int`` in ``[0, 2**63)``.
+
+    Raises:
+        Nothing of its own.
     """
     digest = hashlib.sha256(f"ptmdd-data:{int(seed)}:{int(rank)}:{int(step)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -93,6 +102,9 @@ def random_real_seed(seed: int, eval_seed: int) -> int:
 
     Returns:
         an ``int`` in ``[0, 2**63)``.
+
+    Raises:
+        Nothing of its own.
     """
     digest = hashlib.sha256(f"ptmdd-random-real:{int(seed)}:{int(eval_seed)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

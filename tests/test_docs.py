@@ -1,11 +1,15 @@
-"""The README's and docs/' relative links lead somewhere: the file exists and a ``#anchor`` names one of its headings.
+"""The documentation holds together.
 
-Anchors follow GitHub's rule for headings: lower case, punctuation other than ``-`` and ``_`` dropped, each space a
-``-``; a repeated heading gets ``-1``, ``-2``, ... Links to web pages are not checked (no network at test time).
+* The README's and docs/' relative links lead somewhere: the file exists and a ``#anchor`` names one of its
+  headings. Anchors follow GitHub's rule for headings: lower case, punctuation other than ``-`` and ``_`` dropped,
+  each space a ``-``; a repeated heading gets ``-1``, ``-2``, ... Links to web pages are not checked (no network).
+* Every public function and class of ``ptmdd_lightning`` (listed in its module's ``__all__``, or not ``_``-named in
+  a module without one) has a docstring with a ``Raises`` section: the errors it raises, or "Nothing of its own".
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -65,3 +69,41 @@ def test_relative_links_resolve(page):
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading of {dest.name} has the anchor #{anchor}")
     assert not broken, f"{page.relative_to(REPO)}: " + "; ".join(broken)
+
+
+RAISES = re.compile(r"^\s*Raises( \([^)]*\))?:\s*$", re.M)
+
+
+def public_definitions(package: Path) -> list[tuple[str, ast.AST]]:
+    """``("module.py:name", node)`` of every public top-level function and class under ``package``."""
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = None
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                names = set(ast.literal_eval(node.value))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                if names is None or node.name in names:
+                    out.append((f"{path.relative_to(package.parent)}:{node.name}", node))
+    return out
+
+
+def test_every_public_docstring_says_what_it_raises():
+    defs = public_definitions(REPO / "ptmdd_lightning")
+    assert len(defs) > 200  # the package's public API, not an empty walk
+    lacking = [name for name, node in defs if not RAISES.search(ast.get_docstring(node) or "")]
+    assert not lacking, "public docstrings without a Raises section: " + ", ".join(lacking)
+
+
+def test_the_raises_rule_finds_a_missing_section(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "m.py").write_text(
+        '__all__ = ["f", "g"]\n\n\ndef f():\n    """F.\n\n    Raises:\n        ValueError: never here.\n    """\n'
+        '\n\ndef g():\n    """G, which raises nothing it says."""\n\n\ndef h():\n    """Not public."""\n'
+    )
+    defs = dict(public_definitions(package))
+    assert sorted(defs) == ["pkg/m.py:f", "pkg/m.py:g"]
+    assert [n for n, node in defs.items() if not RAISES.search(ast.get_docstring(node))] == ["pkg/m.py:g"]

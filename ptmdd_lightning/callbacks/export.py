@@ -17,7 +17,11 @@ from ptmdd_lightning.reporting import run_dir
 
 
 def training_complete(trainer: Trainer) -> bool:
-    """Whether the trainer's step or epoch budget is spent (``max_steps``, else ``max_epochs``)."""
+    """Whether the trainer's step or epoch budget is spent (``max_steps``, else ``max_epochs``).
+
+    Raises:
+        Nothing of its own.
+    """
     if trainer.max_steps is not None and trainer.max_steps >= 0:
         return trainer.global_step >= trainer.max_steps
     return trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs
@@ -30,6 +34,9 @@ class EndOfTrainingWork(Callback):
     checkpoint written at the final step, e.g. one killed during the final evaluation, skips the loop, and the
     evaluation and export would silently never happen. Here ``on_fit_end`` runs :meth:`end_of_training` when
     training is complete but this fit did not run it yet. Subclasses implement :meth:`end_of_training`.
+
+    Raises:
+        NotImplementedError: :meth:`end_of_training` of a subclass that does not implement it.
     """
 
     _ran_this_fit = False
@@ -68,6 +75,9 @@ def synthetic_grid(images: Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
     Returns:
         ``(3, H_grid, W_grid)`` float32 in ``[0, 1]`` (torchvision ``make_grid``).
+
+    Raises:
+        Nothing of its own.
     """
     x = images.detach().float().cpu()
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
@@ -77,7 +87,11 @@ def synthetic_grid(images: Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def log_synthetic_grid(trainer: Trainer, pl_module: LightningModule) -> Tensor:
-    """Add the synthetic-set grid to TensorBoard (tag ``synthetic/images``) at the current step; return the grid."""
+    """Add the synthetic-set grid to TensorBoard (tag ``synthetic/images``) at the current step; return the grid.
+
+    Raises:
+        Nothing of its own.
+    """
     info = pl_module.dataset_info
     grid = synthetic_grid(pl_module.synthetic.images, info.mean, info.std, pl_module.hparams.ipc)
     for logger in trainer.loggers:
@@ -104,6 +118,9 @@ class SyntheticSetExport(EndOfTrainingWork):
     Args:
         every_n_steps: also export every N optimisation steps (``None``: only at the end).
         filename: the base name of both files.
+
+    Raises:
+        PtmddError: the synthetic images hold NaN or inf (the distillation diverged); nothing is written.
     """
 
     def __init__(self, every_n_steps: int | None = None, filename: str = "synthetic_set") -> None:

@@ -74,6 +74,9 @@ class DSAParams:
         brightness: ``x + (U - 0.5) * brightness``.
         saturation: ``(x - mean_c(x)) * (U * saturation) + mean_c(x)`` (mean over channels).
         contrast: ``(x - mean(x)) * (U + contrast) + mean(x)`` (mean over C, H, W of each image).
+
+    Raises:
+        Nothing of its own.
     """
 
     prob_flip: float = 0.5
@@ -100,6 +103,9 @@ class DSADraw:
             (columns) int64 pixels (cutout centre); ``flip``: ``randf`` float32 ``U[0, 1)`` (flip iff
             ``randf < prob_flip``); ``scale``: ``sx, sy`` float32 factors; ``rotate``: ``theta`` float32
             radians.
+
+    Raises:
+        Nothing of its own.
     """
 
     ops: tuple[str, ...]
@@ -142,6 +148,9 @@ def dsa_strategy_for(dataset: str) -> str:
 
     The DSA readme's strategy for a dataset: :data:`DIGITS_STRATEGY` (no flip) for MNIST and SVHN,
     :data:`DEFAULT_STRATEGY` otherwise (case-insensitive name).
+
+    Raises:
+        Nothing of its own.
     """
     return DIGITS_STRATEGY if dataset.lower() in ("mnist", "svhn") else DEFAULT_STRATEGY
 

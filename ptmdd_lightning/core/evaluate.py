@@ -203,6 +203,9 @@ def lr_for_epoch(protocol: EvalProtocol, epoch: int) -> float:
     Source: ``evaluate_synset`` (DC/DSA/DM ``utils.py``) multiplies the lr by 0.1 once, at ``Epoch // 2``.
     (The reference loops over ``Epoch + 1`` epochs and decays after epoch ``Epoch // 2 + 1``; here exactly
     ``epochs`` epochs run and the decayed phase starts at ``epochs // 2``: two epochs of difference in 1000.)
+
+    Raises:
+        Nothing of its own.
     """
     return protocol.lr * (0.1 if epoch >= protocol.decay_epoch else 1.0)
 

@@ -147,6 +147,10 @@ class PTMGroup:
         source: the pool folder of the PTMs' training data, e.g. ``"fashion_mnist"``, ``"fashion_mnist-c01234"``
             (a class subset) or ``"mnist"``; ``None`` means the target dataset.
         seeds: explicit seed list; overrides ``num_seeds``.
+
+    Raises:
+        PtmddError: alpha < 0, num_seeds (N_m) < 1, ``seeds: []``, epoch < 0, or a loss other than
+            ``"clom"``/``"cclom"``.
     """
 
     arch: str = "ConvNet"
@@ -300,14 +304,22 @@ class PTMRecipe:
 
 
 def pool_key(dataset: str, classes: list[int] | None = None) -> str:
-    """The pool folder name of a training set: ``"fashion_mnist"``, or ``"fashion_mnist-c0-1-2-3-4"`` for a subset."""
+    """The pool folder name of a training set: ``"fashion_mnist"``, or ``"fashion_mnist-c0-1-2-3-4"`` for a subset.
+
+    Raises:
+        Nothing of its own.
+    """
     if not classes:
         return dataset
     return f"{dataset}-c" + "-".join(str(int(c)) for c in classes)
 
 
 def member_path(pool_root: str | Path, source: str, arch: str, seed: int, epoch: int) -> Path:
-    """Where a pool member lives: ``<pool_root>/<source>/<arch>/seed<seed>/epoch<epoch>.pt``."""
+    """Where a pool member lives: ``<pool_root>/<source>/<arch>/seed<seed>/epoch<epoch>.pt``.
+
+    Raises:
+        Nothing of its own.
+    """
     return Path(pool_root) / source / arch / f"seed{seed}" / f"epoch{epoch}.pt"
 
 
@@ -330,6 +342,9 @@ def pretrain_command(
 
     Returns:
         one shell line.
+
+    Raises:
+        PtmddError: a ``recipe`` out of range (:class:`PTMRecipe`).
     """
     name, _, cls = source.partition("-c")
     config = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "fashion_mnist.yaml"
@@ -417,6 +432,9 @@ def pool_cost(members: Sequence[PTMMember]) -> dict[str, float | int | str | Non
         kinds those runs ran (:func:`~ptmdd_lightning.machine.kinds_summary` of each run's longest ``attempts``,
         written by :class:`~ptmdd_lightning.callbacks.PTMCheckpoint` since 2026-12-04; ``"?"`` before), e.g.
         ``"amx-bf16 x2"``: seconds of different kinds are not the same cost.
+
+    Raises:
+        Nothing of its own.
     """
     runs: dict[tuple, list[float | None]] = {}
     attempts: dict[tuple, list | None] = {}
@@ -449,6 +467,9 @@ class PTMMember(nn.Module):
         alpha: the loss weight.
         loss: ``"clom"`` or ``"cclom"``.
         target_mean, target_std: the target dataset's per-channel mean/std.
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(

@@ -265,6 +265,9 @@ def freeze_batchnorm_stats(net: nn.Module, real_images: Tensor) -> bool:
 
     Returns:
         whether the net has BatchNorm layers.
+
+    Raises:
+        Nothing of its own.
     """
     bns = _batchnorms(net)
     if not bns:

@@ -58,6 +58,9 @@ def sample_balanced_indices(
     Returns:
         ``(K * n,)`` int64 dataset indices, sorted by class (class 0's ``n`` first), random order within a
         class.
+
+    Raises:
+        Nothing of its own.
     """
     k, m = padded_index.shape
     keys = torch.rand(k, m, generator=generator)
@@ -79,6 +82,9 @@ class InMemoryDataset(Dataset):
 
     ``__getitems__`` gathers a whole batch with one ``index_select`` instead of ``batch_size`` ``__getitem__``
     calls and a ``torch.stack``; use it with ``collate_fn=_collate_batched`` (as the DataModules do).
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -104,6 +110,9 @@ class BalancedBatchStream(IterableDataset):
     :func:`batch_seed` ``(seed, rank, step)``. Iteration starts at ``start_step`` (set by the loader each
     time an iterator is made) and goes on forever. With DataLoader workers, worker ``w`` of ``W`` yields the
     steps ``start + w, start + w + W, ...``; the DataLoader's round-robin keeps the stream order.
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(

@@ -231,7 +231,11 @@ _ALIASES = {
 
 
 def available_datasets() -> list[str]:
-    """The canonical names of the registry, sorted."""
+    """The canonical names of the registry, sorted.
+
+    Raises:
+        Nothing of its own.
+    """
     return sorted(DATASETS)
 
 
@@ -285,6 +289,9 @@ def default_data_root() -> Path:
 
     The data cache: ``$PTMDD_DATA`` if set and non-empty, else ``~/.cache/ptmdd/data`` (not created
     here).
+
+    Raises:
+        Nothing of its own.
     """
     env = os.environ.get("PTMDD_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ptmdd" / "data"

@@ -86,6 +86,10 @@ class DDNet(nn.Module):
         num_classes: number of classes ``K``.
         image_size: ``(H, W)`` of the inputs the net was built for.
         feature_dim: ``D``, the length of one embedding.
+
+    Raises:
+        PtmddError: channels or num_classes not an integer >= 1, or a bad image size.
+        NotImplementedError: :meth:`embed` of a subclass that does not define it.
     """
 
     classifier: nn.Linear

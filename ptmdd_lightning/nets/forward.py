@@ -64,6 +64,9 @@ class NetForward(Protocol):
     Attributes:
         net: the wrapped module (its current parameters are read on every call).
         kernels: whether the CPU kernel path may run for this net; compiled: whether the compiled formulation may.
+
+    Raises:
+        Nothing of its own.
     """
 
     net: nn.Module
@@ -112,6 +115,9 @@ class EagerForward:
 
     Shapes: ``embed``: ``(N, C, H, W) -> (N, D)``; ``forward``: ``(N, C, H, W) -> (N, K)``; dtypes as the
     module's (autocast respected).
+
+    Raises:
+        Nothing of its own.
     """
 
     kernels = False
@@ -214,5 +220,8 @@ def keep_freed_memory() -> bool:
 
     Returns:
         whether the setting was applied (``False`` off Linux/glibc or with ``PTMDD_MALLOC_TUNE=0``).
+
+    Raises:
+        Nothing of its own.
     """
     return importlib.import_module(BACKEND_MODULES["cpu_kernels"]).keep_freed_memory()

@@ -54,7 +54,11 @@ _BY_LOWER = {name.lower(): name for name in NETS}
 
 
 def available_nets() -> list[str]:
-    """The registry names in their canonical spelling (e.g. ``["ConvNet", "ConvNetD1", ..., "MLP"]``)."""
+    """The registry names in their canonical spelling (e.g. ``["ConvNet", "ConvNetD1", ..., "MLP"]``).
+
+    Raises:
+        Nothing of its own.
+    """
     return list(NETS)
 
 

@@ -43,6 +43,9 @@ class BasicBlock(nn.Module):
 
     Shapes: ``(N, in_planes, H, W)`` -> ``(N, planes, H', W')``, ``H' = ceil(H/2)`` (strided) or
     ``floor(H/2)`` (avg-pool) when ``stride == 2``, else ``H``.
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(

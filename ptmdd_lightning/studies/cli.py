@@ -52,7 +52,11 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ptmdd-sweep`` argument parser."""
+    """The ``ptmdd-sweep`` argument parser.
+
+    Raises:
+        Nothing of its own.
+    """
     p = argparse.ArgumentParser(
         prog="ptmdd-sweep",
         description="Run every point of a ptmdd sweep file (each as its own `ptmdd` process; finished ones are "
@@ -175,7 +179,12 @@ def _adopt(study: Study, slots) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ptmdd-sweep``; returns the exit status (see the module docstring)."""
+    """Entry point of ``ptmdd-sweep``; returns the exit status (see the module docstring).
+
+    Raises:
+        Nothing: a user error (a bad ``--shard``, ``--set``, a folder without ``study.json``) prints one line
+            and returns status 2.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:

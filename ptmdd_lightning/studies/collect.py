@@ -46,7 +46,11 @@ __all__ = [
 
 
 def long_table(study: Study) -> pd.DataFrame:
-    """Every evaluated model of every done run (the final step of its ``results.json``), one row each."""
+    """Every evaluated model of every done run (the final step of its ``results.json``), one row each.
+
+    Raises:
+        Nothing of its own.
+    """
     spec = study.spec
     x_axis = spec.x or (spec.axes[0].name if spec.axes else None)
     axes = [a.name for a in spec.axes]
@@ -106,6 +110,9 @@ def collect(study: Study) -> list[dict[str, Any]]:
         shared seeds). A run evaluated without the random-real subset (``baseline: false``) gets the study's
         random-real result of the same architecture when all runs that have one agree (the same IPC and
         evaluation seed give the same subset and models).
+
+    Raises:
+        PtmddError: from :func:`ptmdd_lightning.compare.paired_difference` (a confidence level outside (0, 1)).
     """
     spec = study.spec
     table = long_table(study)
@@ -208,6 +215,9 @@ def label_contrasts(table: pd.DataFrame) -> list[dict[str, Any]]:
     Returns:
         Rows ``{"a", "b", "set", "arch", "cells", "mean", "ci95"}`` (accuracy differences as fractions; ``ci95``
         ``None`` below 2 cells), label kinds in the order they appear, hard labels first.
+
+    Raises:
+        PtmddError: from :func:`ptmdd_lightning.compare.paired_difference` (a confidence level outside (0, 1)).
     """
     if table.empty:
         return []
@@ -246,7 +256,11 @@ def label_contrasts(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def format_label_contrasts(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    """The Markdown table of :func:`label_contrasts` (differences in points)."""
+    """The Markdown table of :func:`label_contrasts` (differences in points).
+
+    Raises:
+        Nothing of its own.
+    """
     cells = [
         {
             "arch": r["arch"],
@@ -279,7 +293,11 @@ def _gain(value: float | None, ci: float | None = None) -> str:
 
 
 def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    """The Markdown summary table (accuracies in %), built with pandas (``DataFrame.to_markdown``)."""
+    """The Markdown summary table (accuracies in %), built with pandas (``DataFrame.to_markdown``).
+
+    Raises:
+        Nothing of its own.
+    """
     axes = [a.name for a in spec.axes]
     base = next(iter(spec.baselines), None)
     cells = []
@@ -309,7 +327,11 @@ def format_summary(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
 
 
 def write_summary(study: Study, rows: list[dict[str, Any]]) -> list[Path]:
-    """Write ``results_long.csv``, ``summary.{md,csv,json}`` (and ``labels.{md,json}``) atomically; return them."""
+    """Write ``results_long.csv``, ``summary.{md,csv,json}`` (and ``labels.{md,json}``) atomically; return them.
+
+    Raises:
+        PtmddError: from :func:`label_contrasts` (a confidence level outside (0, 1)).
+    """
     spec, out = study.spec, study.out
     out.mkdir(parents=True, exist_ok=True)
     table = long_table(study)
@@ -338,6 +360,9 @@ def plot_summary(spec: SweepSpec, rows: list[dict[str, Any]], out: Path) -> Path
     log scale when the values span a factor of 20 or more; a categorical one draws grouped bars. Baselines are
     solid horizontal lines with a +-std band; the random-real subset is a dashed grey line when all points
     share it. ``None`` when there is nothing to plot yet.
+
+    Raises:
+        Nothing of its own.
     """
     import matplotlib
 

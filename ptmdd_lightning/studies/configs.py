@@ -115,7 +115,11 @@ def with_logger(config: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def signature(config: dict[str, Any], subcommand: str, extra: list[str]) -> str:
-    """SHA-256 (hex) of a run's settings: its config without the logger, its subcommand and extra arguments."""
+    """SHA-256 (hex) of a run's settings: its config without the logger, its subcommand and extra arguments.
+
+    Raises:
+        Nothing of its own.
+    """
     settings = copy.deepcopy(config)
     if isinstance(settings.get("trainer"), dict):
         settings["trainer"].pop("logger", None)

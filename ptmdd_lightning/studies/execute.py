@@ -47,6 +47,9 @@ class StudyArgs:
         sets: ``--set`` overrides ``{dotted key: value}`` added to every run's fixed overrides.
         extra: extra ``ptmdd`` arguments of every run (after ``--``).
         seeds: replaces the sweep's seeds (``None``: keep them).
+
+    Raises:
+        Nothing of its own.
     """
 
     sweep: str
@@ -103,6 +106,9 @@ def run_slot(study: Study, slot: Slot, log: Callable[[str], None] = print, child
     Returns:
         ``"done"`` (ran now, or already done), ``"running"`` (another live process holds it), ``"stopped"``
         (SIGTERM; resumable) or ``"failed"`` (``sweep_failed.json`` says why).
+
+    Raises:
+        Nothing of its own.
     """
     children = children or _CHILDREN
     claim, folder, why = study.claim(slot)
@@ -140,7 +146,11 @@ def run_slot(study: Study, slot: Slot, log: Callable[[str], None] = print, child
 
 
 def counts_line(counts: dict[str, int]) -> str:
-    """``"D done, R running, F failed, P pending"`` of :meth:`Study.counts`."""
+    """``"D done, R running, F failed, P pending"`` of :meth:`Study.counts`.
+
+    Raises:
+        Nothing of its own.
+    """
     c = counts
     return f"{c['done']} done, {c['running']} running, {c['failed']} failed, {c['pending']} pending"
 

@@ -118,6 +118,9 @@ class AxisValue:
         value: what ``"${axis}"`` placeholders become (default: the label's scalar).
         overrides: dotted-key overrides of this value only (applied after the template).
         base: config files replacing the sweep's base for this value (``None``: keep it).
+
+    Raises:
+        Nothing of its own.
     """
 
     label: str
@@ -128,7 +131,11 @@ class AxisValue:
 
 @dataclass
 class Axis:
-    """A named sweep axis and its values, in order."""
+    """A named sweep axis and its values, in order.
+
+    Raises:
+        Nothing of its own.
+    """
 
     name: str
     values: list[AxisValue]
@@ -154,6 +161,9 @@ class Point:
         seeds: the seeds of this run (a ``prepare`` run's member seeds); ``None``: the sweep's.
         subcommand: the ``ptmdd`` subcommand; ``None``: the sweep's.
         creates: files (``${seed}`` substituted) whose existence means this run is done (``prepare`` runs).
+
+    Raises:
+        Nothing of its own.
     """
 
     id: str
@@ -170,7 +180,11 @@ class Point:
 
 @dataclass
 class SweepSpec:
-    """A parsed sweep file (see the module docstring for the format)."""
+    """A parsed sweep file (see the module docstring for the format).
+
+    Raises:
+        Nothing of its own.
+    """
 
     path: Path
     name: str
@@ -364,6 +378,9 @@ def substitute(value: Any, values: dict[str, Any]) -> Any:
 
     A string that is exactly ``"${axis}"`` becomes ``values[axis]`` itself (type kept); a placeholder inside a
     longer string is replaced by ``str(values[axis])``.
+
+    Raises:
+        Nothing of its own.
     """
     if isinstance(value, str):
         whole = _PLACEHOLDER.fullmatch(value)
@@ -382,7 +399,11 @@ def _safe(text: str) -> str:
 
 
 def expand(spec: SweepSpec) -> list[Point]:
-    """All runs of a sweep: the grid points (product of the axes, first axis slowest), then the baselines."""
+    """All runs of a sweep: the grid points (product of the axes, first axis slowest), then the baselines.
+
+    Raises:
+        PtmddError: two runs map to the same folder name (labels that are not distinct).
+    """
     points: list[Point] = []
     for combo in itertools.product(*(a.values for a in spec.axes)) if spec.axes else []:
         values = {a.name: v.value for a, v in zip(spec.axes, combo, strict=True)}

@@ -80,6 +80,9 @@ class Slot:
         signature: :func:`~ptmdd_lightning.studies.configs.signature` of the config, subcommand and extra args.
         root: ``<out>/runs/<point>/seed<S>``, which holds the run's version folders.
         creates: files whose existence means a ``prepare`` run is done.
+
+    Raises:
+        Nothing of its own.
     """
 
     point: Point
@@ -126,6 +129,9 @@ class Claim:
     Attributes:
         folder: the run's version folder.
         token: a random id that tells this claim from a later one of the same folder.
+
+    Raises:
+        Nothing of its own.
     """
 
     folder: Path
@@ -203,6 +209,9 @@ def run_complete(folder: Path, config: dict[str, Any]) -> bool:
 
     Returns:
         ``False`` also when the config has no ``SyntheticSetEvaluation`` (such runs are judged by exit status).
+
+    Raises:
+        Nothing of its own.
     """
     callbacks = _callbacks(config)
     evaluation = callbacks.get("SyntheticSetEvaluation")

@@ -27,6 +27,9 @@ def state() -> dict[str, Any]:
     Returns:
         ``{"kernels": bool | None, "kernels_reason": str | None, "amx": bool | None, "compile_possible": bool,
         "keep_freed_memory": bool}``; ``None`` where the kernels were never asked for.
+
+    Raises:
+        Nothing: builds nothing and never raises.
     """
     asked = kernels.status.cache_info().currsize > 0
     st = kernels.status() if asked else None
@@ -53,6 +56,9 @@ def make_forward(
 
     Returns:
         a :class:`~.fastnet.FastNet` for a supported ConvNet or where the kernels apply, else ``None``.
+
+    Raises:
+        Nothing of its own.
     """
     register_backend_status("cpu", state)
     if backend == "cpu_kernels":
@@ -65,6 +71,10 @@ def make_forward(
 
 
 def keep_freed_memory() -> bool:
-    """Opt in to :func:`.allocator.keep_freed_memory` (process-wide; recorded in :func:`state`)."""
+    """Opt in to :func:`.allocator.keep_freed_memory` (process-wide; recorded in :func:`state`).
+
+    Raises:
+        Nothing of its own.
+    """
     register_backend_status("cpu", state)
     return allocator.keep_freed_memory()

@@ -35,6 +35,9 @@ def keep_freed_memory() -> bool:
 
     Returns:
         whether both settings were applied.
+
+    Raises:
+        Nothing of its own.
     """
     if not sys.platform.startswith("linux") or os.environ.get("PTMDD_MALLOC_TUNE", "1").strip().lower() in (
         "0",

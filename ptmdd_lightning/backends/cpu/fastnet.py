@@ -89,6 +89,9 @@ def can_compile() -> bool:
 
     Whether ``torch.compile`` can generate CPU kernels here: a C++ compiler on PATH, not Windows, and
     ``torch._dynamo`` importable. Cached.
+
+    Raises:
+        Nothing of its own.
     """
     if sys.platform.startswith("win"):
         return False
@@ -108,6 +111,9 @@ def compile_choice(total_steps: int | None = None) -> bool | None:
     ``off`` -> ``False``. Otherwise (``auto`` or unset) ``False`` for runs shorter than
     :data:`MIN_COMPILE_STEPS` (``0 < total_steps < MIN_COMPILE_STEPS``, e.g. ``fast_dev_run`` and tests), else
     ``None`` (FastNet's device rule: compile on a CPU with a C++ compiler).
+
+    Raises:
+        Nothing of its own.
     """
     env = os.environ.get("PTMDD_COMPILE", "auto").strip().lower()
     if env in ("1", "true", "on", "yes"):
@@ -124,6 +130,9 @@ def convnet_supported(net: nn.Module) -> bool:
 
     Whether :func:`convnet_features_cl` computes ``net.embed``: a :class:`ConvNet` with instance norm (or no
     norm), any activation, average/max/no pooling and plain 3x3 convolutions (``groups=1``, stride 1).
+
+    Raises:
+        Nothing of its own.
     """
     if not isinstance(net, ConvNet) or net.norm not in ("instancenorm", "none"):
         return False
@@ -187,6 +196,9 @@ def convnet_features_cl(
 
     Returns:
         ``(N, h, w, width)`` contiguous, in the dtype of the last convolution's output.
+
+    Raises:
+        Nothing of its own.
     """
     per = 4 if norm == "instancenorm" else 2
     h: Tensor | None = None
@@ -250,6 +262,9 @@ def convnet_kernels_ok(net: nn.Module, image_size: Sequence[int]) -> bool:
     ConvNet with instance norm, ReLU and 2x2 average pooling (ConvNet-3 of DC/DSA/DM), ``C_in * 9 <= 64``, a width
     that is a multiple of 16, an even first-conv output size (e.g. 32x32 for 28x28 images with padding 3, 32x32
     for CIFAR), conv outputs of at least 2x2 in every later block, and the CPU kernels build here.
+
+    Raises:
+        Nothing of its own.
     """
     if not convnet_supported(net) or net.norm != "instancenorm" or net.act != "relu" or net.pool != "avgpool":
         return False
@@ -290,6 +305,9 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
     Returns:
         ``(N, ho / 2, wo / 2, width)`` channels last: bfloat16 under CPU bfloat16 autocast (what the next conv
         would cast it to), else float32.
+
+    Raises:
+        Nothing of its own.
     """
     out_dtype = torch.bfloat16 if _autocast_bf16() else torch.float32
     with torch.autocast(device_type="cpu", enabled=False):
@@ -385,6 +403,9 @@ def convnet_class_grads(
     Returns:
         one ``(K, *p.shape)`` tensor per parameter ``p``, in the order of ``params``; float32 (the cross-entropy
         is computed in float32, so its gradients are float32 also under autocast), float64 for float64 input.
+
+    Raises:
+        Nothing of its own.
     """
     k = num_classes
     xk = x.view(k, x.shape[0] // k, *x.shape[1:])
@@ -436,6 +457,9 @@ class FastNet(EagerForward):
 
     Shapes: ``embed``: ``(N, C, H, W) -> (N, D)``; ``forward``: ``(N, C, H, W) -> (N, K)``; dtypes as the
     module's (autocast respected).
+
+    Raises:
+        Nothing of its own.
     """
 
     def __init__(

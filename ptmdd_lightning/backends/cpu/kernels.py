@@ -90,6 +90,9 @@ class KernelStatus:
         reason: why not (``None`` when available): turned off by ``PTMDD_CPU_KERNELS=0``, the platform, or the
             build/load error.
         library: the built shared library's path (``None`` when not built).
+
+    Raises:
+        Nothing of its own.
     """
 
     available: bool
@@ -120,6 +123,9 @@ def status() -> KernelStatus:
 
     Returns:
         a :class:`KernelStatus`. Never raises: a failed build warns once and reports its error.
+
+    Raises:
+        Nothing: a failed build warns once and is reported in the status.
     """
     if os.environ.get("PTMDD_CPU_KERNELS", "1").strip().lower() in _OFF:
         return KernelStatus(False, "turned off by PTMDD_CPU_KERNELS=0")
@@ -159,7 +165,11 @@ def status() -> KernelStatus:
 
 
 def available() -> bool:
-    """Whether the kernels are built and loaded (builds them on the first call; see :func:`status`)."""
+    """Whether the kernels are built and loaded (builds them on the first call; see :func:`status`).
+
+    Raises:
+        Nothing of its own.
+    """
     return status().available
 
 
@@ -345,6 +355,9 @@ def amx_available() -> bool:
     Whether :func:`conv3x3_weight_grad` runs here: the kernels are built, the library was compiled for a CPU with
     AMX (``amx_tile``, ``amx_bf16``; Intel Sapphire Rapids and later) and Linux grants this process the AMX tile
     state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``). ``PTMDD_AMX=0`` turns it off.
+
+    Raises:
+        Nothing of its own.
     """
     if not available() or os.environ.get("PTMDD_AMX", "1").strip().lower() in _OFF:
         return False
@@ -407,6 +420,9 @@ def conv3x3_shapes_ok(x: Tensor, weight: Tensor, bias: Tensor, padding: int = 1)
     Whether :func:`channels_last_conv3x3` takes these: ``x`` bfloat16 CPU maps ``(N, H, W, Ci)``, ``weight``
     ``(Co, Ci, 3, 3)``, ``bias`` ``(Co,)``, ``padding`` 1, ``Ci`` and ``Co`` multiples of 32 and at most 1024 (what
     :func:`conv3x3_weight_grad` takes). Shapes only: whether AMX runs here is :func:`amx_available`.
+
+    Raises:
+        Nothing of its own.
     """
     if x.dim() != 4 or weight.dim() != 4 or min(x.shape) < 1:
         return False
@@ -429,6 +445,10 @@ class ChannelsLastConv3x3(torch.autograd.Function):
 
     ``conv2d(x, w, b, padding=1)`` on channels-last bf16 maps: oneDNN's forward and input gradient, and the weight
     and bias gradients from :func:`conv3x3_weight_grad` (AMX). See :func:`channels_last_conv3x3`.
+
+    Raises:
+        ValueError, RuntimeError: from :func:`conv3x3_weight_grad` in the backward (other shapes, dtypes or
+            devices; no AMX).
     """
 
     @override
