@@ -307,7 +307,8 @@ def first_block_kernel(x: Tensor, w: Tensor, bias: Tensor, gamma: Tensor, beta: 
         would cast it to), else float32.
 
     Raises:
-        Nothing of its own.
+        RuntimeError: the CPU kernels are not built (check :func:`convnet_kernels_ok` first); ValueError: shapes the
+            kernel does not take (:func:`ptmdd_lightning.backends.cpu.kernels.pooled_relu_affine`).
     """
     out_dtype = torch.bfloat16 if _autocast_bf16() else torch.float32
     with torch.autocast(device_type="cpu", enabled=False):
