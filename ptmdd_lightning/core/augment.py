@@ -149,6 +149,8 @@ def dsa_strategy_for(dataset: str) -> str:
     The DSA readme's strategy for a dataset: :data:`DIGITS_STRATEGY` (no flip) for MNIST and SVHN,
     :data:`DEFAULT_STRATEGY` otherwise (case-insensitive name).
 
+    Source: the DSA README of VICO-UoE/DatasetCondensation (``--dsa_strategy`` per dataset).
+
     Raises:
         Nothing of its own.
     """
@@ -353,6 +355,9 @@ def apply_dsa(x: Tensor, draw: DSADraw, group_index: Tensor, params: DSAParams =
     chunk (a loop over at most 6 ops, never over groups), and the results are scattered back. Differentiable
     w.r.t. ``x``. Works under autocast and on channels_last input (the output keeps the input's memory
     format).
+
+    Source: DatasetCondensation ``utils.py`` ``DiffAugment`` (Zhao & Bilen, ICML 2021), batched over groups
+    (module docstring).
 
     Args:
         x: ``(N, C, H, W)`` float images (any float dtype).

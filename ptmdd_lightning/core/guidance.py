@@ -382,6 +382,9 @@ def pretrain_command(
 def load_ptm(path: str | Path) -> tuple[nn.Module, dict]:
     """Load one PTM checkpoint written by :class:`ptmdd_lightning.callbacks.PTMCheckpoint`.
 
+    Source: ptmdd's own file format (CRC-checked, no pickle: ``ptmdd_lightning/fileio.py``); the authors load
+    ``torch.load`` state dicts of their epoch-E checkpoints.
+
     Returns:
         ``(net, meta)``: the net in eval mode with ``requires_grad=False`` on every parameter, and the metadata
         (``arch``, ``channels``, ``num_classes``, ``image_size``, ``dataset``, ``mean``, ``std``, ``epoch``, ``seed``;
@@ -460,6 +463,10 @@ class PTMMember(nn.Module):
     Domain rule (documented in the README): target images (normalised with the target mean/std) are de-normalised,
     channels are repeated 1 -> 3 or averaged 3 -> 1, resized bilinearly to the PTM's image size when it differs, and
     normalised with the PTM's training mean/std.
+
+    Source: the frozen PTM of CLoM/CCLoM (Lu et al. 2023, Sec. 3; DDInterpreter 19a4767 ``main.py``/``main_DM.py``
+    load it in eval mode, parameters frozen). The domain rule is ptmdd's own: the authors' PTMs share the target's
+    input shape; docs/paper.md lists it.
 
     Args:
         net: the frozen PTM (eval mode, no grad).

@@ -91,6 +91,9 @@ def kd_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -
 class Teacher(nn.Module):
     """One frozen PTM or an ensemble: soft labels ``p_T = mean_m softmax(member_m(x) / T)``.
 
+    Source: Hinton et al. 2015, Sec. 2 (softmax at temperature T). Deviation: an ensemble averages its members'
+    softmax, where DD-Ranking averages their logits (module docstring).
+
     Args:
         members: frozen nets mapping the student's input ``(b, C, H, W)`` to logits ``(b, K)`` (for PTMs of
             another input domain, wrap them with their domain rule first, e.g.

@@ -24,6 +24,9 @@ EXPORT_KEYS = ("images", "labels", "mean", "std", "dataset", "ipc", "num_classes
 class SyntheticSet(nn.Module):
     """``K * IPC`` synthetic images as one ``nn.Parameter``, with their fixed class labels.
 
+    Source: the synthetic set of DC (Zhao et al., ICLR 2021, Sec. 2) and DM (Zhao & Bilen, WACV 2023, Sec. 3); the
+    reference ``image_syn`` tensor with ``label_syn`` in class order.
+
     Args:
         num_classes: K, the number of classes (int >= 1).
         ipc: images per class (int >= 1).
@@ -109,6 +112,8 @@ class SyntheticSet(nn.Module):
 
 def load_synthetic_set(path: str | os.PathLike) -> dict[str, Any]:
     """Load a file written by the export callback.
+
+    Source: ptmdd's own export format (:meth:`SyntheticSet.export`, safe loading: ``ptmdd_lightning/fileio.py``).
 
     Returns:
         The dict of :meth:`SyntheticSet.export`: ``images`` float32 ``(N, C, H, W)`` normalised, ``labels`` int64
