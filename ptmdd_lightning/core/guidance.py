@@ -464,12 +464,16 @@ class PTMMember(nn.Module):
     channels are repeated 1 -> 3 or averaged 3 -> 1, resized bilinearly to the PTM's image size when it differs, and
     normalised with the PTM's training mean/std.
 
-    Source: the frozen PTM of CLoM/CCLoM (Lu et al. 2023, Sec. 3; DDInterpreter 19a4767 ``main.py``/``main_DM.py``
-    load it in eval mode, parameters frozen). The domain rule is ptmdd's own: the authors' PTMs share the target's
-    input shape; docs/paper.md lists it.
+    Source: the frozen PTM of CLoM/CCLoM (Lu et al. 2023, Sec. 3; DDInterpreter 19a4767 ``utils_clom/CLoM.py``
+    line 56 loads each member with ``requires_grad_(False)``). Deviation: ptmdd keeps the PTM in eval mode; the
+    authors' PTM stays in train mode. The two are the same function for nets without BatchNorm (ConvNet-3 with
+    instance norm and its width/depth variants, LeNet, MLP, AlexNet, VGG11); a BatchNorm PTM (``AlexNetBN``,
+    ``VGG11BN``, ``ResNet18BN``...) would, in the authors' code, normalise with the statistics of each synthetic
+    (or real) batch and update its running statistics at every step (docs/paper.md). The domain rule is
+    ptmdd's own: the authors' PTMs share the target's input shape.
 
     Args:
-        net: the frozen PTM (eval mode, no grad).
+        net: the PTM; it is put in eval mode with ``requires_grad=False`` here and stays so.
         meta: its checkpoint metadata.
         alpha: the loss weight.
         loss: ``"clom"`` or ``"cclom"``.
@@ -489,7 +493,7 @@ class PTMMember(nn.Module):
         target_std: tuple[float, ...],
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net = net.eval().requires_grad_(False)  # frozen, whoever built it (load_ptm does the same)
         self.meta = meta
         self.alpha = float(alpha)
         self.loss = loss

@@ -240,3 +240,48 @@ def test_paper_configs_evaluate_in_fp32_and_dc_dsa_start_from_noise():
         model = config["model"]["init_args"]
         if config["model"]["class_path"].endswith("GradientMatchingDistiller"):
             assert model["init"] == "noise", path  # main.py --init default
+
+
+# ------------------------------------------------------------------------------------------------- PTM mode
+
+
+def _authors_clom(net: torch.nn.Module, syn_image: torch.Tensor, syn_label: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DDInterpreter 19a4767 ``utils_clom/CLoM.py``: line 56 freezes the member with ``requires_grad_(False)`` and
+    never calls ``eval()``, so ``calculate_loss`` runs it in train mode: ``alpha * CrossEntropyLoss(model(syn), y)``."""
+    model = net.requires_grad_(False).train()
+    return alpha * torch.nn.CrossEntropyLoss()(model(syn_image), syn_label)
+
+
+@pytest.mark.parametrize("arch", ["ConvNet", "ConvNetW32", "ConvNetD1", "LeNet", "MLP"])
+def test_the_studies_ptms_give_the_authors_train_mode_clom_in_eval_mode(arch):
+    """ptmdd keeps PTMs in eval mode (a deviation, docs/paper.md); without BatchNorm that is the same function."""
+    torch.manual_seed(0)
+    net = build_net(arch, 1, 10, (28, 28))
+    member = PTMMember(
+        net, {"image_size": (28, 28), "channels": 1, "mean": (0.0,), "std": (1.0,)}, 100.0, "clom", (0.0,), (1.0,)
+    )
+    member.train()  # a parent's train() does not switch the PTM
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    ours = 100.0 * F.cross_entropy(member(x), y)
+    assert not net.training
+    torch.testing.assert_close(ours, _authors_clom(net, x, y, 100.0), rtol=1e-6, atol=1e-5)
+
+
+def test_a_batchnorm_ptm_is_where_eval_mode_departs_from_the_authors():
+    torch.manual_seed(0)
+    net = build_net("ConvNetBN", 1, 10, (28, 28))
+    with torch.no_grad():  # running statistics unlike any one batch's, as after pretraining
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    member = PTMMember(
+        net, {"image_size": (28, 28), "channels": 1, "mean": (0.0,), "std": (1.0,)}, 100.0, "clom", (0.0,), (1.0,)
+    )
+    x, y = torch.randn(20, 1, 28, 28), torch.arange(20) % 10
+    ours = 100.0 * F.cross_entropy(member(x), y)
+    before = [m.running_mean.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    theirs = _authors_clom(net, x, y, 100.0)
+    assert not torch.allclose(ours, theirs, rtol=1e-3)
+    after = [m.running_mean for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # theirs drifts the statistics
