@@ -643,6 +643,22 @@ class PTMPool(nn.Module):
 
         ``random``: one member drawn uniformly, weight alpha (the paper's per-iteration sampling).
         ``all``: every member, weight alpha / len(pool), so ``all`` is the expectation of ``random``.
+
+        Source: DDInterpreter 19a4767 ``utils_clom/CLoM.py``, ``calculate_loss``: an architecture drawn uniformly,
+        then one of its ``model_num`` members, weight that architecture's alpha. With groups of equal size (the
+        only pools the authors' code builds: one ``--model_num`` for all architectures) that is the same
+        distribution as one uniform draw over all members. Deviation: with groups of different N_m, ptmdd's draw
+        picks an architecture in proportion to its N_m.
+
+        Args:
+            mode: ``"random"`` or ``"all"``.
+            rng: the step's generator (the caller seeds it per step).
+
+        Returns:
+            ``[(member, weight), ...]``: one pair for ``random``, every member for ``all``; ``[]`` for an empty pool.
+
+        Raises:
+            Nothing of its own.
         """
         if not len(self.members):
             return []

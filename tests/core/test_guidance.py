@@ -110,6 +110,43 @@ def test_pool_loads_frozen_members_in_eval_mode(tmp_path):
     assert [w for _, w in pool.pick("all", random.Random(0))] == [0.25, 0.25]
 
 
+class _EveryOutcome:
+    """A stand-in for ``random.Random``: ``randrange(n)`` returns the fixed ``outcome`` (mod ``n``), so that
+    calling ``pick`` once per outcome enumerates every result of one uniform draw."""
+
+    def __init__(self, outcome: int) -> None:
+        self.outcome = outcome
+
+    def randrange(self, n: int) -> int:
+        return self.outcome % n
+
+
+def _authors_draw_probabilities(pool_sizes: dict[str, int]) -> dict[tuple[str, int], float]:
+    """DDInterpreter 19a4767 ``utils_clom/CLoM.py`` ``calculate_loss``: ``random.sample(models_pool, 1)`` (an
+    architecture, uniformly), then ``random.randint(0, models_num - 1)`` (one of its members, uniformly)."""
+    return {(a, j): 1 / len(pool_sizes) / n for a, n in pool_sizes.items() for j in range(n)}
+
+
+@pytest.mark.parametrize("sizes", [{"ConvNetW32": 2, "LeNet": 2}, {"ConvNetW32": 2, "LeNet": 1}])
+def test_the_random_draw_matches_the_authors_for_equal_groups_and_says_where_it_does_not(tmp_path, sizes):
+    groups = []
+    for arch, n in sizes.items():
+        for seed in range(n):
+            _write_member(tmp_path, arch=arch, seed=seed, size=(28, 28))
+        groups.append(PTMGroup(arch=arch, num_seeds=n, epoch=1, alpha=1.0))
+    pool = PTMPool(groups, tmp_path, "toy", 3, (0.5,), (0.25,))
+    total = sum(sizes.values())
+    ours: dict[tuple[str, int], float] = {}
+    for k in range(total):  # one uniform draw over the members: each outcome has probability 1 / total
+        ((member, _),) = pool.pick("random", _EveryOutcome(k))
+        key = (member.meta["arch"], int(member.meta["seed"]))
+        ours[key] = ours.get(key, 0.0) + 1 / total
+    theirs = _authors_draw_probabilities(sizes)
+    assert ours.keys() == theirs.keys()
+    same = all(math.isclose(ours[k], theirs[k]) for k in theirs)
+    assert same == (len(set(sizes.values())) == 1)  # equal N_m: the authors' distribution; else the deviation
+
+
 def test_pool_missing_member_names_folder_and_command(tmp_path):
     with pytest.raises(PtmddError) as err:
         PTMPool([PTMGroup(arch="ConvNetW32", num_seeds=1, epoch=1)], tmp_path, "toy", 3, (0.5,), (0.25,))
