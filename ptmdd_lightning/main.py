@@ -191,11 +191,14 @@ class PtmddCLI(LightningCLI):
 
         The run folder's ``config.yaml`` then reads ``ckpt_path: last`` (not one file), and re-running it
         never pins a new run to an existing version folder. (The objects were instantiated from the resolved
-        values already.)
+        values already.) Also note the logger's version folder when it does not exist yet, so that a run failing
+        before :class:`GuardedSaveConfig` runs (e.g. in the DataModule's ``setup``, after Lightning has made the
+        logger's folder) leaves no folder behind (:func:`remove_failed_start`).
         """
         if self.subcommand is None:
             return
         config = self.config[self.subcommand]
+        GuardedSaveConfig.created = _new_version_folder(self.trainer)
         strategy = getattr(self.trainer, "strategy", None)
         if strategy is not None and type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()  # a kill never truncates last.ckpt
@@ -257,6 +260,28 @@ class GuardedSaveConfig(SaveConfigCallback):
         GuardedSaveConfig.created = log_dir if is_version_folder and not taken else None
         self.overwrite = True  # checked above
         return super().setup(trainer, pl_module, stage)
+
+
+def _new_version_folder(trainer: Any) -> Path | None:
+    """The first logger's version folder when this run will be the one to create it, else ``None``.
+
+    Read from the logger itself (no collective call; the folder is made by rank 0), on rank 0 only. A folder that
+    exists already (a resume, or another run's) is never returned, so it is never removed.
+
+    Raises:
+        Nothing of its own: a logger without a ``log_dir`` gives ``None``.
+    """
+    logger = getattr(trainer, "logger", None)
+    if logger is None or rank_zero_only.rank != 0:
+        return None
+    try:
+        folder = Path(logger.log_dir)
+    except (AttributeError, TypeError):
+        return None
+    root = Path(getattr(trainer, "default_root_dir", os.getcwd()))
+    if folder.exists() or folder.resolve() == root.resolve():
+        return None
+    return folder
 
 
 def remove_failed_start() -> None:

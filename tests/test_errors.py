@@ -29,12 +29,16 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def _fails(capsys, args: list[str]) -> str:
-    """Run ``main(args)``; assert exit status 2 and a one-message error without traceback; return stderr."""
+    """Run ``main(args)``; assert exit status 2, a one-message error without traceback, and no new run folder left
+    behind (a failed start removes the version folder its logger began); return stderr."""
+    before = {p for p in Path.cwd().rglob("version_*") if p.is_dir()}
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert "Traceback" not in err
+    left = {p for p in Path.cwd().rglob("version_*") if p.is_dir()} - before
+    assert not left, f"a failed start left {sorted(map(str, left))}"
     return err
 
 
