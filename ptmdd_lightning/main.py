@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,6 +61,19 @@ LAST_CKPT = re.compile(r"last(-v\d+)?\.ckpt")
 SPECIAL_CKPT = ("best", "hpc")
 #: Exit status after SIGTERM (128 + 15, as a shell reports a process killed by SIGTERM).
 SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+class _NoCloudTip(logging.Filter):
+    """Drop Lightning's "Tip: ... try installing litlogger" line, printed at every Trainer start.
+
+    ptmdd runs offline and logs to TensorBoard, so that advert is noise in every run's output.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoCloudTip())
 
 
 class PtmddArgumentParser(LightningArgumentParser):

@@ -127,3 +127,17 @@ def test_an_old_flat_evaluation_key_names_its_new_place_in_the_protocol(tmp_path
     err = capsys.readouterr().err
     assert err.startswith("ptmdd: error: the evaluation setting 'epochs' now lives in the evaluation's protocol")
     assert "protocol: {epochs: ...}" in err and len(err.splitlines()) == 2
+
+
+def test_lightnings_cloud_logging_tip_is_not_printed():
+    import logging
+
+    import ptmdd_lightning.main  # noqa: F401  (installs the filter)
+
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def record(msg: str) -> logging.LogRecord:
+        return log.makeRecord(log.name, logging.INFO, __file__, 0, msg, None, None)
+
+    assert not log.filter(record("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://...)"))
+    assert log.filter(record("GPU available: False, used: False"))  # Lightning's other lines still show
