@@ -595,6 +595,10 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
     # GradientMatchingDistiller's training_step is a whole DC/DSA step (manual optimisation): a checkpoint after
     # it is the intended state, which Lightning's ModelCheckpoint warns about for manual optimisation in general
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
+    # Lightning's own use of a torch pytree API that torch deprecated; nothing a ptmdd user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # the DataModule serves validation data for PTM pretraining (Classifier); a distiller has no validation step
+    warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
     try:
         cli = PtmddCLI(
             subclass_mode_model=True,

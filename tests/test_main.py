@@ -141,3 +141,24 @@ def test_lightnings_cloud_logging_tip_is_not_printed():
 
     assert not log.filter(record("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://...)"))
     assert log.filter(record("GPU available: False, used: False"))  # Lightning's other lines still show
+
+
+def test_lightnings_notices_that_no_user_can_act_on_are_filtered(capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.resetwarnings()  # not pytest's own filters (pyproject.toml), which ignore the same two messages
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main(["fit", "--no_such_option", "1"])
+        capsys.readouterr()
+        for message in (
+            "You passed in a `val_dataloader` but have no `validation_step`. Skipping val loop.",
+            "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",
+        ):
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.warn(message, UserWarning, stacklevel=1)
+            assert not seen, message
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.warn("a warning of ptmdd's own", UserWarning, stacklevel=1)
+        assert seen

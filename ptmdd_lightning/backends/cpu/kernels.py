@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import sys
 import warnings
@@ -59,6 +60,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from typing_extensions import override
+
+
+def _no_cuda_home_notice(record: logging.LogRecord) -> bool:
+    """``False`` for torch's CUDA_HOME notice, logged when ``torch.utils.cpp_extension`` is imported without CUDA.
+
+    These kernels are CPU code and need no CUDA, so the notice would only mislead.
+    """
+    return "No CUDA runtime is found" not in record.getMessage()
+
+
+# registered before the first import of cpp_extension by this backend or by torch.compile (the notice is logged at
+# that import)
+logging.getLogger("torch.utils.cpp_extension").addFilter(_no_cuda_home_notice)
 
 __all__ = [
     "SOURCE",

@@ -392,3 +392,16 @@ def test_the_ops_are_registered_with_their_autograd_formulas():
     g_wrapper = torch.autograd.grad(cpu_kernels.pooled_relu_affine(cols, a, b).square().sum(), (cols, a, b))
     for x, y in zip(g_op, g_wrapper, strict=True):
         assert torch.equal(x, y)
+
+
+def test_torchs_cuda_home_notice_is_not_shown_for_the_cpu_build():
+    import logging
+
+    import ptmdd_lightning.backends.cpu.kernels  # noqa: F401  (registers the filter)
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    notice = log.makeRecord(
+        log.name, logging.WARNING, __file__, 0, "No CUDA runtime is found, using CUDA_HOME='%s'", ("/usr/local",), None
+    )
+    other = log.makeRecord(log.name, logging.WARNING, __file__, 0, "Error building extension", None, None)
+    assert not log.filter(notice) and log.filter(other)
