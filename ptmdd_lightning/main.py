@@ -63,17 +63,15 @@ SPECIAL_CKPT = ("best", "hpc")
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
-class _NoCloudTip(logging.Filter):
-    """Drop Lightning's "Tip: ... try installing litlogger" line, printed at every Trainer start.
+def _no_cloud_tip(record: logging.LogRecord) -> bool:
+    """``False`` for Lightning's "Tip: ... try installing litlogger" line, printed at every Trainer start.
 
     ptmdd runs offline and logs to TensorBoard, so that advert is noise in every run's output.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+    return "litlogger" not in record.getMessage()
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoCloudTip())
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_tip)
 
 
 class PtmddArgumentParser(LightningArgumentParser):
@@ -269,9 +267,8 @@ class GuardedSaveConfig(SaveConfigCallback):
                 "--ckpt_path last, or replace it with --overwrite."
             )
         # a logger's version folder that holds no run yet (the logger may have made it already): removable
-        # after a failed start; never the working directory of a run without a logger
-        is_version_folder = trainer.logger is not None and log_dir.resolve() != Path(trainer.default_root_dir).resolve()
-        GuardedSaveConfig.created = log_dir if is_version_folder and not taken else None
+        # after a failed start
+        GuardedSaveConfig.created = log_dir if _is_version_folder(trainer, log_dir) and not taken else None
         self.overwrite = True  # checked above
         return super().setup(trainer, pl_module, stage)
 
@@ -285,17 +282,18 @@ def _new_version_folder(trainer: Any) -> Path | None:
     Raises:
         Nothing of its own: a logger without a ``log_dir`` gives ``None``.
     """
-    logger = getattr(trainer, "logger", None)
-    if logger is None or rank_zero_only.rank != 0:
+    if trainer.logger is None or rank_zero_only.rank != 0:
         return None
     try:
-        folder = Path(logger.log_dir)
+        folder = Path(trainer.logger.log_dir)
     except (AttributeError, TypeError):
         return None
-    root = Path(getattr(trainer, "default_root_dir", os.getcwd()))
-    if folder.exists() or folder.resolve() == root.resolve():
-        return None
-    return folder
+    return folder if _is_version_folder(trainer, folder) and not folder.exists() else None
+
+
+def _is_version_folder(trainer: Any, folder: Path) -> bool:
+    """Whether ``folder`` is a logger's own folder, never the working directory of a run without a logger."""
+    return trainer.logger is not None and folder.resolve() != Path(trainer.default_root_dir).resolve()
 
 
 def remove_failed_start() -> None:
@@ -600,14 +598,7 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
     # the DataModule serves validation data for PTM pretraining (Classifier); a distiller has no validation step
     warnings.filterwarnings("ignore", message="You passed in a `val_dataloader` but have no `validation_step`")
     try:
-        cli = PtmddCLI(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            save_config_callback=GuardedSaveConfig,
-            parser_class=PtmddArgumentParser,
-            args=args,
-        )
+        cli = build_cli(args)
     except SIGTERMException:
         if rank_zero_only.rank == 0:
             print(
@@ -624,6 +615,29 @@ def main(args: ArgsType = None) -> PtmddCLI | None:
         print(f"ptmdd: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     return cli if args is not None else None
+
+
+def build_cli(args: ArgsType, run: bool = True) -> PtmddCLI:
+    """The :class:`PtmddCLI` of the ``ptmdd`` command, built as :func:`main` builds it.
+
+    Args:
+        args: the arguments, config layers already merged (:func:`ptmdd_lightning.layers.layered_args`).
+        run: run the subcommand (``False``: parse and instantiate only, as tests of the configs do; then ``args``
+            carry no subcommand).
+
+    Raises:
+        SystemExit: a parse error (printed first by :class:`PtmddArgumentParser`). Errors of instantiation or of the
+            run propagate; :func:`main` turns a :class:`PtmddError` among them into one line and status 2.
+    """
+    return PtmddCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_callback=GuardedSaveConfig,
+        parser_class=PtmddArgumentParser,
+        run=run,
+        args=args,
+    )
 
 
 def find_user_error(err: BaseException) -> PtmddError | None:

@@ -28,7 +28,7 @@ import yaml
 from ptmdd_lightning.core.synthetic import SyntheticSet
 from ptmdd_lightning.fileio import atomic_save
 from ptmdd_lightning.layers import layered_args, load_layers
-from ptmdd_lightning.main import PtmddArgumentParser, PtmddCLI, main
+from ptmdd_lightning.main import build_cli, main
 from ptmdd_lightning.studies.configs import point_config, set_dotted, with_logger
 from ptmdd_lightning.studies.spec import expand, load_sweep
 from tests.helpers import config_layers, layers_id
@@ -147,14 +147,7 @@ def _sweep_param(path: Path):
 @pytest.fixture(scope="module")
 def cli_parser():
     """One ``ptmdd`` parser for all sweep runs (building it costs ~1 s; parsing a config ~0.2 s)."""
-    cli = PtmddCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        run=False,
-        args=["--config", str(CONFIG_ROOT / "quickstart.yaml")],
-    )
-    return cli.parser
+    return build_cli(["--config", str(CONFIG_ROOT / "quickstart.yaml")], run=False).parser
 
 
 @pytest.mark.parametrize("sweep", [_sweep_param(p) for p in SWEEPS])
@@ -191,17 +184,10 @@ def test_every_config_is_smoke_tested_by_the_default_suite_or_parsed_by_it():
 
 @pytest.mark.parametrize("layers", SLOW_RUNS, ids=lambda layers: layers_id(layers, CONFIG_ROOT))
 def test_slow_config_parses_and_builds(layers, tmp_path, monkeypatch):
-    """``ptmdd fit --config ...`` up to its objects (the parser and classes of ``main``), without fitting."""
+    """``ptmdd fit --config ...`` up to its objects (``main``'s own :func:`build_cli`), without fitting."""
     monkeypatch.chdir(tmp_path)
     args = layered_args([arg for layer in layers for arg in ("--config", str(layer))])
-    cli = PtmddCLI(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        parser_class=PtmddArgumentParser,
-        run=False,
-        args=args,
-    )
+    cli = build_cli(args, run=False)
     raw = load_layers(layers)
     assert type(cli.model).__name__ == str(raw["model"]["class_path"]).rsplit(".", 1)[-1]
     scalars = {k: v for k, v in raw["model"]["init_args"].items() if isinstance(v, (int, float, str, bool))}
